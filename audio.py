@@ -1,0 +1,281 @@
+"""Audio decoding: uploaded bytes in any common container -> float32 mono 16 kHz waveform.
+
+libsndfile (soundfile) reads WAV, FLAC, OGG/Vorbis, Opus and MP3; PyAV (FFmpeg) reads the rest (M4A/AAC,
+WebM, MP4...). soxr resamples. Limits are enforced while decoding, block by block, so a small file that
+decodes to hours costs bounded memory. `AudioDecoderPool` runs decoding in subprocesses so that a decoder
+crash on a crafted file cannot take the model's worker down. This module knows nothing of HTTP or torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import resource
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import soundfile as sf
+import soxr
+
+from errors import AudioTooLong, DecoderUnavailable, EmptyAudio, InvalidAudio, UnsupportedAudio
+
+log = logging.getLogger("parakeet.audio")
+
+TARGET_SAMPLE_RATE_HZ = 16_000  # Parakeet's preprocessor expects 16 kHz (model card, preprocessor config).
+MIN_SAMPLE_RATE_HZ = 8_000
+MAX_SAMPLE_RATE_HZ = 96_000
+MAX_CHANNELS = 8
+BLOCK_S = 1.0  # decode and check limits one second of source audio at a time
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """A decoded upload.
+
+    Attributes:
+        waveform: float32 mono samples at 16 kHz, shape [T], nominally in [-1, 1].
+        source_sample_rate_hz: the file's own sample rate.
+        source_channels: the file's channel count (downmixed by averaging).
+        decoder: "soundfile" or "pyav".
+    """
+
+    waveform: npt.NDArray[np.float32]
+    source_sample_rate_hz: int
+    source_channels: int
+    decoder: str
+
+    @property
+    def duration_s(self) -> float:
+        """Duration in seconds at 16 kHz."""
+        return len(self.waveform) / TARGET_SAMPLE_RATE_HZ
+
+
+class _Accumulator:
+    """Downmixes, checks and resamples blocks of source audio, enforcing the duration cap as it goes."""
+
+    def __init__(self, sample_rate_hz: int, channels: int, max_duration_s: float) -> None:
+        _check_format(sample_rate_hz, channels)
+        self.sample_rate_hz = sample_rate_hz
+        self.channels = channels
+        self.max_duration_s = max_duration_s
+        self.source_frames = 0
+        self.resampler = (
+            None
+            if sample_rate_hz == TARGET_SAMPLE_RATE_HZ
+            else soxr.ResampleStream(sample_rate_hz, TARGET_SAMPLE_RATE_HZ, 1, dtype="float32", quality="HQ")
+        )
+        self.blocks: list[npt.NDArray[np.float32]] = []
+
+    def add(self, block: npt.NDArray[Any], *, last: bool = False) -> None:
+        """Add a [frames, channels] float block (may be empty)."""
+        self.source_frames += block.shape[0]
+        duration_s = self.source_frames / self.sample_rate_hz
+        if duration_s > self.max_duration_s:
+            raise AudioTooLong(
+                f"audio is longer than the limit of {self.max_duration_s:g} s "
+                f"(decoding stopped after {duration_s:.1f} s)",
+                param="file",
+            )
+        mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].astype(np.float32)
+        if not np.isfinite(mono).all():
+            raise InvalidAudio("audio contains NaN or infinite sample values", param="file")
+        if self.resampler is not None:
+            mono = self.resampler.resample_chunk(mono, last=last)
+        if mono.size:
+            self.blocks.append(np.ascontiguousarray(mono, dtype=np.float32))
+
+    def finish(self, decoder: str) -> DecodedAudio:
+        if self.resampler is not None:
+            self.add(np.zeros((0, self.channels), dtype=np.float32), last=True)
+        if self.source_frames == 0:
+            raise EmptyAudio("audio contains no samples", param="file")
+        waveform = np.concatenate(self.blocks) if self.blocks else np.zeros(0, dtype=np.float32)
+        return DecodedAudio(waveform, self.sample_rate_hz, self.channels, decoder)
+
+
+def _check_format(sample_rate_hz: int, channels: int) -> None:
+    if not MIN_SAMPLE_RATE_HZ <= sample_rate_hz <= MAX_SAMPLE_RATE_HZ:
+        raise InvalidAudio(
+            f"sample rate {sample_rate_hz} Hz is outside the supported range "
+            f"{MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz",
+            param="file",
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise InvalidAudio(
+            f"{channels} audio channels is outside the supported range 1-{MAX_CHANNELS}", param="file"
+        )
+
+
+def _decode_soundfile(data: bytes, max_duration_s: float) -> DecodedAudio | None:
+    """Decode with libsndfile; None if libsndfile does not recognise the format."""
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None
+    with f:
+        acc = _Accumulator(int(f.samplerate), int(f.channels), max_duration_s)
+        block_frames = max(1, int(f.samplerate * BLOCK_S))
+        try:
+            while True:
+                block = f.read(frames=block_frames, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                acc.add(block)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            # A file cut short mid-stream: keep what decoded (reliability.md: "200 on the samples present").
+            if acc.source_frames == 0:
+                raise UnsupportedAudio("the audio stream is corrupt and no samples could be decoded") from exc
+        return acc.finish("soundfile")
+
+
+def _decode_pyav(data: bytes, max_duration_s: float) -> DecodedAudio:
+    """Decode with PyAV (FFmpeg)."""
+    import av
+
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise UnsupportedAudio(
+            "the file is not audio in a supported format (WAV, FLAC, OGG/Vorbis, Opus, MP3, M4A/AAC, WebM)",
+            param="file",
+        ) from exc
+    with container:
+        streams = [s for s in container.streams if s.type == "audio"]
+        if not streams:
+            raise UnsupportedAudio("the file contains no audio stream", param="file")
+        stream = streams[0]
+        to_float = av.AudioResampler(format="fltp")  # sample-format conversion only; soxr resamples
+        acc: _Accumulator | None = None
+        try:
+            for frame in container.decode(stream):
+                for converted in to_float.resample(frame):
+                    planes = converted.to_ndarray()  # [channels, samples] float32
+                    if acc is None:
+                        acc = _Accumulator(int(converted.sample_rate), planes.shape[0], max_duration_s)
+                    elif converted.sample_rate != acc.sample_rate_hz or planes.shape[0] != acc.channels:
+                        raise InvalidAudio("the audio stream changes sample rate or channels mid-stream")
+                    acc.add(planes.T)
+        except (av.error.FFmpegError, ValueError) as exc:
+            if acc is None or acc.source_frames == 0:
+                raise UnsupportedAudio("the audio stream is corrupt and no samples could be decoded") from exc
+        if acc is None:
+            raise EmptyAudio("audio contains no samples", param="file")
+        return acc.finish("pyav")
+
+
+def decode_audio(data: bytes, *, max_duration_s: float) -> DecodedAudio:
+    """Decode an uploaded file to float32 mono 16 kHz.
+
+    Channels are averaged; any sample format (u8, s16, s24, s32, f32, f64) is scaled to [-1, 1] by the
+    decoder; resampling uses soxr's HQ quality.
+
+    Args:
+        data: the file's bytes.
+        max_duration_s: refuse audio longer than this, checked every `BLOCK_S` of decoded audio.
+
+    Returns:
+        The decoded audio.
+
+    Raises:
+        EmptyAudio: zero bytes, or no samples.
+        UnsupportedAudio: not a format either decoder reads, or corrupt before the first sample.
+        InvalidAudio: sample rate outside 8-96 kHz, 0 or more than 8 channels, NaN/Inf samples.
+        AudioTooLong: longer than `max_duration_s`.
+    """
+    if not data:
+        raise EmptyAudio("the uploaded file is empty (0 bytes)", param="file")
+    decoded = _decode_soundfile(data, max_duration_s)
+    return decoded if decoded is not None else _decode_pyav(data, max_duration_s)
+
+
+# --- subprocess isolation -----------------------------------------------------------------------------
+
+
+def _init_decoder_process(memory_limit_bytes: int | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent worker handles Ctrl-C and shuts us down
+    if memory_limit_bytes is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+
+
+def _ping(_: int = 0) -> int:
+    return os.getpid()
+
+
+class AudioDecoderPool:
+    """Decodes uploads in a pool of spawned subprocesses, each with an address-space cap.
+
+    A decoder that crashes (SIGSEGV in libsndfile/FFmpeg, or a MemoryError) or runs past `timeout_s` costs
+    only that subprocess: the pool is rebuilt and every request that was in it is retried once in the new
+    pool, so an innocent request that shared the pool with a crashing file still succeeds. A file that
+    breaks the pool twice gets `DecoderUnavailable`.
+    """
+
+    def __init__(self, workers: int, timeout_s: float, memory_limit_bytes: int | None) -> None:
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.memory_limit_bytes = memory_limit_bytes
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=get_context("spawn"),  # no fork of a process holding torch threads and a GPU lock
+            initializer=_init_decoder_process,
+            initargs=(self.memory_limit_bytes,),
+        )
+
+    def start(self) -> None:
+        """Start every subprocess now (spawn + imports take ~0.5 s), not on the first request."""
+        list(self._pool.map(_ping, range(self.workers)))
+
+    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
+        if self._pool is not broken:
+            return  # another request already replaced it
+        self._pool = self._new_pool()
+        # ProcessPoolExecutor has no public kill before Python 3.14 (kill_workers); a hung decoder must go.
+        for proc in list(getattr(broken, "_processes", {}).values()):
+            proc.kill()
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    async def decode(self, data: bytes, *, max_duration_s: float) -> DecodedAudio:
+        """Decode `data` in a subprocess; same contract as `decode_audio`.
+
+        Raises:
+            Everything `decode_audio` raises, and DecoderUnavailable when the decoder crashed or timed out
+            twice on this input.
+        """
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):
+            pool = self._pool
+            try:
+                fut = loop.run_in_executor(pool, _decode_in_child, data, max_duration_s)
+                return await asyncio.wait_for(fut, timeout=self.timeout_s)
+            except (BrokenProcessPool, MemoryError):
+                reason = "crashed"
+            except TimeoutError:
+                reason = f"took longer than the limit of {self.timeout_s:g} s"
+            log.warning("audio decoder %s (attempt %d, %d bytes); restarting the decoder pool", reason, attempt, len(data))
+            self._replace_pool(pool)
+        raise DecoderUnavailable(f"the audio decoder {reason} on this file", param="file")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decode_in_child(data: bytes, max_duration_s: float) -> DecodedAudio:
+    try:
+        return decode_audio(data, max_duration_s=max_duration_s)
+    except MemoryError:
+        raise
+    except (OSError, RuntimeError, ValueError, TypeError, IndexError, OverflowError) as exc:
+        # Unexpected decoder-library failures on hostile input are the input's fault, not ours.
+        raise UnsupportedAudio(f"the file could not be decoded as audio ({type(exc).__name__})") from None
+

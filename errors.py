@@ -1,0 +1,109 @@
+"""The server's exception tree: every failure a client or operator can see, as a typed exception.
+
+Domain code (audio, inference, gpu_lock, server routes) raises these; `server.py` owns the one table that
+maps each class to an HTTP status and error type. Nothing here imports HTTP code, and no message carries a
+traceback, a file path or a decoder's stderr.
+"""
+
+from __future__ import annotations
+
+
+class ParakeetError(Exception):
+    """Base class. `message` is safe to show to a client; `code` is a stable machine-readable string."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+# --- the request itself -------------------------------------------------------------------------------
+
+
+class BadRequest(ParakeetError):
+    """The form is malformed or a field is missing or invalid."""
+
+    code = "invalid_request"
+
+
+class UploadTooLarge(ParakeetError):
+    """The request body is larger than `max_upload_bytes` (checked before and while it is read)."""
+
+    code = "upload_too_large"
+
+
+# --- the audio in it ----------------------------------------------------------------------------------
+
+
+class AudioError(ParakeetError):
+    """Base class for problems with the uploaded audio."""
+
+    code = "invalid_audio"
+
+
+class EmptyAudio(AudioError):
+    """The file is empty, or it decodes to zero samples."""
+
+    code = "empty_audio"
+
+
+class UnsupportedAudio(AudioError):
+    """The bytes are not audio in any container/codec we decode (random bytes, text, an image...)."""
+
+    code = "unsupported_audio"
+
+
+class InvalidAudio(AudioError):
+    """The file is audio, but its parameters are outside what we accept (sample rate, channels, NaN...)."""
+
+    code = "invalid_audio"
+
+
+class AudioTooLong(AudioError):
+    """The decoded audio is longer than `max_audio_duration_s` (checked while decoding)."""
+
+    code = "audio_too_long"
+
+
+# --- the server's state -------------------------------------------------------------------------------
+
+
+class NotReady(ParakeetError):
+    """The model is still loading or warming up."""
+
+    code = "not_ready"
+
+
+class ShuttingDown(ParakeetError):
+    """The worker is draining for shutdown and takes no new requests."""
+
+    code = "shutting_down"
+
+
+class DecoderUnavailable(ParakeetError):
+    """The audio decoder subprocess crashed or timed out on this input (the worker itself is unharmed)."""
+
+    code = "decoder_failed"
+
+
+class InferenceError(ParakeetError):
+    """The model failed on a batch for a reason that is not the client's fault."""
+
+    code = "inference_failed"
+
+
+# --- start-up (never reach a client) ------------------------------------------------------------------
+
+
+class NoFreeGpu(ParakeetError):
+    """Every GPU lock in the lock dir is held by another live process."""
+
+    code = "no_free_gpu"
+
+
+class ModelLoadError(ParakeetError):
+    """The model could not be loaded (offline hub, missing file, corrupt checkpoint)."""
+
+    code = "model_load_failed"

@@ -1,0 +1,279 @@
+"""The model layer: load a NeMo Parakeet-TDT model and run the manual batched pipeline on one device.
+
+preprocessor (log-mel features) -> FastConformer encoder -> TDT greedy batched decoding, in eval mode under
+`torch.inference_mode()` (../shared/guide/nemo-notes.md). It never calls `model.transcribe()` (not
+thread-safe, and it leaves the model in train mode: NeMo 3.0.0 bug). No HTTP, no asyncio: callers run
+`ParakeetEngine.transcribe` on one dedicated thread per device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from errors import ModelLoadError
+
+log = logging.getLogger("parakeet.inference")
+
+SAMPLE_RATE_HZ = 16_000
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One hypothesis.
+
+    Attributes:
+        text: the decoded text.
+        num_tokens: number of emitted tokens.
+        encoder_frames: encoder frames of this item (0.08 s each for Parakeet: 10 ms hop x 8 subsampling).
+    """
+
+    text: str
+    num_tokens: int
+    encoder_frames: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A batch's transcripts (in input order) and where its time went (milliseconds, wall clock)."""
+
+    transcripts: list[Transcript]
+    compute_ms: float
+    padded_audio_s: float
+
+
+def load_asr_model(name_or_path: str, device: torch.device) -> Any:
+    """Load a NeMo ASR model from a local .nemo file or from the Hugging Face hub (or its local cache).
+
+    Args:
+        name_or_path: a path to a .nemo file, or a hub id such as "nvidia/parakeet-tdt-0.6b-v3".
+        device: where to map the weights.
+
+    Returns:
+        The NeMo model (an `EncDecRNNTBPEModel` for Parakeet-TDT).
+
+    Raises:
+        ModelLoadError: with one message naming the model and the ways out (missing file, offline or
+            unreachable hub without a cached copy, unknown repository, corrupt checkpoint).
+    """
+    from nemo.collections.asr.models import ASRModel
+
+    if name_or_path.endswith(".nemo") or Path(name_or_path).exists():
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path} (PARAKEET_MODEL names a .nemo file that is not there)")
+        try:
+            return ASRModel.restore_from(str(path), map_location=device)
+        except Exception as exc:  # noqa: BLE001 - NeMo raises many types; the operator needs one sentence
+            raise ModelLoadError(f"could not restore {path}: {type(exc).__name__}: {exc}") from exc
+    try:
+        return ASRModel.from_pretrained(name_or_path, map_location=device)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(_hub_failure_message(name_or_path, exc)) from exc
+
+
+def _hub_failure_message(model: str, exc: BaseException) -> str:
+    kind = type(exc).__name__
+    chain = []
+    e: BaseException | None = exc
+    while e is not None and len(chain) < 5:
+        chain.append(type(e).__name__)
+        e = e.__cause__ or e.__context__
+    names = " ".join(chain)
+    if "OfflineMode" in names or "LocalEntryNotFound" in names:
+        why = "the hub is disabled (HF_HUB_OFFLINE=1) and the model is not in the local Hugging Face cache"
+    elif any(k in names for k in ("Connect", "Timeout", "Network", "ProxyError", "SSLError")):
+        why = "the Hugging Face hub is unreachable and the model is not in the local cache"
+    elif "RepositoryNotFound" in names or "RevisionNotFound" in names or "EntryNotFound" in names:
+        why = "the hub has no such model"
+    else:
+        why = f"{kind}: {str(exc).splitlines()[0][:300] if str(exc) else 'no detail'}"
+    return (
+        f"could not load model '{model}': {why}. Ways out: set PARAKEET_MODEL to a local .nemo file "
+        f"(e.g. PARAKEET_MODEL=/models/parakeet-tdt-0.6b-v3.nemo), or pre-fill the Hugging Face cache on a "
+        f"machine with internet (`hf download {model}`) and copy it here (HF_HOME, default ~/.cache/huggingface)"
+    )
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Map the `precision` setting to a dtype: auto -> bf16 on CUDA, fp32 on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[precision]
+
+
+class ParakeetEngine:
+    """A loaded model on one device, running the manual pipeline on zero-padded batches.
+
+    Not thread-safe: call `transcribe` from one thread at a time (the server has one GPU thread per worker).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        device: torch.device,
+        *,
+        model_name: str,
+        precision: str = "auto",
+        cuda_graphs: bool = False,
+        max_symbols_per_step: int = 10,
+    ) -> None:
+        """Configure `model` for serving.
+
+        Args:
+            model: a NeMo TDT/RNNT model (`EncDecRNNTModel` subclass) already on `device`.
+            device: its device.
+            model_name: name reported in responses and /health.
+            precision: "auto", "fp32", "bf16" or "fp16" for encoder, decoder and joint (the preprocessor
+                stays fp32: its STFT and log-mel need the range).
+            cuda_graphs: NeMo's CUDA-graph label-looping decoder (`greedy.use_cuda_graph_decoder`).
+            max_symbols_per_step: `greedy.max_symbols`, the most tokens emitted per encoder frame.
+        """
+        from omegaconf import OmegaConf, open_dict
+
+        self.model = model
+        self.device = device
+        self.model_name = model_name
+        self.dtype = resolve_dtype(precision, device)
+        self.sample_rate_hz = int(model.cfg.get("sample_rate", SAMPLE_RATE_HZ))
+        if self.sample_rate_hz != SAMPLE_RATE_HZ:
+            raise ModelLoadError(f"model expects {self.sample_rate_hz} Hz audio; this server feeds 16000 Hz")
+
+        decoding_cfg = OmegaConf.create(OmegaConf.to_container(model.cfg.decoding, resolve=True))
+        with open_dict(decoding_cfg):
+            decoding_cfg.strategy = "greedy_batch"
+            decoding_cfg.greedy = decoding_cfg.get("greedy") or {}
+            decoding_cfg.greedy.max_symbols = max_symbols_per_step
+            decoding_cfg.greedy.use_cuda_graph_decoder = bool(cuda_graphs and device.type == "cuda")
+        model.change_decoding_strategy(decoding_cfg, verbose=False)
+
+        model.eval()
+        for module in (model.encoder, model.decoder, model.joint):
+            module.to(dtype=self.dtype)
+        model.preprocessor.to(dtype=torch.float32)
+        # Window stride (s) x subsampling: 0.01 x 8 = 0.08 s per encoder frame for Parakeet.
+        self.frame_s = float(model.cfg.preprocessor.window_stride) * int(
+            model.cfg.encoder.get("subsampling_factor", 8)
+        )
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+
+    @torch.inference_mode()
+    def transcribe(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> BatchResult:
+        """Transcribe a batch of waveforms in one padded forward pass.
+
+        Args:
+            waveforms: float32 mono 16 kHz arrays, each of shape [T_i], T_i >= 1.
+
+        Returns:
+            One transcript per waveform, in input order, and the batch's compute time.
+
+        Raises:
+            ValueError: empty batch or an empty waveform.
+            torch.OutOfMemoryError: the padded batch does not fit (callers may split and retry).
+        """
+        if not waveforms:
+            raise ValueError("empty batch")
+        lengths = [len(w) for w in waveforms]
+        if min(lengths) < 1:
+            raise ValueError("empty waveform in batch")
+        t0 = time.perf_counter()
+        # NeMo's transcribe() leaves the modules in train mode (dropout on): re-assert eval every batch.
+        self.model.eval()
+        batch = np.zeros((len(waveforms), max(lengths)), dtype=np.float32)
+        for i, w in enumerate(waveforms):
+            batch[i, : len(w)] = w
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)  # [B, T] float32
+        x_lens = torch.tensor(lengths, dtype=torch.int64, device=self.device)  # [B]
+
+        feats, feat_lens = self.model.preprocessor(input_signal=x, length=x_lens)  # [B, n_mels, T_f], [B]
+        enc, enc_lens = self.model.encoder(audio_signal=feats.to(self.dtype), length=feat_lens)  # [B, D, T_enc]
+        hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
+            encoder_output=enc, encoded_lengths=enc_lens, return_hypotheses=True
+        )
+        enc_lens_list = enc_lens.tolist()
+        transcripts = [
+            Transcript(
+                text=h.text if isinstance(h.text, str) else "",
+                num_tokens=len(h.y_sequence) if h.y_sequence is not None else 0,
+                encoder_frames=int(n),
+            )
+            for h, n in zip(hyps, enc_lens_list, strict=True)
+        ]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        compute_ms = (time.perf_counter() - t0) * 1000.0
+        return BatchResult(transcripts, compute_ms, padded_audio_s=batch.shape[1] * len(waveforms) / SAMPLE_RATE_HZ)
+
+    def warmup(self, duration_s: float = 2.0) -> float:
+        """Run one batch of seeded noise so that first requests don't pay for lazy init. Returns ms."""
+        rng = np.random.default_rng(0)
+        noise = (0.01 * rng.standard_normal(int(duration_s * SAMPLE_RATE_HZ))).astype(np.float32)
+        return self.transcribe([noise]).compute_ms
+
+    def device_info(self) -> dict[str, Any]:
+        """GPU index, name and memory (bytes) for /health; CPU has name "cpu" and no memory figures."""
+        if self.device.type != "cuda":
+            return {"type": "cpu", "index": None, "name": "cpu", "memory_used_bytes": None, "memory_total_bytes": None}
+        free, total = torch.cuda.mem_get_info(self.device)
+        return {
+            "type": "cuda",
+            "index": self.device.index,
+            "name": torch.cuda.get_device_name(self.device),
+            "memory_used_bytes": int(total - free),
+            "memory_total_bytes": int(total),
+        }
+
+
+def cuda_device_count() -> int:
+    """Visible CUDA devices (respects CUDA_VISIBLE_DEVICES); 0 without CUDA."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def build_engine(
+    model_name: str,
+    device: torch.device,
+    *,
+    precision: str,
+    cuda_graphs: bool,
+    max_symbols_per_step: int,
+    torch_threads: int | None = None,
+) -> ParakeetEngine:
+    """Load `model_name` onto `device` and wrap it for serving (see `load_asr_model`, `ParakeetEngine`).
+
+    Raises:
+        ModelLoadError: the model could not be loaded.
+    """
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    t0 = time.perf_counter()
+    model = load_asr_model(model_name, device)
+    engine = ParakeetEngine(
+        model,
+        device,
+        model_name=model_name,
+        precision=precision,
+        cuda_graphs=cuda_graphs,
+        max_symbols_per_step=max_symbols_per_step,
+    )
+    log.info(
+        "loaded %s on %s (%s, %.1f M parameters) in %.1f s",
+        model_name,
+        device,
+        engine.dtype,
+        engine.num_parameters / 1e6,
+        time.perf_counter() - t0,
+    )
+    return engine
+

@@ -1,0 +1,58 @@
+"""Pydantic models of what the HTTP API sends back: transcriptions, health, and the one error envelope.
+
+They document the API (OpenAPI at /docs) and validate responses; request parsing lives in server.py.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class TranscriptionResponse(BaseModel):
+    """Answer of POST /transcribe."""
+
+    text: str = Field(description="The transcript.")
+    duration_sec: float = Field(description="Duration of the decoded audio, seconds.")
+    processing_time_ms: float = Field(description="Server time from request start to response, ms.")
+    gpu_id: int | None = Field(description="GPU index that ran the model; null on CPU.")
+    model: str = Field(description="The served model.")
+    request_id: str = Field(description="Also in the X-Request-Id header; quote it in bug reports.")
+    decode_ms: float = Field(description="Time spent decoding and resampling the upload, ms.")
+    compute_ms: float = Field(description="Time spent in the model (features, encoder, decoding), ms.")
+    source_sample_rate_hz: int = Field(description="The upload's own sample rate, Hz.")
+    source_channels: int = Field(description="The upload's channel count (averaged to mono).")
+
+
+class DeviceInfo(BaseModel):
+    type: str = Field(description='"cuda" or "cpu".')
+    index: int | None = Field(description="CUDA device index in this worker's visible order.")
+    name: str = Field(description='GPU name, or "cpu".')
+    memory_used_bytes: int | None = Field(description="Device memory in use (all processes), bytes.")
+    memory_total_bytes: int | None = Field(description="Device memory, bytes.")
+
+
+class HealthResponse(BaseModel):
+    """Answer of GET /health: 200 when ready, 503 otherwise (same body)."""
+
+    status: str = Field(description='"ok", "loading", "shutting_down" or "failed".')
+    ready: bool = Field(description="True once the model is loaded and warmed up.")
+    model: str
+    gpu_id: int | None = Field(description="Claimed GPU index; null on CPU.")
+    device: DeviceInfo | None = Field(description="Null until the model is loaded.")
+    worker_pid: int
+    uptime_s: float
+    requests_served: int = Field(description="Successful transcriptions by this worker.")
+    detail: str | None = Field(None, description="Why the worker is not ready, when it is not.")
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong, naming the limit and the value where there is one.")
+    type: str = Field(description="invalid_request_error, service_unavailable_error or server_error.")
+    param: str | None = Field(None, description="The request field at fault, if any.")
+    code: str | None = Field(None, description="Stable machine-readable reason, e.g. audio_too_long.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error, whatever its status: OpenAI's envelope."""
+
+    error: ErrorDetail

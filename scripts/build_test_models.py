@@ -1,0 +1,318 @@
+"""Build the small NeMo TDT models that the tests use, with no download.
+
+`tiny`: a random 2-layer FastConformer-TDT (~0.3 M parameters) built from a config in well under a second;
+it exercises the real preprocessor, encoder and TDT decoder but its text is noise.
+`digits`: a 4-layer TDT (~1.9 M parameters) trained on CPU on espeak-ng speech of random digit sequences,
+so that it really transcribes "three seven one". Recipe and numbers: ../shared/guide/nemo-notes.md.
+Both are seeded; the same command gives the same model on the same library versions.
+
+Usage:
+    python3 scripts/build_test_models.py tiny --out models/tiny_tdt.nemo
+    python3 scripts/build_test_models.py digits --out models/digits_tdt.nemo [--steps 1800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import speech  # noqa: E402
+
+log = logging.getLogger("build_test_models")
+
+
+def train_tokenizer(lines: list[str], out_dir: Path, vocab_size: int) -> Path:
+    """Train a SentencePiece BPE tokenizer on `lines`; writes tokenizer.model/.vocab and vocab.txt."""
+    import sentencepiece as spm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text_path = out_dir / "text.txt"
+    text_path.write_text("\n".join(lines) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=str(text_path),
+        model_prefix=str(out_dir / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        character_coverage=1.0,
+        bos_id=-1,
+        eos_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    text_path.unlink()
+    pieces = [line.split("\t")[0] for line in (out_dir / "tokenizer.vocab").read_text().splitlines()]
+    (out_dir / "vocab.txt").write_text("\n".join(pieces) + "\n")
+    return out_dir
+
+
+def tdt_config(
+    tokenizer_dir: Path,
+    *,
+    n_layers: int,
+    d_model: int,
+    n_heads: int,
+    n_mels: int,
+    pred_hidden: int,
+    joint_hidden: int,
+) -> Any:
+    """An EncDecRNNTBPEModel config with Parakeet-TDT's structure at a small size.
+
+    Mirrors ../shared/parakeet_tdt_0.6b_v3_arch.yaml (dw_striding 8x subsampling, rel_pos attention,
+    no biases, TDT durations [0..4]) with fewer and narrower layers.
+    """
+    from omegaconf import OmegaConf
+
+    durations = [0, 1, 2, 3, 4]
+    cfg = {
+        "sample_rate": speech.SAMPLE_RATE_HZ,
+        "compute_eval_loss": False,
+        "log_prediction": False,
+        "rnnt_reduction": "mean_volume",
+        "model_defaults": {
+            "enc_hidden": d_model,
+            "pred_hidden": pred_hidden,
+            "joint_hidden": joint_hidden,
+            "tdt_durations": durations,
+            "num_tdt_durations": len(durations),
+        },
+        "tokenizer": {"dir": str(tokenizer_dir), "type": "bpe"},
+        "validation_ds": {
+            "manifest_filepath": None,
+            "sample_rate": speech.SAMPLE_RATE_HZ,
+            "batch_size": 8,
+            "shuffle": False,
+            "use_start_end_token": False,
+        },
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+            "sample_rate": speech.SAMPLE_RATE_HZ,
+            "normalize": "per_feature",
+            "window_size": 0.025,
+            "window_stride": 0.01,
+            "window": "hann",
+            "features": n_mels,
+            "n_fft": 512,
+            "log": True,
+            "frame_splicing": 1,
+            "dither": 1.0e-05,
+            "pad_to": 0,
+            "pad_value": 0.0,
+        },
+        "spec_augment": {
+            "_target_": "nemo.collections.asr.modules.SpectrogramAugmentation",
+            "freq_masks": 1,
+            "time_masks": 2,
+            "freq_width": 8,
+            "time_width": 0.05,
+        },
+        "encoder": {
+            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
+            "feat_in": n_mels,
+            "feat_out": -1,
+            "n_layers": n_layers,
+            "d_model": d_model,
+            "use_bias": False,
+            "subsampling": "dw_striding",
+            "subsampling_factor": 8,
+            "subsampling_conv_channels": d_model,
+            "causal_downsampling": False,
+            "ff_expansion_factor": 4,
+            "self_attention_model": "rel_pos",
+            "n_heads": n_heads,
+            "att_context_size": [-1, -1],
+            "att_context_style": "regular",
+            "xscaling": False,
+            "untie_biases": True,
+            "pos_emb_max_len": 5000,
+            "conv_kernel_size": 9,
+            "conv_norm_type": "batch_norm",
+            "dropout": 0.1,
+            "dropout_pre_encoder": 0.1,
+            "dropout_emb": 0.0,
+            "dropout_att": 0.1,
+        },
+        "decoder": {
+            "_target_": "nemo.collections.asr.modules.RNNTDecoder",
+            "normalization_mode": None,
+            "random_state_sampling": False,
+            "blank_as_pad": True,
+            "prednet": {"pred_hidden": pred_hidden, "pred_rnn_layers": 1, "t_max": None, "dropout": 0.1},
+        },
+        "joint": {
+            "_target_": "nemo.collections.asr.modules.RNNTJoint",
+            "log_softmax": None,
+            "preserve_memory": False,
+            "fuse_loss_wer": False,
+            "fused_batch_size": 4,
+            "jointnet": {"joint_hidden": joint_hidden, "activation": "relu", "dropout": 0.1},
+            "num_extra_outputs": len(durations),
+        },
+        "decoding": {
+            "strategy": "greedy_batch",
+            "model_type": "tdt",
+            "durations": durations,
+            "greedy": {"max_symbols": 10},
+        },
+        "loss": {
+            "loss_name": "tdt",
+            "tdt_kwargs": {"fastemit_lambda": 0.0, "clamp": -1.0, "durations": durations, "sigma": 0.02},
+        },
+    }
+    return OmegaConf.create(cfg)
+
+
+def build_model(cfg: Any) -> Any:
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+
+    return EncDecRNNTBPEModel(cfg=cfg)
+
+
+def build_tiny(out: Path, seed: int) -> None:
+    """Random tiny TDT (2 layers, d_model 64, 128 mels as in Parakeet): real modules, random weights."""
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = random.Random(seed)
+        lines = [speech.random_digits(rng) for _ in range(200)] + [
+            "the quick brown fox jumps over the lazy dog",
+            "hello world this is a tiny test model",
+        ]
+        tok = train_tokenizer(lines, Path(tmp) / "tok", vocab_size=48)
+        cfg = tdt_config(tok, n_layers=2, d_model=64, n_heads=2, n_mels=128, pred_hidden=64, joint_hidden=64)
+        model = build_model(cfg)
+        model.eval()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save_to(str(out))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("tiny TDT: %d parameters -> %s (%.1f MB)", n_params, out, out.stat().st_size / 1e6)
+
+
+def _synth(seed: int) -> tuple[str, Any]:
+    utt = speech.random_utterance(seed)
+    return utt.text, utt.waveform
+
+
+def synthesize_corpus(n: int, seed: int) -> list[tuple[str, Any]]:
+    """`n` seeded digit utterances (text, float32 16 kHz waveform), synthesized on all cores."""
+    from tqdm import tqdm
+
+    seeds = [seed * 1_000_003 + i for i in range(n)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(tqdm(pool.map(_synth, seeds, chunksize=32), total=n, desc="espeak-ng", unit="utt"))
+
+
+def build_digits(out: Path, seed: int, steps: int, n_utts: int) -> None:
+    """Train the digits TDT on CPU for `steps` optimizer steps of batch 32 (nemo-notes.md recipe)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+    from transformers.loss.loss_tdt import tdt_loss
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    corpus = synthesize_corpus(n_utts, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = train_tokenizer([t for t, _ in corpus], Path(tmp) / "tok", vocab_size=32)
+        cfg = tdt_config(tok, n_layers=4, d_model=128, n_heads=4, n_mels=80, pred_hidden=128, joint_hidden=128)
+        model = build_model(cfg)
+        tokenizer = model.tokenizer
+        vocab_size = tokenizer.vocab_size
+        blank_id = vocab_size
+        durations = list(cfg.model_defaults.tdt_durations)
+
+        # Length-bucketed batches of 32: sort by length, cut, shuffle the batches each epoch.
+        order = sorted(range(len(corpus)), key=lambda i: len(corpus[i][1]))
+        batches = [order[i : i + 32] for i in range(0, len(order), 32)]
+        optim = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=1e-3)
+        warmup_steps = 100
+        rng = random.Random(seed)
+        model.train()
+        step = 0
+        bar = tqdm(total=steps, desc="training", unit="step", mininterval=2.0)
+        while step < steps:
+            rng.shuffle(batches)
+            for idx in batches:
+                if step >= steps:
+                    break
+                # Linear warm-up, then cosine decay to zero at `steps` (nemo-notes.md recipe).
+                if step < warmup_steps:
+                    lr_scale = (step + 1) / warmup_steps
+                else:
+                    lr_scale = 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
+                for group in optim.param_groups:
+                    group["lr"] = 3e-3 * lr_scale
+                waves = [corpus[i][1] for i in idx]
+                texts = [tokenizer.text_to_ids(corpus[i][0]) for i in idx]
+                x = torch.zeros(len(waves), max(len(w) for w in waves))
+                for j, w in enumerate(waves):
+                    x[j, : len(w)] = torch.from_numpy(w)
+                x_lens = torch.tensor([len(w) for w in waves])
+                y = torch.full((len(texts), max(len(t) for t in texts)), blank_id, dtype=torch.long)
+                for j, t in enumerate(texts):
+                    y[j, : len(t)] = torch.tensor(t)
+                y_lens = torch.tensor([len(t) for t in texts])
+
+                feats, feat_lens = model.preprocessor(input_signal=x, length=x_lens)  # [B, n_mels, T_f]
+                feats = model.spec_augmentation(input_spec=feats, length=feat_lens)
+                enc, enc_lens = model.encoder(audio_signal=feats, length=feat_lens)  # [B, D, T_enc]
+                dec, _, _ = model.decoder(targets=y, target_length=y_lens)  # [B, H, U+1]
+                joint = model.joint(encoder_outputs=enc, decoder_outputs=dec)  # [B, T_enc, U+1, V+1+5]
+                loss = tdt_loss(
+                    token_logits=joint[..., : vocab_size + 1],
+                    duration_logits=joint[..., vocab_size + 1 :],
+                    targets=y,
+                    logit_lengths=enc_lens,
+                    target_lengths=y_lens,
+                    blank_token_id=blank_id,
+                    durations=durations,
+                    sigma=0.02,
+                    reduction="mean_volume",
+                )
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optim.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
+        model.eval()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save_to(str(out))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("digits TDT: %d parameters, %d steps -> %s (%.1f MB)", n_params, step, out, out.stat().st_size / 1e6)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["tiny", "digits"])
+    parser.add_argument("--out", type=Path, required=True, help="where to write the .nemo file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1800, help="digits: training steps (~3/s on 2 cores)")
+    parser.add_argument("--utterances", type=int, default=2400, help="digits: training utterances")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    if args.kind == "tiny":
+        build_tiny(args.out, args.seed)
+    else:
+        build_digits(args.out, args.seed, args.steps, args.utterances)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Synthetic spoken digits from espeak-ng, for training the digits test model and for test fixtures.
+
+Speaks digit words ("three seven one") with the espeak-ng command-line synthesizer (Debian package
+`espeak-ng`) and returns float32 mono 16 kHz waveforms. It does not encode containers (tests do that).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import soundfile as sf
+import soxr
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SAMPLE_RATE_HZ = 16_000
+
+# Voices used for training (nemo-notes.md: 4 accents x 5 variants = 20 voices).
+TRAIN_VOICES = tuple(
+    f"{base}{variant}"
+    for base in ("en-us", "en-gb", "en-gb-x-rp", "en-029")
+    for variant in ("", "+m3", "+f2", "+f4", "+m7")
+)
+# Voices never seen in training, to check that the model generalises.
+HELD_OUT_VOICES = ("en-us+m1", "en-gb-scotland", "en-gb-x-gbclan+f3", "en-us+f5")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One synthesized utterance: its words and its float32 mono 16 kHz waveform of shape [T]."""
+
+    text: str
+    waveform: npt.NDArray[np.float32]
+    voice: str
+    speed_wpm: int
+
+
+def require_espeak() -> str:
+    """Return the path of espeak-ng.
+
+    Raises:
+        RuntimeError: espeak-ng is not installed (apt-get install espeak-ng).
+    """
+    path = shutil.which("espeak-ng")
+    if path is None:
+        raise RuntimeError("espeak-ng is not installed: run `apt-get install -y espeak-ng`")
+    return path
+
+
+def speak(text: str, voice: str = "en-us", speed_wpm: int = 160) -> npt.NDArray[np.float32]:
+    """Synthesize `text` with espeak-ng.
+
+    Args:
+        text: the words to speak.
+        voice: an espeak-ng voice name, optionally with a variant (`en-gb+f2`).
+        speed_wpm: speaking rate in words per minute (espeak-ng `-s`).
+
+    Returns:
+        float32 mono waveform at 16 kHz, shape [T], in [-1, 1].
+
+    Raises:
+        RuntimeError: espeak-ng is missing or failed.
+    """
+    out = subprocess.run(
+        [require_espeak(), "-v", voice, "-s", str(speed_wpm), "--stdout", text],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    data, rate = sf.read(io.BytesIO(out), dtype="float32", always_2d=False)
+    if rate != SAMPLE_RATE_HZ:
+        data = soxr.resample(data, rate, SAMPLE_RATE_HZ, quality="HQ")
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def random_digits(rng: random.Random, min_len: int = 1, max_len: int = 5) -> str:
+    """A random sequence of `min_len`..`max_len` digit words, e.g. "four zero nine"."""
+    return " ".join(rng.choice(DIGIT_WORDS) for _ in range(rng.randint(min_len, max_len)))
+
+
+def random_utterance(seed: int, voices: tuple[str, ...] = TRAIN_VOICES) -> Utterance:
+    """A seeded random digit utterance: voice from `voices`, speed 130-210 wpm (nemo-notes.md recipe)."""
+    rng = random.Random(seed)
+    text = random_digits(rng)
+    voice = rng.choice(voices)
+    speed = rng.randint(130, 210)
+    return Utterance(text=text, waveform=speak(text, voice, speed), voice=voice, speed_wpm=speed)

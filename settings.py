@@ -1,0 +1,72 @@
+"""Every knob of the server, read from environment variables prefixed `PARAKEET_` (pydantic-settings).
+
+Units are in the names. The README lists each setting with its default; `python3 settings.py` prints the
+effective values. This module reads settings only: it loads no model and touches no GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
+
+
+class Settings(BaseSettings):
+    """Server settings; each field is the env var `PARAKEET_<NAME>` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="PARAKEET_", extra="ignore", frozen=True)
+
+    # --- model ---
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Hugging Face model id, or the path of a local .nemo file.",
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto: a CUDA GPU claimed through the lock if any is visible, else the CPU."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Encoder/decoder weights dtype. auto: bf16 on GPU, fp32 on CPU."
+    )
+    cuda_graphs: bool = Field(False, description="Use NeMo's CUDA-graph TDT decoder (GPU only).")
+    max_symbols_per_step: int = Field(10, ge=1, description="TDT greedy decoding: max tokens per encoder frame.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op CPU threads per worker (default: torch's own choice)."
+    )
+    warmup: bool = Field(True, description="Run one batch of synthetic audio before reporting ready.")
+
+    # --- GPU lock ---
+    gpu_lock_dir: Path = Field(
+        Path("/tmp/parakeet_gpu_assignments"), description="Folder of the gpu<i>.lock files."
+    )
+    gpu_count: int | None = Field(
+        None, ge=0, description="GPUs to claim from (default: torch.cuda.device_count()); 0 forces the CPU."
+    )
+
+    # --- limits ---
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest request body, bytes.")
+    max_audio_duration_s: float = Field(
+        600.0, gt=0, description="Longest decoded audio, seconds (full attention is O(T^2) in memory)."
+    )
+    decode_timeout_s: float = Field(30.0, gt=0, description="Per-file limit on the audio decoder, seconds.")
+    decode_workers: int = Field(2, ge=1, description="Audio decoder subprocesses per worker.")
+    decode_memory_limit_bytes: int | None = Field(
+        4 * 1024**3,
+        ge=64 * 1024**2,
+        description="Address-space cap (RLIMIT_AS) of each decoder subprocess, bytes; unset for none.",
+    )
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment (and nothing else)."""
+    return Settings()
+
+
+if __name__ == "__main__":
+    for name, value in load_settings().model_dump().items():
+        print(f"PARAKEET_{name.upper()}={value if value is not None else ''}")
+    print(f"# read from the environment of pid {os.getpid()}")
