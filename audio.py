@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -218,7 +219,21 @@ class AudioDecoderPool:
     breaks the pool twice gets `DecoderUnavailable`.
     """
 
-    def __init__(self, workers: int, timeout_s: float, memory_limit_bytes: int | None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        timeout_s: float,
+        memory_limit_bytes: int | None,
+        decode_fn: Callable[[bytes, float], DecodedAudio] | None = None,
+    ) -> None:
+        """Args:
+        workers: subprocesses.
+        timeout_s: per-file decode limit, seconds.
+        memory_limit_bytes: RLIMIT_AS of each subprocess, or None.
+        decode_fn: a picklable top-level function (data, max_duration_s) -> DecodedAudio run in the
+            subprocess; defaults to `decode_audio` (tests pass one that crashes or hangs).
+        """
+        self.decode_fn = decode_fn or _decode_in_child
         self.workers = workers
         self.timeout_s = timeout_s
         self.memory_limit_bytes = memory_limit_bytes
@@ -256,7 +271,7 @@ class AudioDecoderPool:
         for attempt in (1, 2):
             pool = self._pool
             try:
-                fut = loop.run_in_executor(pool, _decode_in_child, data, max_duration_s)
+                fut = loop.run_in_executor(pool, self.decode_fn, data, max_duration_s)
                 return await asyncio.wait_for(fut, timeout=self.timeout_s)
             except (BrokenProcessPool, MemoryError):
                 reason = "crashed"

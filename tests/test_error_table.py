@@ -1,0 +1,290 @@
+"""Every row of the error table (../shared/guide/reliability.md), against the running 2-worker server:
+exact status, the one JSON error shape, a message naming the limit and the value, and a worker that keeps
+serving afterwards. The 500 row uses the in-process app with a failing fake engine."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import speech
+from conftest import ServerProcess
+from media import wav_bytes
+from starlette.testclient import TestClient
+
+from server import create_app
+from settings import Settings
+
+MAX_UPLOAD = 8 * 1024 * 1024  # digits_server's PARAKEET_MAX_UPLOAD_BYTES
+
+
+def assert_error(r: httpx.Response, status: int, code: str, *fragments: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == code, body
+    for fragment in fragments:
+        assert fragment in body["error"]["message"], body
+    assert "Traceback" not in r.text and "/work/" not in r.text and ".py" not in r.text
+    return body["error"]
+
+
+def post(server: ServerProcess, data: bytes, filename: str = "clip.wav", **kw: Any) -> httpx.Response:
+    return httpx.post(f"{server.url}/transcribe", files={"file": (filename, data)}, timeout=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def speech_wav() -> bytes:
+    return wav_bytes(speech.speak("nine one", "en-us", 160))
+
+
+@pytest.fixture(autouse=True)
+def server_still_serves(digits_server: ServerProcess, speech_wav: bytes) -> Iterator[None]:
+    """After every bad request, both workers are alive and still transcribe."""
+    yield
+    assert digits_server.proc.poll() is None
+    for _ in range(2):
+        r = post(digits_server, speech_wav)
+        assert r.status_code == 200 and r.json()["text"] == "nine one", r.text
+
+
+def test_error_no_file_part(digits_server: ServerProcess) -> None:
+    r = httpx.post(f"{digits_server.url}/transcribe", data={"model": "x"}, timeout=30)
+    err = assert_error(r, 400, "invalid_request", "missing form field 'file'")
+    assert err["param"] == "file" and err["type"] == "invalid_request_error"
+
+
+def test_error_file_as_text_field(digits_server: ServerProcess) -> None:
+    r = httpx.post(f"{digits_server.url}/transcribe", data={"file": "not a file"}, timeout=30)
+    assert_error(r, 400, "invalid_request", "must be a file upload")
+
+
+def test_error_not_multipart(digits_server: ServerProcess, speech_wav: bytes) -> None:
+    r = httpx.post(f"{digits_server.url}/transcribe", content=speech_wav, headers={"content-type": "audio/wav"})
+    assert_error(r, 400, "invalid_request", "multipart/form-data")
+
+
+def test_error_zero_byte_file(digits_server: ServerProcess) -> None:
+    assert_error(post(digits_server, b""), 400, "empty_audio", "empty (0 bytes)")
+
+
+def test_error_wav_header_without_samples(digits_server: ServerProcess) -> None:
+    assert_error(post(digits_server, wav_bytes(np.zeros(0, dtype=np.float32))), 400, "empty_audio", "no samples")
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        (np.random.default_rng(5).bytes(20000), "noise.wav"),
+        (b"just some text\n" * 100, "notes.mp3"),
+        (b"<html><body>" + b"<p>hi</p>" * 200 + b"</body></html>", "page.wav"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(3000), "image.wav"),
+        (b"RIFF\x24\x00\x00\x00WAVEfm", "cut-in-header.wav"),
+    ],
+    ids=["random-bytes", "text", "html", "png", "wav-cut-in-header"],
+)
+def test_error_not_audio_is_415(digits_server: ServerProcess, data: bytes, name: str) -> None:
+    assert_error(post(digits_server, data, name), 415, "unsupported_audio", "not audio in a supported format")
+
+
+def test_error_wav_data_shorter_than_header_says_is_served(digits_server: ServerProcess) -> None:
+    full = wav_bytes(speech.speak("five five five five", "en-us", 160))
+    r = post(digits_server, full[: len(full) // 2])
+    assert r.status_code == 200
+    assert 0 < r.json()["duration_sec"] < len(full) / 2 / 32000 + 0.01
+
+
+def test_error_body_over_cap_with_content_length_is_413_before_the_body(digits_server: ServerProcess) -> None:
+    """Declared 1 GB and send none of it: the answer must come without the server waiting for the body."""
+    host, port = digits_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(
+            b"POST /transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        t0 = time.perf_counter()
+        reply = s.recv(65536).decode()
+        assert time.perf_counter() - t0 < 5
+    assert reply.startswith("HTTP/1.1 413 "), reply
+    assert "100 Continue" not in reply
+    assert f"request body of 1000000000 bytes exceeds the upload limit of {MAX_UPLOAD} bytes" in reply
+
+
+def test_error_chunked_body_over_cap_is_413(digits_server: ServerProcess) -> None:
+    boundary = b"xyzzy"
+    head = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+
+    def body() -> Iterator[bytes]:
+        yield head
+        chunk = bytes(256 * 1024)
+        for _ in range(MAX_UPLOAD // len(chunk) + 8):
+            yield chunk
+        yield b"\r\n--" + boundary + b"--\r\n"
+
+    try:
+        r = httpx.post(
+            f"{digits_server.url}/transcribe",
+            content=body(),
+            headers={"content-type": f"multipart/form-data; boundary={boundary.decode()}"},
+            timeout=60,
+        )
+    except httpx.WriteError:
+        pytest.fail("server closed the connection without an answer")
+    assert_error(r, 413, "upload_too_large", f"exceeds the upload limit of {MAX_UPLOAD} bytes")
+
+
+@pytest.mark.parametrize("fmt", ["FLAC", "OGG"])
+def test_error_small_file_that_decodes_to_hours_is_413(digits_server: ServerProcess, fmt: str) -> None:
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", 8000, 1, format=fmt, subtype="PCM_16" if fmt == "FLAC" else "VORBIS") as f:
+        minute = np.zeros(8000 * 60, dtype=np.float32)
+        for _ in range(20 if fmt == "FLAC" else 3):
+            f.write(minute)
+    data = buf.getvalue()
+    assert len(data) < 1_000_000
+    r = post(digits_server, data, f"bomb.{fmt.lower()}")
+    assert_error(r, 413, "audio_too_long", "longer than the limit of 60 s", "decoding stopped after 61.0 s")
+
+
+def _forged_wav(rate: int, channels: int = 1) -> bytes:
+    data = bytearray(wav_bytes(np.zeros(1600, dtype=np.float32)))
+    struct.pack_into("<H", data, 22, channels)
+    struct.pack_into("<I", data, 24, rate)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("rate", [0, 1, 655350])
+def test_error_forged_header_sample_rate_is_400(digits_server: ServerProcess, rate: int) -> None:
+    r = post(digits_server, _forged_wav(rate))
+    assert r.status_code in (400, 415), r.text
+    assert_error(r, r.status_code, r.json()["error"]["code"])
+
+
+def test_error_real_but_unsupported_rate_names_range_and_value(digits_server: ServerProcess) -> None:
+    r = post(digits_server, wav_bytes(np.zeros(4000, dtype=np.float32), 4000))
+    assert_error(r, 400, "invalid_audio", "sample rate 4000 Hz", "8000-96000 Hz")
+
+
+def test_error_zero_channels(digits_server: ServerProcess) -> None:
+    r = post(digits_server, _forged_wav(16000, 0))
+    assert r.status_code in (400, 415), r.text
+
+
+def test_error_nine_channels(digits_server: ServerProcess) -> None:
+    r = post(digits_server, wav_bytes(np.zeros((1600, 9), dtype=np.float32)))
+    assert_error(r, 400, "invalid_audio", "9 audio channels", "1-8")
+
+
+def test_error_nan_samples_are_400(digits_server: ServerProcess) -> None:
+    w = np.zeros(16000, dtype=np.float32)
+    w[100] = np.nan
+    assert_error(post(digits_server, wav_bytes(w, 16000, "FLOAT")), 400, "invalid_audio", "NaN or infinite")
+
+
+def test_error_10ms_clip_is_200_with_empty_text(digits_server: ServerProcess) -> None:
+    r = post(digits_server, wav_bytes(np.full(160, 0.01, dtype=np.float32)))
+    assert r.status_code == 200 and r.json()["text"] == "" and r.json()["duration_sec"] == 0.01
+
+
+def test_error_30s_of_silence_is_200_with_empty_text(digits_server: ServerProcess) -> None:
+    r = post(digits_server, wav_bytes(np.zeros(16000 * 30, dtype=np.float32)))
+    assert r.status_code == 200 and r.json()["text"] == "" and r.json()["duration_sec"] == 30.0
+
+
+@pytest.mark.parametrize("filename", ["../../etc/passwd", "a\x00b.wav", "C:\\x\\..\\..\\y.wav", "é" * 300])
+def test_error_hostile_filenames_are_served_and_never_echoed(
+    digits_server: ServerProcess, speech_wav: bytes, filename: str
+) -> None:
+    r = post(digits_server, speech_wav, filename)
+    assert r.status_code == 200 and r.json()["text"] == "nine one"
+    assert "passwd" not in r.text and "..\\" not in r.text
+
+
+def test_error_unknown_route_is_404_in_the_same_shape(digits_server: ServerProcess) -> None:
+    assert_error(httpx.get(f"{digits_server.url}/nope"), 404, "not_found")
+
+
+def test_error_wrong_method_is_405_in_the_same_shape(digits_server: ServerProcess) -> None:
+    assert_error(httpx.get(f"{digits_server.url}/transcribe"), 405, "method_not_allowed")
+
+
+def _multipart(parts: list[bytes], boundary: bytes = b"bnd") -> tuple[bytes, dict[str, str]]:
+    body = b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts) + b"--" + boundary + b"--\r\n"
+    return body, {"content-type": f"multipart/form-data; boundary={boundary.decode()}"}
+
+
+def _field(name: str, value: bytes) -> bytes:
+    return f'Content-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["thousands-of-fields", "1MB-part-header", "crlf-flood", "pathological-boundary", "huge-text-field"],
+)
+def test_error_multipart_abuse_is_400_within_a_second(digits_server: ServerProcess, case: str) -> None:
+    if case == "thousands-of-fields":
+        body, headers = _multipart([_field(f"f{i}", b"x") for i in range(5000)])
+    elif case == "1MB-part-header":
+        body, headers = _multipart([b"X-Junk: " + b"a" * (1024 * 1024) + b"\r\n" + _field("file", b"x")])
+    elif case == "crlf-flood":
+        body, headers = b"\r\n" * 500_000, {"content-type": "multipart/form-data; boundary=bnd"}
+    elif case == "pathological-boundary":
+        body, headers = _multipart([_field("file", b"-" * 200_000)], boundary=b"-" * 70)
+    else:
+        body, headers = _multipart([_field("prompt", b"a" * 2_000_000)])
+    t0 = time.perf_counter()
+    r = httpx.post(f"{digits_server.url}/transcribe", content=body, headers=headers, timeout=30)
+    elapsed = time.perf_counter() - t0
+    assert r.status_code == 400, r.text
+    assert_error(r, 400, r.json()["error"]["code"])
+    assert elapsed < 1.0, f"{case}: {elapsed:.2f} s"
+
+
+# --- the 500 row: in-process app, deterministic fake engine ------------------------------------------------
+
+
+class _FailingEngine:
+    model_name = "fake"
+
+    def transcribe(self, waveforms: Any) -> Any:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered at /secret/path.py")
+
+    def warmup(self) -> float:
+        return 0.0
+
+    def device_info(self) -> dict[str, Any]:
+        return {"type": "cpu", "index": None, "name": "cpu", "memory_used_bytes": None, "memory_total_bytes": None}
+
+
+class _FailingFactory:
+    def visible_gpus(self) -> int:
+        return 0
+
+    def __call__(self, settings: Settings, gpu_id: int | None) -> Any:
+        return _FailingEngine()
+
+
+def test_error_engine_failure_is_500_with_request_id_and_no_internals(tmp_path: Path, speech_wav: bytes) -> None:
+    settings = Settings(gpu_lock_dir=tmp_path, decode_workers=1)
+    app = create_app(settings, engine_factory=_FailingFactory(), on_fatal=pytest.fail)
+    with TestClient(app) as client:
+        for _ in range(100):
+            if client.get("/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        r = client.post("/transcribe", files={"file": ("a.wav", speech_wav)})
+        err = assert_error(r, 500, "inference_failed")  # type: ignore[arg-type]
+        rid = r.headers["x-request-id"]
+        assert rid in err["message"] and err["type"] == "server_error"
+        assert "secret" not in r.text and "illegal memory" not in r.text
+        assert client.get("/health").status_code == 200  # the worker keeps serving
