@@ -14,11 +14,11 @@ import logging
 import os
 import resource
 import signal
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -110,9 +110,7 @@ def _check_format(sample_rate_hz: int, channels: int) -> None:
             param="file",
         )
     if not 1 <= channels <= MAX_CHANNELS:
-        raise InvalidAudio(
-            f"{channels} audio channels is outside the supported range 1-{MAX_CHANNELS}", param="file"
-        )
+        raise InvalidAudio(f"{channels} audio channels is outside the supported range 1-{MAX_CHANNELS}", param="file")
 
 
 def _decode_soundfile(data: bytes, max_duration_s: float) -> DecodedAudio | None:
@@ -151,12 +149,15 @@ def _decode_pyav(data: bytes, max_duration_s: float) -> DecodedAudio:
     with container:
         streams = [s for s in container.streams if s.type == "audio"]
         if not streams:
-            raise UnsupportedAudio("the file contains no audio stream", param="file")
+            raise UnsupportedAudio(
+                "the file is not audio in a supported format: it holds no audio stream", param="file"
+            )
         stream = streams[0]
         to_float = av.AudioResampler(format="fltp")  # sample-format conversion only; soxr resamples
         acc: _Accumulator | None = None
         try:
             for frame in container.decode(stream):
+                assert isinstance(frame, av.AudioFrame)
                 for converted in to_float.resample(frame):
                     planes = converted.to_ndarray()  # [channels, samples] float32
                     if acc is None:
@@ -214,9 +215,9 @@ class AudioDecoderPool:
     """Decodes uploads in a pool of spawned subprocesses, each with an address-space cap.
 
     A decoder that crashes (SIGSEGV in libsndfile/FFmpeg, or a MemoryError) or runs past `timeout_s` costs
-    only that subprocess: the pool is rebuilt and every request that was in it is retried once in the new
-    pool, so an innocent request that shared the pool with a crashing file still succeeds. A file that
-    breaks the pool twice gets `DecoderUnavailable`.
+    only that subprocess: the pool is rebuilt and every request that was in it is retried once, alone in a
+    one-off subprocess, so an innocent request that shared the pool with a crashing file still succeeds and
+    the file that breaks its own subprocess too gets `DecoderUnavailable`.
     """
 
     def __init__(
@@ -239,9 +240,9 @@ class AudioDecoderPool:
         self.memory_limit_bytes = memory_limit_bytes
         self._pool = self._new_pool()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_pool(self, workers: int | None = None) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self.workers,
+            max_workers=workers or self.workers,
             mp_context=get_context("spawn"),  # no fork of a process holding torch threads and a GPU lock
             initializer=_init_decoder_process,
             initargs=(self.memory_limit_bytes,),
@@ -255,10 +256,7 @@ class AudioDecoderPool:
         if self._pool is not broken:
             return  # another request already replaced it
         self._pool = self._new_pool()
-        # ProcessPoolExecutor has no public kill before Python 3.14 (kill_workers); a hung decoder must go.
-        for proc in list(getattr(broken, "_processes", {}).values()):
-            proc.kill()
-        broken.shutdown(wait=False, cancel_futures=True)
+        _kill_pool(broken)
 
     async def decode(self, data: bytes, *, max_duration_s: float) -> DecodedAudio:
         """Decode `data` in a subprocess; same contract as `decode_audio`.
@@ -268,21 +266,42 @@ class AudioDecoderPool:
             twice on this input.
         """
         loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            pool = self._pool
-            try:
-                fut = loop.run_in_executor(pool, self.decode_fn, data, max_duration_s)
-                return await asyncio.wait_for(fut, timeout=self.timeout_s)
-            except (BrokenProcessPool, MemoryError):
-                reason = "crashed"
-            except TimeoutError:
-                reason = f"took longer than the limit of {self.timeout_s:g} s"
-            log.warning("audio decoder %s (attempt %d, %d bytes); restarting the decoder pool", reason, attempt, len(data))
+        pool = self._pool
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(pool, self.decode_fn, data, max_duration_s), timeout=self.timeout_s
+            )
+        except (BrokenProcessPool, MemoryError, TimeoutError) as exc:
+            log.warning(
+                "audio decoder %s (%d bytes); restarting the decoder pool", _failure(exc, self.timeout_s), len(data)
+            )
             self._replace_pool(pool)
-        raise DecoderUnavailable(f"the audio decoder {reason} on this file", param="file")
+        # Retry alone in a one-off subprocess: a file that breaks the decoder again harms no other request.
+        solo = self._new_pool(workers=1)
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(solo, self.decode_fn, data, max_duration_s), timeout=self.timeout_s
+            )
+        except (BrokenProcessPool, MemoryError, TimeoutError) as exc:
+            reason = _failure(exc, self.timeout_s)
+            log.warning("audio decoder %s again on the same file (%d bytes); refusing it", reason, len(data))
+            raise DecoderUnavailable(f"the audio decoder {reason} on this file", param="file") from None
+        finally:
+            _kill_pool(solo)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor has no public kill before Python 3.14 (kill_workers); a hung decoder must go.
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _failure(exc: BaseException, timeout_s: float) -> str:
+    return f"took longer than the limit of {timeout_s:g} s" if isinstance(exc, TimeoutError) else "crashed"
 
 
 def _decode_in_child(data: bytes, max_duration_s: float) -> DecodedAudio:
@@ -293,4 +312,3 @@ def _decode_in_child(data: bytes, max_duration_s: float) -> DecodedAudio:
     except (OSError, RuntimeError, ValueError, TypeError, IndexError, OverflowError) as exc:
         # Unexpected decoder-library failures on hostile input are the input's fault, not ours.
         raise UnsupportedAudio(f"the file could not be decoded as audio ({type(exc).__name__})") from None
-

@@ -9,7 +9,6 @@ thread-safe, and it leaves the model in train mode: NeMo 3.0.0 bug). No HTTP, no
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,7 +83,7 @@ def load_asr_model(name_or_path: str, device: torch.device) -> Any:
 
 def _hub_failure_message(model: str, exc: BaseException) -> str:
     kind = type(exc).__name__
-    chain = []
+    chain: list[str] = []
     e: BaseException | None = exc
     while e is not None and len(chain) < 5:
         chain.append(type(e).__name__)
@@ -149,7 +148,7 @@ class ParakeetEngine:
         if self.sample_rate_hz != SAMPLE_RATE_HZ:
             raise ModelLoadError(f"model expects {self.sample_rate_hz} Hz audio; this server feeds 16000 Hz")
 
-        decoding_cfg = OmegaConf.create(OmegaConf.to_container(model.cfg.decoding, resolve=True))
+        decoding_cfg: Any = OmegaConf.create(OmegaConf.to_container(model.cfg.decoding, resolve=True))
         with open_dict(decoding_cfg):
             decoding_cfg.strategy = "greedy_batch"
             decoding_cfg.greedy = decoding_cfg.get("greedy") or {}
@@ -162,9 +161,7 @@ class ParakeetEngine:
             module.to(dtype=self.dtype)
         model.preprocessor.to(dtype=torch.float32)
         # Window stride (s) x subsampling: 0.01 x 8 = 0.08 s per encoder frame for Parakeet.
-        self.frame_s = float(model.cfg.preprocessor.window_stride) * int(
-            model.cfg.encoder.get("subsampling_factor", 8)
-        )
+        self.frame_s = float(model.cfg.preprocessor.window_stride) * int(model.cfg.encoder.get("subsampling_factor", 8))
         self.num_parameters = sum(p.numel() for p in model.parameters())
 
     @torch.inference_mode()
@@ -276,4 +273,3 @@ def build_engine(
         time.perf_counter() - t0,
     )
     return engine
-

@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -23,21 +22,18 @@ from typing import Any, NoReturn, Protocol
 import numpy as np
 import numpy.typing as npt
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import errors
 from audio import AudioDecoderPool
 from gpu_lock import GpuClaim, NoFreeGpuError, claim_gpu
-from schemas import ErrorResponse, HealthResponse, TranscriptionResponse
+from http_errors import RETRY_AFTER_LOADING_S, install_error_handlers, request_id
+from middleware import RequestIdMiddleware, UploadLimitMiddleware
+from schemas import DeviceInfo, ErrorResponse, HealthResponse, TranscriptionResponse
 from settings import Settings, load_settings
 
 log = logging.getLogger("parakeet.server")
-
-RETRY_AFTER_LOADING_S = 10
 
 
 class Engine(Protocol):
@@ -112,140 +108,6 @@ class WorkerState:
     @property
     def ready(self) -> bool:
         return self.phase == "ok"
-
-
-# --- errors: one table, one JSON shape ------------------------------------------------------------------
-
-# exception class -> (HTTP status, envelope type). Checked in order: subclasses before their bases.
-ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
-    (errors.UploadTooLarge, 413, "invalid_request_error"),
-    (errors.AudioTooLong, 413, "invalid_request_error"),
-    (errors.EmptyAudio, 400, "invalid_request_error"),
-    (errors.UnsupportedAudio, 415, "invalid_request_error"),
-    (errors.DecoderUnavailable, 415, "invalid_request_error"),
-    (errors.InvalidAudio, 400, "invalid_request_error"),
-    (errors.BadRequest, 400, "invalid_request_error"),
-    (errors.NotReady, 503, "service_unavailable_error"),
-    (errors.ShuttingDown, 503, "service_unavailable_error"),
-    (errors.InferenceError, 500, "server_error"),
-]
-
-
-def error_response(
-    status: int, message: str, *, type_: str, code: str | None, param: str | None = None, request_id: str | None = None
-) -> JSONResponse:
-    body = ErrorResponse.model_validate({"error": {"message": message, "type": type_, "param": param, "code": code}})
-    headers = {"X-Request-Id": request_id} if request_id else {}
-    if status == 503:
-        headers["Retry-After"] = str(RETRY_AFTER_LOADING_S)
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
-
-
-def _request_id(request: Request) -> str:
-    return str(request.scope.get("state", {}).get("request_id", ""))
-
-
-async def _parakeet_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, errors.ParakeetError)
-    status, type_ = next(((s, t) for cls, s, t in ERROR_TABLE if isinstance(exc, cls)), (500, "server_error"))
-    rid = _request_id(request)
-    if status >= 500:
-        log.error("request %s failed: %s", rid, exc.message, exc_info=exc.__cause__ or exc)
-    else:
-        log.info("request %s -> %d %s: %s", rid, status, exc.code, exc.message)
-    return error_response(status, exc.message, type_=type_, code=exc.code, param=exc.param, request_id=rid)
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request"}
-    response = error_response(
-        exc.status_code,
-        str(exc.detail),
-        type_="invalid_request_error" if exc.status_code < 500 else "server_error",
-        code=codes.get(exc.status_code, f"http_{exc.status_code}"),
-        request_id=_request_id(request),
-    )
-    for name, value in (exc.headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-    return error_response(
-        400, f"invalid request: {first.get('msg', 'malformed')}", type_="invalid_request_error",
-        code="invalid_request", param=param, request_id=_request_id(request),
-    )  # fmt: skip
-
-
-async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
-    rid = _request_id(request)
-    log.error("request %s: unhandled %s", rid, type(exc).__name__, exc_info=exc)
-    return error_response(
-        500, f"internal error (request id {rid})", type_="server_error", code="internal_error", request_id=rid
-    )
-
-
-# --- plain ASGI middleware (BaseHTTPMiddleware would break disconnect detection) ------------------------
-
-
-class RequestIdMiddleware:
-    """Gives every HTTP request an id (scope state + X-Request-Id response header)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        rid = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                message["headers"] = [*headers, (b"x-request-id", rid.encode())]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
-class UploadLimitMiddleware:
-    """Caps request bodies at `max_upload_bytes`: 413 from Content-Length before a byte of the body is read
-    (uvicorn sends `100 Continue` only on the first receive), and a running count for chunked uploads."""
-
-    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_upload_bytes
-
-    def _too_large(self, size: str) -> errors.UploadTooLarge:
-        return errors.UploadTooLarge(f"request body of {size} exceeds the upload limit of {self.max_bytes} bytes")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            exc = self._too_large(f"{int(declared)} bytes")
-            rid = scope.get("state", {}).get("request_id")
-            log.info("request %s -> 413 upload_too_large: %s", rid, exc.message)
-            response = error_response(413, exc.message, type_="invalid_request_error", code=exc.code, request_id=rid)
-            response.headers["Connection"] = "close"
-            return await response(scope, receive, send)
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise self._too_large(f"more than {received} bytes")
-            return message
-
-        await self.app(scope, counting_receive, send)
 
 
 # --- the app -------------------------------------------------------------------------------------------
@@ -340,10 +202,7 @@ def create_app(
         lifespan=lifespan,
         responses={400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
     )
-    app.add_exception_handler(errors.ParakeetError, _parakeet_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unhandled_error)
+    install_error_handlers(app)
     app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestIdMiddleware)
 
@@ -355,7 +214,7 @@ def create_app(
             ready=state.ready,
             model=settings.model,
             gpu_id=state.gpu_id,
-            device=state.device_info,
+            device=DeviceInfo.model_validate(state.device_info) if state.device_info else None,
             worker_pid=os.getpid(),
             uptime_s=round(time.monotonic() - state.started_at, 3),
             requests_served=state.requests_served,
@@ -395,7 +254,9 @@ def create_app(
         async with request.form(max_files=1, max_fields=16, max_part_size=64 * 1024) as form:
             upload = form.get("file")
             if upload is None:
-                raise errors.BadRequest("missing form field 'file' (send the audio as multipart/form-data)", param="file")
+                raise errors.BadRequest(
+                    "missing form field 'file' (send the audio as multipart/form-data)", param="file"
+                )
             if not isinstance(upload, UploadFile):
                 raise errors.BadRequest("form field 'file' must be a file upload, not a text value", param="file")
             data = await upload.read()
@@ -407,7 +268,7 @@ def create_app(
         try:
             result = await loop.run_in_executor(state.gpu_executor, engine.transcribe, [decoded.waveform])
         except Exception as exc:  # noqa: BLE001 - a model failure is ours, not the client's
-            raise errors.InferenceError(f"inference failed (request id {_request_id(request)})") from exc
+            raise errors.InferenceError(f"inference failed (request id {request_id(request)})") from exc
         state.requests_served += 1
         t_done = time.perf_counter()
         return TranscriptionResponse(
@@ -416,7 +277,7 @@ def create_app(
             processing_time_ms=round((t_done - t0) * 1000, 2),
             gpu_id=state.gpu_id,
             model=engine.model_name,
-            request_id=_request_id(request),
+            request_id=request_id(request),
             decode_ms=round((t_decoded - t_read) * 1000, 2),
             compute_ms=round(result.compute_ms, 2),
             source_sample_rate_hz=decoded.source_sample_rate_hz,

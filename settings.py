@@ -40,9 +40,7 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="Run one batch of synthetic audio before reporting ready.")
 
     # --- GPU lock ---
-    gpu_lock_dir: Path = Field(
-        Path("/tmp/parakeet_gpu_assignments"), description="Folder of the gpu<i>.lock files."
-    )
+    gpu_lock_dir: Path = Field(Path("/tmp/parakeet_gpu_assignments"), description="Folder of the gpu<i>.lock files.")
     gpu_count: int | None = Field(
         None, ge=0, description="GPUs to claim from (default: torch.cuda.device_count()); 0 forces the CPU."
     )

@@ -19,7 +19,9 @@ from inference import ParakeetEngine, build_engine, load_asr_model
 
 
 def engine_for(model_path: Path) -> ParakeetEngine:
-    return build_engine(str(model_path), torch.device("cpu"), precision="fp32", cuda_graphs=False, max_symbols_per_step=10)
+    return build_engine(
+        str(model_path), torch.device("cpu"), precision="fp32", cuda_graphs=False, max_symbols_per_step=10
+    )
 
 
 def test_engine_matches_nemo_transcribe_on_digits(

@@ -140,7 +140,9 @@ def test_e2e_not_ready_while_loading_then_ready(tmp_path: Path, digits_model_pat
         server.wait_ready()
         assert post_file(server.url, wav_bytes(digits_wave()), "a.wav").status_code == 200
     finally:
-        assert server.stop() == 0
+        code = server.stop()
+    assert code in (0, -15)  # uvicorn re-raises SIGTERM after a graceful shutdown
+    assert "Application shutdown complete" in server.log()
 
 
 def digits_wave() -> Any:

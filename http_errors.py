@@ -1,0 +1,101 @@
+"""The one table from domain exceptions (errors.py) to HTTP status, and the one JSON error shape.
+
+Every error response, from a route, a middleware or the framework (404, 405, 422), goes through
+`error_response`; `install_error_handlers` wires the table into an app. No domain logic lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import errors
+from schemas import ErrorResponse
+
+log = logging.getLogger("parakeet.server")
+
+RETRY_AFTER_LOADING_S = 10
+
+# exception class -> (HTTP status, envelope type). Checked in order: subclasses before their bases.
+ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
+    (errors.UploadTooLarge, 413, "invalid_request_error"),
+    (errors.AudioTooLong, 413, "invalid_request_error"),
+    (errors.EmptyAudio, 400, "invalid_request_error"),
+    (errors.UnsupportedAudio, 415, "invalid_request_error"),
+    (errors.DecoderUnavailable, 415, "invalid_request_error"),
+    (errors.InvalidAudio, 400, "invalid_request_error"),
+    (errors.BadRequest, 400, "invalid_request_error"),
+    (errors.NotReady, 503, "service_unavailable_error"),
+    (errors.ShuttingDown, 503, "service_unavailable_error"),
+    (errors.InferenceError, 500, "server_error"),
+]
+
+
+def error_response(
+    status: int, message: str, *, type_: str, code: str | None, param: str | None = None, request_id: str | None = None
+) -> JSONResponse:
+    body = ErrorResponse.model_validate({"error": {"message": message, "type": type_, "param": param, "code": code}})
+    headers = {"X-Request-Id": request_id} if request_id else {}
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_LOADING_S)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+async def _parakeet_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.ParakeetError)
+    status, type_ = next(((s, t) for cls, s, t in ERROR_TABLE if isinstance(exc, cls)), (500, "server_error"))
+    rid = request_id(request)
+    if status >= 500:
+        log.error("request %s failed: %s", rid, exc.message, exc_info=exc.__cause__ or exc)
+    else:
+        log.info("request %s -> %d %s: %s", rid, status, exc.code, exc.message)
+    return error_response(status, exc.message, type_=type_, code=exc.code, param=exc.param, request_id=rid)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request"}
+    response = error_response(
+        exc.status_code,
+        str(exc.detail),
+        type_="invalid_request_error" if exc.status_code < 500 else "server_error",
+        code=codes.get(exc.status_code, f"http_{exc.status_code}"),
+        request_id=request_id(request),
+    )
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    return error_response(
+        400, f"invalid request: {first.get('msg', 'malformed')}", type_="invalid_request_error",
+        code="invalid_request", param=param, request_id=request_id(request),
+    )  # fmt: skip
+
+
+async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+    rid = request_id(request)
+    log.error("request %s: unhandled %s", rid, type(exc).__name__, exc_info=exc)
+    return error_response(
+        500, f"internal error (request id {rid})", type_="server_error", code="internal_error", request_id=rid
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception through the table above."""
+    app.add_exception_handler(errors.ParakeetError, _parakeet_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled_error)
