@@ -9,6 +9,8 @@ crash on a crafted file cannot take the model's worker down. This module knows n
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import io
 import logging
 import os
@@ -201,7 +203,18 @@ def decode_audio(data: bytes, *, max_duration_s: float) -> DecodedAudio:
 # --- subprocess isolation -----------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the thread that spawned it exits (prctl PR_SET_PDEATHSIG),
+    so that decoders never outlive a worker that died by SIGKILL or os._exit."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (linux/prctl.h)
+    except (OSError, AttributeError):  # not Linux: the pool's own EOF handling still applies
+        pass
+
+
 def _init_decoder_process(memory_limit_bytes: int | None) -> None:
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent worker handles Ctrl-C and shuts us down
     if memory_limit_bytes is not None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
@@ -249,7 +262,11 @@ class AudioDecoderPool:
         )
 
     def start(self) -> None:
-        """Start every subprocess now (spawn + imports take ~0.5 s), not on the first request."""
+        """Start every subprocess now (spawn + imports take ~0.5 s), not on the first request.
+
+        Call it from the event loop's thread, as `decode` does when it rebuilds the pool: the subprocesses are
+        tied to the spawning thread's life (PR_SET_PDEATHSIG).
+        """
         list(self._pool.map(_ping, range(self.workers)))
 
     def _replace_pool(self, broken: ProcessPoolExecutor) -> None:

@@ -184,7 +184,7 @@ def create_app(
         state.decoder = AudioDecoderPool(
             settings.decode_workers, settings.decode_timeout_s, settings.decode_memory_limit_bytes
         )
-        await asyncio.to_thread(state.decoder.start)
+        state.decoder.start()  # on this (the loop's) thread: see AudioDecoderPool.start
         loader = asyncio.create_task(_load_model(state, factory, on_fatal))
         try:
             yield

@@ -4,11 +4,16 @@
 it exercises the real preprocessor, encoder and TDT decoder but its text is noise.
 `digits`: a 4-layer TDT (~1.9 M parameters) trained on CPU on espeak-ng speech of random digit sequences,
 so that it really transcribes "three seven one". Recipe and numbers: ../shared/guide/nemo-notes.md.
-Both are seeded; the same command gives the same model on the same library versions.
+`fullsize`: Parakeet-TDT-0.6B-v3's full architecture (../shared/parakeet_tdt_0.6b_v3_arch.yaml, 627 M
+parameters, 2.5 GB .nemo) with random weights and a random 8192-piece tokenizer, for speed and memory
+measurements only (its text is noise; the encoder's cost does not depend on the weights).
+All are seeded; the same command gives the same model on the same library versions.
 
 Usage:
     python3 scripts/build_test_models.py tiny --out models/tiny_tdt.nemo
     python3 scripts/build_test_models.py digits --out models/digits_tdt.nemo [--steps 1800]
+    python3 scripts/build_test_models.py fullsize --out models/parakeet_arch_random.nemo \
+        [--arch ../shared/parakeet_tdt_0.6b_v3_arch.yaml --tokenizer-dir ../shared/tokenizers/bpe_8192_random]
 """
 
 from __future__ import annotations
@@ -199,6 +204,22 @@ def build_tiny(out: Path, seed: int) -> None:
     log.info("tiny TDT: %d parameters -> %s (%.1f MB)", n_params, out, out.stat().st_size / 1e6)
 
 
+def build_fullsize(out: Path, seed: int, arch: Path, tokenizer_dir: Path) -> None:
+    """Full-size Parakeet-TDT architecture with random weights (see module docstring)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(seed)
+    cfg = OmegaConf.load(arch).model
+    cfg.tokenizer.dir = str(tokenizer_dir.resolve())
+    model = build_model(cfg)
+    model.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save_to(str(out))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("full-size TDT (random): %d parameters -> %s (%.2f GB)", n_params, out, out.stat().st_size / 1e9)
+
+
 def _synth(seed: int) -> tuple[str, Any]:
     utt = speech.random_utterance(seed)
     return utt.text, utt.waveform
@@ -298,11 +319,16 @@ def build_digits(out: Path, seed: int, steps: int, n_utts: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["tiny", "digits"])
+    parser.add_argument("kind", choices=["tiny", "digits", "fullsize"])
     parser.add_argument("--out", type=Path, required=True, help="where to write the .nemo file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1800, help="digits: training steps (~3/s on 2 cores)")
     parser.add_argument("--utterances", type=int, default=2400, help="digits: training utterances")
+    shared = Path(__file__).resolve().parent.parent.parent / "shared"
+    parser.add_argument("--arch", type=Path, default=shared / "parakeet_tdt_0.6b_v3_arch.yaml", help="fullsize")
+    parser.add_argument(
+        "--tokenizer-dir", type=Path, default=shared / "tokenizers" / "bpe_8192_random", help="fullsize"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
@@ -310,6 +336,8 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     if args.kind == "tiny":
         build_tiny(args.out, args.seed)
+    elif args.kind == "fullsize":
+        build_fullsize(args.out, args.seed, args.arch, args.tokenizer_dir)
     else:
         build_digits(args.out, args.seed, args.steps, args.utterances)
 

@@ -10,6 +10,10 @@ if [ -z "${PARAKEET_WORKERS:-}" ]; then
   # Counted in a throwaway process: the uvicorn parent itself never imports torch.
   PARAKEET_WORKERS=$(.venv/bin/python -c 'import torch; print(max(1, torch.cuda.device_count()))')
 fi
+if [ -z "${PARAKEET_TORCH_THREADS:-}" ] && ! .venv/bin/python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  # CPU only: share the cores between the workers instead of every worker using all of them.
+  export PARAKEET_TORCH_THREADS=$(( $(nproc) / PARAKEET_WORKERS > 0 ? $(nproc) / PARAKEET_WORKERS : 1 ))
+fi
 echo "serve: ${PARAKEET_WORKERS} worker(s) on ${PARAKEET_HOST:-0.0.0.0}:${PARAKEET_PORT:-8000}, model ${PARAKEET_MODEL:-nvidia/parakeet-tdt-0.6b-v3}" >&2
 exec .venv/bin/python -m uvicorn server:app \
   --host "${PARAKEET_HOST:-0.0.0.0}" --port "${PARAKEET_PORT:-8000}" \

@@ -4,6 +4,7 @@ utterances in every accepted container, rate and channel count; text, fields, pa
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import jiwer
 import pytest
-from conftest import ROOT, ServerProcess, nemo_reference_texts, start_server
+from conftest import ROOT, ServerProcess, child_pids, nemo_reference_texts, start_server, wait_gone
 from media import ENCODINGS, encode, wav_bytes
 
 from audio import decode_audio
@@ -168,9 +169,12 @@ def test_e2e_worker_stops_with_one_message_when_hub_is_unavailable(
     env = {**env, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     server = start_server(tmp_path, {"PARAKEET_MODEL": "nvidia/parakeet-tdt-0.6b-v3", "PARAKEET_DEVICE": "cpu", **env})
     try:
-        server.proc.wait(90)
+        time.sleep(1.0)
+        decoders = child_pids(server.proc.pid)  # single-process uvicorn: the worker is server.proc
+        assert server.proc.wait(90) == 3  # uvicorn's STARTUP_FAILURE
     finally:
         server.stop()
+    assert decoders and not wait_gone(decoders)  # its decoder subprocesses died with it
     log = server.log()
     critical = [line for line in log.splitlines() if "CRITICAL" in line]
     assert len(critical) == 1, log
@@ -178,3 +182,17 @@ def test_e2e_worker_stops_with_one_message_when_hub_is_unavailable(
     assert expected in critical[0]
     assert "PARAKEET_MODEL" in critical[0] and "hf download" in critical[0]
     assert "Traceback" not in log
+
+
+def test_e2e_sigkilled_worker_is_replaced_and_its_decoders_die(digits_server: ServerProcess) -> None:
+    """kill -9 one worker: uvicorn respawns it, its decoder subprocesses do not outlive it, service goes on."""
+    victim = httpx.get(f"{digits_server.url}/health", timeout=5).json()["worker_pid"]
+    decoders = child_pids(victim)
+    assert decoders
+    os.kill(victim, signal.SIGKILL)
+    assert not wait_gone([victim, *decoders])
+    digits_server.wait_ready(workers=2)
+    pids = {httpx.get(f"{digits_server.url}/health", timeout=5).json()["worker_pid"] for _ in range(20)}
+    assert victim not in pids
+    r = post_file(digits_server.url, wav_bytes(digits_wave()), "a.wav")
+    assert r.status_code == 200 and r.json()["text"] == "four two"
