@@ -6,15 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh requirements.txt
-if [ -z "${PARAKEET_WORKERS:-}" ]; then
-  # Counted in a throwaway process: the uvicorn parent itself never imports torch.
-  PARAKEET_WORKERS=$(.venv/bin/python -c 'import torch; print(max(1, torch.cuda.device_count()))')
-fi
-if [ -z "${PARAKEET_TORCH_THREADS:-}" ] && ! .venv/bin/python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+# GPUs are counted in a throwaway process: the uvicorn parent itself never imports torch.
+gpus=$(.venv/bin/python -c 'import torch; print(torch.cuda.device_count())')
+workers=${PARAKEET_WORKERS:-$(( gpus > 0 ? gpus : 1 ))}
+if [ "$gpus" -eq 0 ] && [ -z "${PARAKEET_TORCH_THREADS:-}" ]; then
   # CPU only: share the cores between the workers instead of every worker using all of them.
-  export PARAKEET_TORCH_THREADS=$(( $(nproc) / PARAKEET_WORKERS > 0 ? $(nproc) / PARAKEET_WORKERS : 1 ))
+  cores=$(nproc)
+  export PARAKEET_TORCH_THREADS=$(( cores / workers > 0 ? cores / workers : 1 ))
 fi
-echo "serve: ${PARAKEET_WORKERS} worker(s) on ${PARAKEET_HOST:-0.0.0.0}:${PARAKEET_PORT:-8000}, model ${PARAKEET_MODEL:-nvidia/parakeet-tdt-0.6b-v3}" >&2
+echo "serve: $workers worker(s) on ${PARAKEET_HOST:-0.0.0.0}:${PARAKEET_PORT:-8000}, $gpus GPU(s)," \
+  "model ${PARAKEET_MODEL:-nvidia/parakeet-tdt-0.6b-v3}" >&2
 exec .venv/bin/python -m uvicorn server:app \
   --host "${PARAKEET_HOST:-0.0.0.0}" --port "${PARAKEET_PORT:-8000}" \
-  --workers "$PARAKEET_WORKERS" --timeout-worker-healthcheck 60 --timeout-graceful-shutdown 30 "$@"
+  --workers "$workers" --timeout-worker-healthcheck 60 --timeout-graceful-shutdown 30 "$@"
