@@ -82,6 +82,39 @@ class ShuttingDown(ParakeetError):
     code = "shutting_down"
 
 
+class Overloaded(ParakeetError):
+    """The worker's queue is full (in requests or in audio seconds). `retry_after_s`: estimated time until
+    the work ahead of this request is done."""
+
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after_s: int, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(ParakeetError):
+    """The request waited in the queue past `request_timeout_s` and was dropped before the GPU."""
+
+    code = "deadline_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
+
+
+class ClientDisconnected(ParakeetError):
+    """The client went away before its answer was ready (logged; nobody receives the response)."""
+
+    code = "client_closed_request"
+
+
+class DeviceOutOfMemory(ParakeetError):
+    """The device ran out of memory on a batch (the batcher splits the batch and retries the halves)."""
+
+    code = "device_out_of_memory"
+
+
 class DecoderUnavailable(ParakeetError):
     """The audio decoder subprocess crashed or timed out on this input (the worker itself is unharmed)."""
 

@@ -29,6 +29,10 @@ ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
     (errors.DecoderUnavailable, 415, "invalid_request_error"),
     (errors.InvalidAudio, 400, "invalid_request_error"),
     (errors.BadRequest, 400, "invalid_request_error"),
+    (errors.Overloaded, 429, "rate_limit_error"),
+    (errors.DeadlineExceeded, 503, "service_unavailable_error"),
+    (errors.DeviceOutOfMemory, 503, "service_unavailable_error"),
+    (errors.ClientDisconnected, 499, "invalid_request_error"),
     (errors.NotReady, 503, "service_unavailable_error"),
     (errors.ShuttingDown, 503, "service_unavailable_error"),
     (errors.InferenceError, 500, "server_error"),
@@ -36,12 +40,20 @@ ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
 
 
 def error_response(
-    status: int, message: str, *, type_: str, code: str | None, param: str | None = None, request_id: str | None = None
+    status: int,
+    message: str,
+    *,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+    request_id: str | None = None,
+    retry_after_s: int | None = None,
 ) -> JSONResponse:
+    """The one error shape. 429 and 503 always carry Retry-After (seconds; default 10)."""
     body = ErrorResponse.model_validate({"error": {"message": message, "type": type_, "param": param, "code": code}})
     headers = {"X-Request-Id": request_id} if request_id else {}
-    if status == 503:
-        headers["Retry-After"] = str(RETRY_AFTER_LOADING_S)
+    if status in (429, 503):
+        headers["Retry-After"] = str(retry_after_s if retry_after_s is not None else RETRY_AFTER_LOADING_S)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -53,11 +65,14 @@ async def _parakeet_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.ParakeetError)
     status, type_ = next(((s, t) for cls, s, t in ERROR_TABLE if isinstance(exc, cls)), (500, "server_error"))
     rid = request_id(request)
-    if status >= 500:
+    if status == 500:
         log.error("request %s failed: %s", rid, exc.message, exc_info=exc.__cause__ or exc)
     else:
         log.info("request %s -> %d %s: %s", rid, status, exc.code, exc.message)
-    return error_response(status, exc.message, type_=type_, code=exc.code, param=exc.param, request_id=rid)
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    return error_response(
+        status, exc.message, type_=type_, code=exc.code, param=exc.param, request_id=rid, retry_after_s=retry_after_s
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from errors import ModelLoadError
+from errors import DeviceOutOfMemory, ModelLoadError
 
 log = logging.getLogger("parakeet.inference")
 
@@ -164,8 +164,26 @@ class ParakeetEngine:
         self.frame_s = float(model.cfg.preprocessor.window_stride) * int(model.cfg.encoder.get("subsampling_factor", 8))
         self.num_parameters = sum(p.numel() for p in model.parameters())
 
-    @torch.inference_mode()
     def transcribe(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> BatchResult:
+        """Transcribe a batch of waveforms in one padded forward pass (see `_transcribe`).
+
+        Raises:
+            ValueError: empty batch or an empty waveform.
+            DeviceOutOfMemory: the padded batch does not fit on the device (the cache is emptied first, so
+                the caller can split the batch and retry).
+        """
+        try:
+            return self._transcribe(waveforms)
+        except torch.OutOfMemoryError as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            n_samples = max((len(w) for w in waveforms), default=0) * len(waveforms)
+            raise DeviceOutOfMemory(
+                f"out of device memory on a batch of {len(waveforms)} ({n_samples / SAMPLE_RATE_HZ:.0f} s padded)"
+            ) from exc
+
+    @torch.inference_mode()
+    def _transcribe(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> BatchResult:
         """Transcribe a batch of waveforms in one padded forward pass.
 
         Args:
@@ -176,7 +194,7 @@ class ParakeetEngine:
 
         Raises:
             ValueError: empty batch or an empty waveform.
-            torch.OutOfMemoryError: the padded batch does not fit (callers may split and retry).
+            torch.OutOfMemoryError: the padded batch does not fit.
         """
         if not waveforms:
             raise ValueError("empty batch")

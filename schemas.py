@@ -18,7 +18,11 @@ class TranscriptionResponse(BaseModel):
     model: str = Field(description="The served model.")
     request_id: str = Field(description="Also in the X-Request-Id header; quote it in bug reports.")
     decode_ms: float = Field(description="Time spent decoding and resampling the upload, ms.")
-    compute_ms: float = Field(description="Time spent in the model (features, encoder, decoding), ms.")
+    queue_ms: float = Field(description="Time waiting for a batch to start, ms (also X-Queue-Ms).")
+    compute_ms: float = Field(
+        description="Model time of the batch this request ran in (features, encoder, decoding), ms."
+    )
+    batch_size: int = Field(description="Requests in that batch (also X-Batch-Size).")
     source_sample_rate_hz: int = Field(description="The upload's own sample rate, Hz.")
     source_channels: int = Field(description="The upload's channel count (averaged to mono).")
 
@@ -42,6 +46,9 @@ class HealthResponse(BaseModel):
     worker_pid: int
     uptime_s: float
     requests_served: int = Field(description="Successful transcriptions by this worker.")
+    queued_requests: int = Field(0, description="Admitted requests not yet answered.")
+    queued_audio_s: float = Field(0.0, description="Audio waiting for or in the GPU, seconds.")
+    mean_batch_size: float | None = Field(None, description="Over the last 1000 batches.")
     detail: str | None = Field(None, description="Why the worker is not ready, when it is not.")
 
 

@@ -11,22 +11,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 import errors
 from audio import AudioDecoderPool
+from batching import Batcher, ItemResult, Ticket
 from gpu_lock import GpuClaim, NoFreeGpuError, claim_gpu
 from http_errors import RETRY_AFTER_LOADING_S, install_error_handlers, request_id
 from middleware import RequestIdMiddleware, UploadLimitMiddleware
@@ -35,6 +38,8 @@ from settings import Settings, load_settings
 
 log = logging.getLogger("parakeet.server")
 
+WARMUP_AUDIO_S = 2.0
+
 
 class Engine(Protocol):
     """What the server needs of a model (inference.ParakeetEngine, or a fake in tests)."""
@@ -42,7 +47,7 @@ class Engine(Protocol):
     model_name: str
 
     def transcribe(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> Any: ...  # -> inference.BatchResult
-    def warmup(self) -> float: ...
+    def warmup(self, duration_s: float = WARMUP_AUDIO_S) -> float: ...
     def device_info(self) -> dict[str, Any]: ...
 
 
@@ -98,8 +103,15 @@ class WorkerState:
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
     )
     decoder: AudioDecoderPool | None = None
+    batcher: Batcher | None = None
     device_info: dict[str, Any] | None = None
     requests_served: int = 0
+
+    def begin_shutdown(self) -> None:
+        """From the first shutdown signal: /health says 503 and new requests get 503; admitted ones finish."""
+        self.phase, self.detail = "shutting_down", "worker is shutting down"
+        if self.batcher is not None:
+            self.batcher.stop_accepting()
 
     @property
     def gpu_id(self) -> int | None:
@@ -123,14 +135,36 @@ def _setup_logging() -> None:
         root.propagate = False
 
 
+def _chain_shutdown_signals(state: WorkerState) -> None:
+    """Mark the worker as shutting down the moment SIGTERM/SIGINT arrives, then let uvicorn's own handler
+    run (it stops accepting and waits for in-flight requests; the lifespan then drains the queue). uvicorn
+    installs its handlers before the lifespan starts, so ours wraps them."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            state.begin_shutdown()
+            if callable(previous):
+                previous(signum, frame)
+
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. a test client's portal): nothing to wrap
+            return
+
+
 async def _load_model(state: WorkerState, factory: EngineFactory, on_fatal: Callable[[str], None]) -> None:
     loop = asyncio.get_running_loop()
     try:
         engine = await loop.run_in_executor(state.gpu_executor, factory, state.settings, state.gpu_id)
         if state.settings.warmup:
-            warm_ms = await loop.run_in_executor(state.gpu_executor, engine.warmup)
+            warm_ms = await loop.run_in_executor(state.gpu_executor, engine.warmup, WARMUP_AUDIO_S)
             log.info("warm-up batch took %.0f ms", warm_ms)
         state.device_info = await loop.run_in_executor(state.gpu_executor, engine.device_info)
+        batcher = Batcher(engine.transcribe, state.gpu_executor, state.settings.batcher_config())
+        if state.settings.warmup:
+            batcher.stats.observe(WARMUP_AUDIO_S, warm_ms / 1000, 1)  # first Retry-After estimate
+        batcher.start()
     except errors.ModelLoadError as exc:
         state.phase, state.detail = "failed", exc.message
         on_fatal(exc.message)
@@ -140,9 +174,42 @@ async def _load_model(state: WorkerState, factory: EngineFactory, on_fatal: Call
         state.phase, state.detail = "failed", f"model load failed: {type(exc).__name__}: {exc}"
         on_fatal(state.detail)
         return
-    state.engine = engine
+    if state.phase != "loading":  # shut down while loading
+        return
+    state.engine, state.batcher = engine, batcher
     state.phase, state.detail = "ok", None
     log.info("worker ready: model %s on %s", engine.model_name, state.device_info.get("name"))
+
+
+def _mean(values: list[int]) -> float | None:
+    return round(sum(values) / len(values), 3) if values else None
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read: receive() now waits for it)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _submit_watching_client(
+    request: Request, batcher: Batcher, ticket: Ticket, waveform: npt.NDArray[np.float32]
+) -> ItemResult:
+    """Queue the waveform; if the client goes away first, withdraw it so it never reaches the GPU."""
+    submitted = asyncio.ensure_future(batcher.submit(ticket, waveform))
+    disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({submitted, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnected.cancel()
+    if not submitted.done():
+        submitted.cancel()
+        with suppress(asyncio.CancelledError):
+            await submitted
+        raise errors.ClientDisconnected("the client closed the connection before its transcript was ready")
+    try:
+        return submitted.result()
+    except errors.InferenceError as exc:
+        raise errors.InferenceError(f"inference failed (request id {request_id(request)})") from exc.__cause__
 
 
 def create_app(
@@ -186,10 +253,14 @@ def create_app(
         )
         state.decoder.start()  # on this (the loop's) thread: see AudioDecoderPool.start
         loader = asyncio.create_task(_load_model(state, factory, on_fatal))
+        _chain_shutdown_signals(state)
         try:
             yield
         finally:
-            state.phase, state.detail = "shutting_down", "worker is shutting down"
+            state.begin_shutdown()
+            if state.batcher is not None:
+                drained = await state.batcher.drain(settings.shutdown_drain_s)
+                log.info("shutdown: %s", "all admitted requests answered" if drained else "drain timed out")
             loader.cancel()
             state.gpu_executor.shutdown(wait=True, cancel_futures=True)
             state.decoder.close()
@@ -218,6 +289,9 @@ def create_app(
             worker_pid=os.getpid(),
             uptime_s=round(time.monotonic() - state.started_at, 3),
             requests_served=state.requests_served,
+            queued_requests=state.batcher.queued_requests if state.batcher else 0,
+            queued_audio_s=round(state.batcher.queued_audio_s, 3) if state.batcher else 0.0,
+            mean_batch_size=_mean(state.batcher.stats.batch_sizes) if state.batcher else None,
             detail=state.detail,
         )
         headers = {} if state.ready else {"Retry-After": str(RETRY_AFTER_LOADING_S)}
@@ -242,44 +316,53 @@ def create_app(
             }
         },
     )
-    async def transcribe(request: Request) -> TranscriptionResponse:
+    async def transcribe(request: Request, response: Response) -> TranscriptionResponse:
         """Transcribe one uploaded audio file (multipart field `file`)."""
         t0 = time.perf_counter()
         state: WorkerState = request.app.state.worker
         if state.phase == "shutting_down":
             raise errors.ShuttingDown("the worker is shutting down; retry on another worker")
-        if state.engine is None or state.decoder is None:
+        if state.engine is None or state.decoder is None or state.batcher is None:
             raise errors.NotReady(f"the model is not ready yet ({state.detail}); retry shortly")
-        engine = state.engine
-        async with request.form(max_files=1, max_fields=16, max_part_size=64 * 1024) as form:
-            upload = form.get("file")
-            if upload is None:
-                raise errors.BadRequest(
-                    "missing form field 'file' (send the audio as multipart/form-data)", param="file"
-                )
-            if not isinstance(upload, UploadFile):
-                raise errors.BadRequest("form field 'file' must be a file upload, not a text value", param="file")
-            data = await upload.read()
-        t_read = time.perf_counter()
-        decoded = await state.decoder.decode(data, max_duration_s=settings.max_audio_duration_s)
-        del data
-        t_decoded = time.perf_counter()
-        loop = asyncio.get_running_loop()
+        engine, batcher = state.engine, state.batcher
+        ticket = batcher.admit()  # 429/503 before a byte of the upload is read
         try:
-            result = await loop.run_in_executor(state.gpu_executor, engine.transcribe, [decoded.waveform])
-        except Exception as exc:  # noqa: BLE001 - a model failure is ours, not the client's
-            raise errors.InferenceError(f"inference failed (request id {request_id(request)})") from exc
+            async with request.form(max_files=1, max_fields=16, max_part_size=64 * 1024) as form:
+                upload = form.get("file")
+                if upload is None:
+                    raise errors.BadRequest(
+                        "missing form field 'file' (send the audio as multipart/form-data)", param="file"
+                    )
+                if not isinstance(upload, UploadFile):
+                    raise errors.BadRequest("form field 'file' must be a file upload, not a text value", param="file")
+                data = await upload.read()
+            t_read = time.perf_counter()
+            decoded = await state.decoder.decode(data, max_duration_s=settings.max_audio_duration_s)
+            del data
+            t_decoded = time.perf_counter()
+            result = await _submit_watching_client(request, batcher, ticket, decoded.waveform)
+        finally:
+            batcher.release(ticket)
         state.requests_served += 1
-        t_done = time.perf_counter()
+        response.headers.update(
+            {
+                "X-Queue-Ms": f"{result.queue_ms:.1f}",
+                "X-Compute-Ms": f"{result.compute_ms:.1f}",
+                "X-Batch-Size": str(result.batch_size),
+                "X-Gpu-Id": "cpu" if state.gpu_id is None else str(state.gpu_id),
+            }
+        )
         return TranscriptionResponse(
-            text=result.transcripts[0].text,
+            text=result.transcript.text,
             duration_sec=round(decoded.duration_s, 4),
-            processing_time_ms=round((t_done - t0) * 1000, 2),
+            processing_time_ms=round((time.perf_counter() - t0) * 1000, 2),
             gpu_id=state.gpu_id,
             model=engine.model_name,
             request_id=request_id(request),
             decode_ms=round((t_decoded - t_read) * 1000, 2),
+            queue_ms=round(result.queue_ms, 2),
             compute_ms=round(result.compute_ms, 2),
+            batch_size=result.batch_size,
             source_sample_rate_hz=decoded.source_sample_rate_hz,
             source_channels=decoded.source_channels,
         )

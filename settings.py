@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from batching import BatcherConfig
+
 DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
 
 
@@ -57,6 +59,38 @@ class Settings(BaseSettings):
         ge=64 * 1024**2,
         description="Address-space cap (RLIMIT_AS) of each decoder subprocess, bytes; unset for none.",
     )
+
+    # --- batching and admission (batching.py) ---
+    max_batch_size: int = Field(32, ge=1, description="Most requests per batch; 1 = one request at a time.")
+    max_batch_audio_s: float = Field(
+        480.0, gt=0, description="Most padded audio per batch (batch size x longest item), seconds."
+    )
+    max_wait_ms: float = Field(
+        10.0, ge=0, description="Longest an idle GPU waits for a batch to fill after the first request, ms."
+    )
+    max_queue_requests: int = Field(
+        128, ge=1, description="Admitted, unanswered requests per worker; past it new ones get 429."
+    )
+    max_queue_audio_s: float = Field(
+        1920.0, gt=0, description="Audio waiting per worker, seconds; past it new requests get 429."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Longest a request may wait in the queue before a 503, seconds."
+    )
+    shutdown_drain_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long admitted requests may take to finish, seconds."
+    )
+
+    def batcher_config(self) -> BatcherConfig:
+        """The batching knobs as batching.BatcherConfig."""
+        return BatcherConfig(
+            max_batch_size=self.max_batch_size,
+            max_batch_audio_s=self.max_batch_audio_s,
+            max_wait_ms=self.max_wait_ms,
+            max_queue_requests=self.max_queue_requests,
+            max_queue_audio_s=self.max_queue_audio_s,
+            request_timeout_s=self.request_timeout_s,
+        )
 
 
 def load_settings() -> Settings:

@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 import speech
 from conftest import ServerProcess
+from fakes import FakeEngine, FakeFactory, tag_of
 from media import wav_bytes
 from starlette.testclient import TestClient
 
@@ -253,30 +254,14 @@ def test_error_multipart_abuse_is_400_within_a_second(digits_server: ServerProce
 # --- the 500 row: in-process app, deterministic fake engine ------------------------------------------------
 
 
-class _FailingEngine:
-    model_name = "fake"
-
-    def transcribe(self, waveforms: Any) -> Any:
-        raise RuntimeError("CUDA error: an illegal memory access was encountered at /secret/path.py")
-
-    def warmup(self) -> float:
-        return 0.0
-
-    def device_info(self) -> dict[str, Any]:
-        return {"type": "cpu", "index": None, "name": "cpu", "memory_used_bytes": None, "memory_total_bytes": None}
-
-
-class _FailingFactory:
-    def visible_gpus(self) -> int:
-        return 0
-
-    def __call__(self, settings: Settings, gpu_id: int | None) -> Any:
-        return _FailingEngine()
+def _wave_of(wav: bytes) -> np.ndarray:
+    return sf.read(io.BytesIO(wav), dtype="float32")[0]
 
 
 def test_error_engine_failure_is_500_with_request_id_and_no_internals(tmp_path: Path, speech_wav: bytes) -> None:
     settings = Settings(gpu_lock_dir=tmp_path, decode_workers=1)
-    app = create_app(settings, engine_factory=_FailingFactory(), on_fatal=pytest.fail)
+    engine = FakeEngine(fail_tag=tag_of(_wave_of(speech_wav)))
+    app = create_app(settings, engine_factory=FakeFactory(engine), on_fatal=pytest.fail)
     with TestClient(app) as client:
         for _ in range(100):
             if client.get("/health").status_code == 200:
@@ -287,4 +272,5 @@ def test_error_engine_failure_is_500_with_request_id_and_no_internals(tmp_path: 
         rid = r.headers["x-request-id"]
         assert rid in err["message"] and err["type"] == "server_error"
         assert "secret" not in r.text and "illegal memory" not in r.text
+        assert engine.batches  # it did reach the engine
         assert client.get("/health").status_code == 200  # the worker keeps serving

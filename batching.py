@@ -1,0 +1,380 @@
+"""Dynamic batching and admission control for one worker: an asyncio queue in front of ONE GPU thread.
+
+Requests are admitted (or refused with 429) before their upload is read, wait in a bounded queue, and are
+grouped into batches of similar length that run one at a time on the worker's GPU thread, so the event
+loop (uploads, /health) never blocks. Shape follows Ray Serve's `@serve.batch` and text-embeddings-
+inference's queue: the wait clock starts at the oldest waiting item; batches are capped by count and by
+padded audio; cancelled requests are dropped before the GPU; an exception fails only its batch; the loop
+never dies. This module knows nothing of HTTP or torch: the engine is a callable on waveforms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from errors import DeadlineExceeded, DeviceOutOfMemory, InferenceError, Overloaded, ShuttingDown
+
+log = logging.getLogger("parakeet.batching")
+
+SAMPLE_RATE_HZ = 16_000
+MAX_RETRY_AFTER_S = 120  # the OpenAI SDK honours Retry-After only up to 120 s (openai-api.md)
+
+
+class BatchOutput(Protocol):
+    """What the engine returns for a batch (inference.BatchResult has this shape)."""
+
+    transcripts: Sequence[Any]
+    compute_ms: float
+
+
+EngineFn = Callable[[list[npt.NDArray[np.float32]]], BatchOutput]
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Knobs (README "Settings"). `max_batch_size=1` is the original one-request-at-a-time design."""
+
+    max_batch_size: int = 32
+    max_batch_audio_s: float = 480.0  # padded: batch size x longest item
+    max_wait_ms: float = 10.0
+    max_queue_requests: int = 128
+    max_queue_audio_s: float = 1920.0
+    request_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One request's share of a batch: its transcript and where its time went."""
+
+    transcript: Any
+    queue_ms: float  # from submit to the start of its batch
+    compute_ms: float  # the whole batch's engine time
+    batch_size: int
+
+
+@dataclass(eq=False)
+class _Item:
+    waveform: npt.NDArray[np.float32]
+    enqueued_at: float
+    deadline: float
+    future: asyncio.Future[ItemResult]
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.waveform) / SAMPLE_RATE_HZ
+
+
+@dataclass
+class Ticket:
+    """An admitted request's place in the worker, from before its upload is read until it is answered.
+    Release it exactly once (`Batcher.release`), whatever happens to the request."""
+
+    admitted_at: float
+    deadline: float
+    released: bool = False
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    items: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    failed_batches: int = 0
+    oom_splits: int = 0
+    # Exponentially weighted throughput of the engine in audio seconds per wall second (RTFx).
+    rtfx_ewma: float | None = None
+    batch_sizes: list[int] = field(default_factory=list)  # the last 1000, for mean batch size
+
+    def observe(self, audio_s: float, compute_s: float, batch_size: int) -> None:
+        rtfx = audio_s / max(compute_s, 1e-6)
+        self.rtfx_ewma = rtfx if self.rtfx_ewma is None else 0.8 * self.rtfx_ewma + 0.2 * rtfx
+        self.batch_sizes.append(batch_size)
+        del self.batch_sizes[:-1000]
+
+
+class Batcher:
+    """The per-worker scheduler. Create, `start()` inside the event loop, `admit()` + `submit()` per
+    request, `release()` each ticket, `drain()` at shutdown."""
+
+    def __init__(
+        self,
+        engine_fn: EngineFn,
+        executor: Executor,
+        config: BatcherConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Args:
+        engine_fn: runs one padded batch on the device; called only on `executor`'s thread.
+        executor: the worker's single GPU thread.
+        config: limits.
+        clock: monotonic seconds (tests may inject one).
+        """
+        self.engine_fn = engine_fn
+        self.executor = executor
+        self.config = config
+        self.clock = clock
+        self.stats = BatcherStats()
+        self._waiting: list[_Item] = []  # arrival order
+        self._wake = asyncio.Event()
+        self._tickets = 0
+        self._running_audio_s = 0.0
+        self._accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- admission -----------------------------------------------------------------------------------
+
+    @property
+    def queued_requests(self) -> int:
+        """Admitted requests not yet answered (uploading, decoding, waiting or running)."""
+        return self._tickets
+
+    @property
+    def queued_audio_s(self) -> float:
+        """Audio seconds waiting for or in the GPU."""
+        return sum(i.duration_s for i in self._waiting) + self._running_audio_s
+
+    def retry_after_s(self) -> int:
+        """Seconds until the work ahead is done: queued audio / measured RTFx, at least 1, at most 120."""
+        rtfx = self.stats.rtfx_ewma or 1.0
+        ahead_s = self.queued_audio_s / rtfx + self.config.max_wait_ms / 1000
+        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(ahead_s))))
+
+    def admit(self) -> Ticket:
+        """Reserve a place for a request whose upload has not been read yet.
+
+        Raises:
+            ShuttingDown: draining for shutdown.
+            Overloaded: `max_queue_requests` admitted requests are unanswered, or `max_queue_audio_s` of
+                audio is waiting; carries `retry_after_s`.
+        """
+        if not self._accepting:
+            raise ShuttingDown("the worker is shutting down and takes no new requests; retry on another worker")
+        cfg = self.config
+        if self._tickets >= cfg.max_queue_requests:
+            raise Overloaded(
+                f"server busy: {self._tickets} requests queued, the limit is {cfg.max_queue_requests}",
+                retry_after_s=self.retry_after_s(),
+            )
+        if self.queued_audio_s >= cfg.max_queue_audio_s:
+            raise Overloaded(
+                f"server busy: {self.queued_audio_s:.0f} s of audio queued, the limit is {cfg.max_queue_audio_s:g} s",
+                retry_after_s=self.retry_after_s(),
+            )
+        self._tickets += 1
+        self._idle.clear()
+        now = self.clock()
+        return Ticket(admitted_at=now, deadline=now + cfg.request_timeout_s)
+
+    def release(self, ticket: Ticket) -> None:
+        """Give the ticket's place back (idempotent)."""
+        if ticket.released:
+            return
+        ticket.released = True
+        self._tickets -= 1
+        if self._tickets == 0:
+            self._idle.set()
+
+    # --- submission ----------------------------------------------------------------------------------
+
+    async def submit(self, ticket: Ticket, waveform: npt.NDArray[np.float32]) -> ItemResult:
+        """Queue one decoded waveform and wait for its transcript.
+
+        Args:
+            ticket: from `admit()`; its deadline bounds the wait.
+            waveform: float32 mono 16 kHz, shape [T], T >= 1.
+
+        Raises:
+            DeadlineExceeded: not started by the ticket's deadline (dropped before the GPU).
+            InferenceError: the engine failed on this request's batch.
+            asyncio.CancelledError: the caller was cancelled (e.g. client gone); the item is dropped.
+        """
+        loop = asyncio.get_running_loop()
+        item = _Item(waveform, self.clock(), ticket.deadline, loop.create_future())
+        self._waiting.append(item)
+        self._wake.set()
+        timeout = max(0.0, ticket.deadline - self.clock())
+        try:
+            # Shield: a timeout here must not cancel a batch already running; the scheduler skips done futures.
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout=timeout + 0.05)
+        except TimeoutError:
+            if not item.future.done():
+                item.future.cancel()
+            if item.future.done() and not item.future.cancelled():
+                return item.future.result()
+            raise self._deadline_error() from None
+        except asyncio.CancelledError:
+            item.future.cancel()  # the scheduler drops it if it has not started
+            raise
+
+    def _deadline_error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"request waited longer than the limit of {self.config.request_timeout_s:g} s in the queue",
+            retry_after_s=self.retry_after_s(),
+        )
+
+    # --- the scheduler -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scheduler task on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests, wait up to `timeout_s` for admitted ones to be answered, stop the loop.
+        Returns True if everything admitted was answered."""
+        self._accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            drained = True
+        except TimeoutError:
+            drained = False
+        if self._task is not None:
+            self._task.cancel()
+        return drained
+
+    def stop_accepting(self) -> None:
+        """Refuse new requests from now on (503); admitted ones are still served."""
+        self._accepting = False
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._purge()
+            if not self._waiting:
+                continue
+            await self._wait_for_batch()
+            batch = self._take_batch()
+            if batch:
+                await self._run(batch)
+            if self._waiting:
+                self._wake.set()
+
+    async def _wait_for_batch(self) -> None:
+        """Wait until a full batch is waiting or `max_wait_ms` has passed since the oldest item arrived."""
+        while not self._full():
+            remaining = self._waiting[0].enqueued_at + self.config.max_wait_ms / 1000 - self.clock()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+            self._purge()
+            if not self._waiting:
+                return
+
+    def _full(self) -> bool:
+        cfg = self.config
+        if len(self._waiting) >= cfg.max_batch_size:
+            return True
+        longest = max(i.duration_s for i in self._waiting)
+        return len(self._waiting) * longest >= cfg.max_batch_audio_s
+
+    def _purge(self) -> None:
+        """Drop cancelled items (client gone) and fail expired ones, before they reach the GPU."""
+        now = self.clock()
+        keep = []
+        for item in self._waiting:
+            if item.future.done():
+                self.stats.cancelled += 1
+            elif now > item.deadline:
+                self.stats.expired += 1
+                item.future.set_exception(self._deadline_error())
+            else:
+                keep.append(item)
+        self._waiting = keep
+
+    def _take_batch(self) -> list[_Item]:
+        """The oldest item plus its nearest neighbours in length, within the count and padded-audio caps."""
+        self._purge()
+        if not self._waiting:
+            return []
+        cfg = self.config
+        oldest = self._waiting[0]
+        by_len = sorted(self._waiting, key=lambda i: len(i.waveform))
+        lengths = [len(i.waveform) for i in by_len]
+        pos = by_len.index(oldest)
+        lo, hi = pos, pos + 1  # the batch is by_len[lo:hi]
+        budget = cfg.max_batch_audio_s * SAMPLE_RATE_HZ
+        while hi - lo < cfg.max_batch_size:
+            left = lengths[lo - 1] if lo > 0 else None
+            right = lengths[hi] if hi < len(by_len) else None
+            if left is None and right is None:
+                break
+            ref = lengths[pos]
+            take_left = right is None or (left is not None and ref - left <= right - ref)
+            new_lo, new_hi = (lo - 1, hi) if take_left else (lo, hi + 1)
+            if (new_hi - new_lo) * lengths[new_hi - 1] > budget:
+                break
+            lo, hi = new_lo, new_hi
+        batch = by_len[lo:hi]
+        taken = set(map(id, batch))
+        self._waiting = [i for i in self._waiting if id(i) not in taken]
+        return batch
+
+    async def _run(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        started = self.clock()
+        waveforms = [i.waveform for i in batch]
+        audio_s = sum(len(w) for w in waveforms) / SAMPLE_RATE_HZ
+        self._running_audio_s = audio_s
+        try:
+            transcripts, compute_ms = await loop.run_in_executor(self.executor, self._run_split, waveforms)
+        except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep serving
+            self.stats.failed_batches += 1
+            log.error("batch of %d failed: %s: %s", len(batch), type(exc).__name__, exc, exc_info=exc)
+            for item in batch:
+                if not item.future.done():
+                    error = InferenceError("inference failed for this request's batch")
+                    error.__cause__ = exc
+                    item.future.set_exception(error)
+            return
+        finally:
+            self._running_audio_s = 0.0
+        self.stats.batches += 1
+        self.stats.items += len(batch)
+        self.stats.observe(audio_s, compute_ms / 1000, len(batch))
+        queue_ms = [(started - i.enqueued_at) * 1000 for i in batch]
+        for item, transcript, q_ms in zip(batch, transcripts, queue_ms, strict=True):
+            if not item.future.done():
+                item.future.set_result(ItemResult(transcript, q_ms, compute_ms, len(batch)))
+        padded_s = len(batch) * max(len(w) for w in waveforms) / SAMPLE_RATE_HZ
+        log.info(
+            "batch n=%d audio=%.1fs padded=%.1fs queue_ms=%.0f..%.0f compute_ms=%.0f",
+            len(batch), audio_s, padded_s, min(queue_ms), max(queue_ms), compute_ms,
+        )  # fmt: skip
+
+    def _run_split(self, waveforms: list[npt.NDArray[np.float32]]) -> tuple[list[Any], float]:
+        """On the GPU thread: run the batch; on device OOM split it in halves and retry each."""
+        try:
+            out = self.engine_fn(waveforms)
+            return list(out.transcripts), out.compute_ms
+        except DeviceOutOfMemory:
+            if len(waveforms) == 1:
+                raise
+            self.stats.oom_splits += 1
+            mid = len(waveforms) // 2
+            log.warning(
+                "device out of memory on a batch of %d; splitting into %d + %d",
+                len(waveforms),
+                mid,
+                len(waveforms) - mid,
+            )
+            first, ms1 = self._run_split(waveforms[:mid])
+            second, ms2 = self._run_split(waveforms[mid:])
+            return first + second, ms1 + ms2

@@ -1,0 +1,113 @@
+"""A deterministic fake engine for scheduler, admission and error-table tests, and an app that serves it.
+
+FakeEngine's "transcript" of a waveform is its length in samples followed by its first sample's value
+scaled to an integer tag (`tagged_wave` makes such waveforms), so every test can tell which request got
+which answer. Batch time is `delay_s + per_item_s * n`. `uvicorn fakes:app --app-dir tests` serves it with
+the FAKE_* environment variables below.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from errors import DeviceOutOfMemory
+from settings import Settings
+
+SAMPLE_RATE_HZ = 16_000
+
+
+def tagged_wave(tag: int, duration_s: float = 1.0) -> npt.NDArray[np.float32]:
+    """A waveform whose first sample encodes `tag` (0 <= tag < 10000) and that is otherwise quiet."""
+    w = np.zeros(max(1, int(duration_s * SAMPLE_RATE_HZ)), dtype=np.float32)
+    w[0] = tag / 10000
+    return w
+
+
+def tag_of(waveform: npt.NDArray[np.float32]) -> int:
+    return round(float(waveform[0]) * 10000)
+
+
+@dataclass(frozen=True)
+class FakeTranscript:
+    text: str
+    num_tokens: int = 0
+    encoder_frames: int = 0
+
+
+@dataclass(frozen=True)
+class FakeBatch:
+    transcripts: list[FakeTranscript]
+    compute_ms: float
+
+
+@dataclass
+class FakeEngine:
+    """Records every batch it runs; can be gated, slowed, poisoned, and made to run out of memory."""
+
+    model_name: str = "fake"
+    delay_s: float = 0.0
+    per_item_s: float = 0.0
+    fail_tag: int | None = None  # a batch containing this tag raises RuntimeError
+    oom_above: int | None = None  # batches larger than this raise DeviceOutOfMemory
+    gate: threading.Event | None = None  # when set, each batch waits for it
+    batches: list[list[int]] = field(default_factory=list)  # tags per batch, in run order
+
+    def transcribe(self, waveforms: list[npt.NDArray[np.float32]]) -> FakeBatch:
+        t0 = time.perf_counter()
+        if self.gate is not None:
+            self.gate.wait(30)
+        tags = [tag_of(w) for w in waveforms]
+        if self.oom_above is not None and len(waveforms) > self.oom_above:
+            raise DeviceOutOfMemory(f"fake OOM on a batch of {len(waveforms)}")
+        self.batches.append(tags)
+        if self.fail_tag is not None and self.fail_tag in tags:
+            raise RuntimeError("fake engine failure at /secret/path.py: illegal memory access")
+        time.sleep(self.delay_s + self.per_item_s * len(waveforms))
+        texts = [FakeTranscript(f"{tag} {len(w)}") for tag, w in zip(tags, waveforms, strict=True)]
+        return FakeBatch(texts, (time.perf_counter() - t0) * 1000)
+
+    def warmup(self, duration_s: float = 2.0) -> float:
+        return 1.0
+
+    def device_info(self) -> dict[str, Any]:
+        return {"type": "cpu", "index": None, "name": "fake", "memory_used_bytes": None, "memory_total_bytes": None}
+
+
+class FakeFactory:
+    def __init__(self, engine: FakeEngine, load_delay_s: float = 0.0) -> None:
+        self.engine = engine
+        self.load_delay_s = load_delay_s
+
+    def visible_gpus(self) -> int:
+        return 0
+
+    def __call__(self, settings: Settings, gpu_id: int | None) -> FakeEngine:
+        time.sleep(self.load_delay_s)
+        return self.engine
+
+
+def _env_float(name: str) -> float:
+    return float(os.environ.get(name, "0"))
+
+
+def build_app_from_env() -> Any:
+    """The app with a FakeEngine configured by FAKE_DELAY_S, FAKE_PER_ITEM_S, FAKE_FAIL_TAG."""
+    from server import create_app
+
+    fail = os.environ.get("FAKE_FAIL_TAG")
+    engine = FakeEngine(
+        delay_s=_env_float("FAKE_DELAY_S"),
+        per_item_s=_env_float("FAKE_PER_ITEM_S"),
+        fail_tag=int(fail) if fail else None,
+    )
+    return create_app(engine_factory=FakeFactory(engine))
+
+
+app = build_app_from_env() if os.environ.get("FAKE_APP") == "1" else None
