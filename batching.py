@@ -68,6 +68,7 @@ class _Item:
     enqueued_at: float
     deadline: float
     future: asyncio.Future[ItemResult]
+    started: bool = False  # taken into a batch: from then on it runs to completion, deadline or not
 
     @property
     def duration_s(self) -> float:
@@ -211,10 +212,9 @@ class Batcher:
             # Shield: a timeout here must not cancel a batch already running; the scheduler skips done futures.
             return await asyncio.wait_for(asyncio.shield(item.future), timeout=timeout + 0.05)
         except TimeoutError:
-            if not item.future.done():
-                item.future.cancel()
-            if item.future.done() and not item.future.cancelled():
-                return item.future.result()
+            if item.started:
+                return await item.future
+            item.future.cancel()
             raise self._deadline_error() from None
         except asyncio.CancelledError:
             item.future.cancel()  # the scheduler drops it if it has not started
@@ -330,6 +330,8 @@ class Batcher:
     async def _run(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         started = self.clock()
+        for item in batch:
+            item.started = True
         waveforms = [i.waveform for i in batch]
         audio_s = sum(len(w) for w in waveforms) / SAMPLE_RATE_HZ
         self._running_audio_s = audio_s

@@ -137,8 +137,9 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def start_server(tmp_dir: Path, env: dict[str, str], workers: int = 1) -> ServerProcess:
-    """Start uvicorn with `env` added to a clean PARAKEET_* environment; does not wait for readiness."""
+def start_server(tmp_dir: Path, env: dict[str, str], workers: int = 1, fake: bool = False) -> ServerProcess:
+    """Start uvicorn with `env` added to a clean PARAKEET_* environment; does not wait for readiness.
+    `fake`: serve tests/fakes.py's FakeEngine (FAKE_* variables) instead of a NeMo model."""
     port = free_port()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
     base_env.update(
@@ -152,7 +153,10 @@ def start_server(tmp_dir: Path, env: dict[str, str], workers: int = 1) -> Server
     )
     base_env.update(env)
     log_path = tmp_dir / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port)]
+    if fake:
+        base_env["FAKE_APP"] = "1"
+    app = ["fakes:app", "--app-dir", str(ROOT / "tests")] if fake else ["server:app"]
+    cmd = [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--workers", str(workers), "--timeout-worker-healthcheck", "60"]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=base_env, stdout=log_file, stderr=subprocess.STDOUT)

@@ -58,6 +58,7 @@ class FakeEngine:
     oom_above: int | None = None  # batches larger than this raise DeviceOutOfMemory
     gate: threading.Event | None = None  # when set, each batch waits for it
     batches: list[list[int]] = field(default_factory=list)  # tags per batch, in run order
+    log_batches: bool = False  # print "FAKE_BATCH <tags>" per batch (for tests that read a server's log)
 
     def transcribe(self, waveforms: list[npt.NDArray[np.float32]]) -> FakeBatch:
         t0 = time.perf_counter()
@@ -67,6 +68,8 @@ class FakeEngine:
         if self.oom_above is not None and len(waveforms) > self.oom_above:
             raise DeviceOutOfMemory(f"fake OOM on a batch of {len(waveforms)}")
         self.batches.append(tags)
+        if self.log_batches:
+            print(f"FAKE_BATCH {' '.join(map(str, tags))}", flush=True)
         if self.fail_tag is not None and self.fail_tag in tags:
             raise RuntimeError("fake engine failure at /secret/path.py: illegal memory access")
         time.sleep(self.delay_s + self.per_item_s * len(waveforms))
@@ -106,6 +109,7 @@ def build_app_from_env() -> Any:
         delay_s=_env_float("FAKE_DELAY_S"),
         per_item_s=_env_float("FAKE_PER_ITEM_S"),
         fail_tag=int(fail) if fail else None,
+        log_batches=True,
     )
     return create_app(engine_factory=FakeFactory(engine))
 

@@ -3,6 +3,7 @@ utterances in every accepted container, rate and channel count; text, fields, pa
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -196,3 +197,26 @@ def test_e2e_sigkilled_worker_is_replaced_and_its_decoders_die(digits_server: Se
     assert victim not in pids
     r = post_file(digits_server.url, wav_bytes(digits_wave()), "a.wav")
     assert r.status_code == 200 and r.json()["text"] == "four two"
+
+
+def test_e2e_batched_results_equal_unbatched_text_for_text(
+    digits_server: ServerProcess, digits_engine: Any, digit_utterances: list[Any]
+) -> None:
+    """Concurrent requests get batched by the server; each text equals the engine's single-item text."""
+    files = [wav_bytes(u.waveform, 16000, "FLOAT") for u in digit_utterances]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return list(
+                await asyncio.gather(
+                    *(client.post(f"{digits_server.url}/transcribe", files={"file": ("a.wav", f)}) for f in files)
+                )
+            )
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    singles = [digits_engine.transcribe([u.waveform]).transcripts[0].text for u in digit_utterances]
+    assert [r.json()["text"] for r in responses] == singles
+    sizes = [int(r.headers["x-batch-size"]) for r in responses]
+    print(f"batch sizes seen: {sorted(sizes)}")
+    assert max(sizes) > 1

@@ -1,0 +1,276 @@
+"""batching.py with a deterministic fake engine: how batches form, where results go, what is dropped,
+what fails, and admission limits. Each test runs its own event loop and GPU thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fakes import FakeEngine, tagged_wave
+
+from batching import Batcher, BatcherConfig
+from errors import DeadlineExceeded, InferenceError, Overloaded, ShuttingDown
+
+BIG_WAIT_MS = 10_000.0
+
+
+def run_with_batcher(engine: FakeEngine, config: BatcherConfig, body: Callable[[Batcher], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        with ThreadPoolExecutor(1) as gpu:
+            batcher = Batcher(engine.transcribe, gpu, config)
+            batcher.start()
+            try:
+                return await body(batcher)
+            finally:
+                if engine.gate is not None:
+                    engine.gate.set()
+                await batcher.drain(5)
+
+    return asyncio.run(main())
+
+
+async def request(batcher: Batcher, tag: int, duration_s: float = 1.0) -> Any:
+    ticket = batcher.admit()
+    try:
+        return await batcher.submit(ticket, tagged_wave(tag, duration_s))
+    finally:
+        batcher.release(ticket)
+
+
+def test_batch_forms_when_max_batch_size_is_reached() -> None:
+    engine = FakeEngine()
+    cfg = BatcherConfig(max_batch_size=4, max_wait_ms=BIG_WAIT_MS)
+
+    async def body(b: Batcher) -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(request(b, i) for i in range(4)))
+        return time.perf_counter() - t0
+
+    elapsed = run_with_batcher(engine, cfg, body)
+    assert engine.batches == [[0, 1, 2, 3]]
+    assert elapsed < BIG_WAIT_MS / 1000 / 2  # did not wait for the clock
+
+
+def test_batch_forms_when_padded_audio_budget_is_reached() -> None:
+    engine = FakeEngine()
+    cfg = BatcherConfig(max_batch_size=10, max_batch_audio_s=3.0, max_wait_ms=BIG_WAIT_MS)
+
+    async def body(b: Batcher) -> None:
+        await asyncio.gather(*(request(b, i, 1.0) for i in range(6)))
+
+    run_with_batcher(engine, cfg, body)
+    assert [len(batch) for batch in engine.batches] == [3, 3]
+
+
+def test_batch_forms_when_max_wait_has_passed() -> None:
+    engine = FakeEngine()
+    cfg = BatcherConfig(max_batch_size=10, max_wait_ms=100)
+
+    async def body(b: Batcher) -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(request(b, 1), request(b, 2))
+        return time.perf_counter() - t0
+
+    elapsed = run_with_batcher(engine, cfg, body)
+    assert engine.batches == [[1, 2]]
+    assert elapsed >= 0.1
+
+
+def test_max_batch_size_one_reproduces_one_request_at_a_time_in_arrival_order() -> None:
+    engine = FakeEngine(per_item_s=0.01)
+    cfg = BatcherConfig(max_batch_size=1, max_wait_ms=0)
+
+    async def body(b: Batcher) -> list[Any]:
+        tasks = []
+        for i in range(6):
+            tasks.append(asyncio.ensure_future(request(b, i, 1.0 + (i % 3))))
+            await asyncio.sleep(0)  # arrival order 0..5
+        return await asyncio.gather(*tasks)
+
+    results = run_with_batcher(engine, cfg, body)
+    assert engine.batches == [[i] for i in range(6)]
+    assert all(r.batch_size == 1 for r in results)
+
+
+def test_results_go_back_to_the_right_request() -> None:
+    engine = FakeEngine(per_item_s=0.001)
+    cfg = BatcherConfig(max_batch_size=5, max_wait_ms=20)
+
+    async def body(b: Batcher) -> list[Any]:
+        return await asyncio.gather(*(request(b, i, 0.5 + (i % 7) * 0.3) for i in range(40)))
+
+    results = run_with_batcher(engine, cfg, body)
+    for i, r in enumerate(results):
+        assert r.transcript.text == f"{i} {int((0.5 + (i % 7) * 0.3) * 16000)}"
+    assert sorted(t for batch in engine.batches for t in batch) == list(range(40))
+    assert max(len(batch) for batch in engine.batches) <= 5
+
+
+def test_batches_group_similar_lengths_around_the_oldest_request() -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    cfg = BatcherConfig(max_batch_size=3, max_wait_ms=0)
+
+    async def body(b: Batcher) -> None:
+        first = asyncio.ensure_future(request(b, 99, 1.0))  # occupies the GPU until the gate opens
+        await asyncio.sleep(0.1)
+        lengths = {1: 10.0, 2: 2.0, 3: 9.5, 4: 2.2, 5: 9.8, 6: 2.1}
+        waiting = [asyncio.ensure_future(request(b, t, d)) for t, d in lengths.items()]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await asyncio.gather(first, *waiting)
+
+    run_with_batcher(engine, cfg, body)
+    assert engine.batches[0] == [99]
+    # the oldest waiting item (tag 1, 10 s) goes first, with the two closest in length (9.5 s, 9.8 s)
+    assert sorted(engine.batches[1]) == [1, 3, 5]
+    assert sorted(engine.batches[2]) == [2, 4, 6]
+
+
+def test_cancelled_request_never_reaches_the_engine() -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    cfg = BatcherConfig(max_batch_size=8, max_wait_ms=0)
+
+    async def body(b: Batcher) -> Any:
+        first = asyncio.ensure_future(request(b, 1))
+        await asyncio.sleep(0.1)  # batch [1] is running, blocked on the gate
+        gone = asyncio.ensure_future(request(b, 2))
+        stays = asyncio.ensure_future(request(b, 3))
+        await asyncio.sleep(0.05)
+        gone.cancel()  # the client went away while waiting
+        await asyncio.sleep(0.05)
+        gate.set()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        return await stays
+
+    result = run_with_batcher(engine, cfg, body)
+    assert result.transcript.text.startswith("3 ")
+    assert all(2 not in batch for batch in engine.batches)
+    assert engine.batches == [[1], [3]]
+
+
+def test_engine_error_fails_only_its_batch_and_the_loop_keeps_serving() -> None:
+    engine = FakeEngine(fail_tag=13)
+    cfg = BatcherConfig(max_batch_size=2, max_wait_ms=BIG_WAIT_MS)
+
+    async def body(b: Batcher) -> list[Any]:
+        outcomes = await asyncio.gather(*(request(b, t) for t in (13, 14, 15, 16)), return_exceptions=True)
+        later = await asyncio.gather(request(b, 17), request(b, 18))
+        return [*outcomes, *later]
+
+    out = run_with_batcher(engine, cfg, body)
+    assert isinstance(out[0], InferenceError) and isinstance(out[1], InferenceError)
+    assert [r.transcript.text.split()[0] for r in out[2:]] == ["15", "16", "17", "18"]
+
+
+def test_device_out_of_memory_splits_the_batch_and_retries_the_halves() -> None:
+    engine = FakeEngine(oom_above=2)
+    cfg = BatcherConfig(max_batch_size=8, max_wait_ms=BIG_WAIT_MS)
+
+    async def body(b: Batcher) -> tuple[list[Any], int]:
+        results = await asyncio.gather(*(request(b, i) for i in range(8)))
+        return results, b.stats.oom_splits
+
+    results, splits = run_with_batcher(engine, cfg, body)
+    assert [r.transcript.text.split()[0] for r in results] == [str(i) for i in range(8)]
+    assert [len(batch) for batch in engine.batches] == [2, 2, 2, 2]
+    assert splits == 3  # 8 -> 4+4 -> 2+2+2+2
+    assert all(r.batch_size == 8 for r in results)
+
+
+def test_queue_full_in_requests_is_refused_with_retry_after() -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    cfg = BatcherConfig(max_batch_size=1, max_wait_ms=0, max_queue_requests=3)
+
+    async def body(b: Batcher) -> Overloaded:
+        tickets = [b.admit() for _ in range(3)]
+        with pytest.raises(Overloaded) as info:
+            b.admit()
+        for t in tickets:
+            b.release(t)
+        b.release(b.admit())  # room again
+        return info.value
+
+    err = run_with_batcher(engine, cfg, body)
+    assert "3 requests queued, the limit is 3" in err.message
+    assert 1 <= err.retry_after_s <= 120
+
+
+def test_queue_full_in_audio_seconds_is_refused() -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    cfg = BatcherConfig(max_batch_size=1, max_wait_ms=0, max_queue_audio_s=20)
+
+    async def body(b: Batcher) -> Overloaded:
+        waiting = [asyncio.ensure_future(request(b, i, 8.0)) for i in range(3)]
+        await asyncio.sleep(0.1)  # 24 s of audio waiting or running
+        with pytest.raises(Overloaded) as info:
+            b.admit()
+        gate.set()
+        await asyncio.gather(*waiting)
+        return info.value
+
+    err = run_with_batcher(engine, cfg, body)
+    assert "24 s of audio queued, the limit is 20 s" in err.message
+
+
+def test_retry_after_follows_the_work_ahead() -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    cfg = BatcherConfig(max_batch_size=1, max_wait_ms=0)
+
+    async def body(b: Batcher) -> int:
+        b.stats.observe(audio_s=10.0, compute_s=1.0, batch_size=1)  # RTFx 10
+        waiting = [asyncio.ensure_future(request(b, i, 10.0)) for i in range(5)]
+        await asyncio.sleep(0.1)
+        ahead = b.retry_after_s()
+        gate.set()
+        await asyncio.gather(*waiting)
+        return ahead
+
+    assert run_with_batcher(engine, cfg, body) == 5  # 50 s of audio at RTFx 10
+
+
+def test_request_past_its_deadline_is_dropped_with_503() -> None:
+    gate = threading.Event()
+    engine = FakeEngine(gate=gate)
+    cfg = BatcherConfig(max_batch_size=1, max_wait_ms=0, request_timeout_s=0.3)
+
+    async def body(b: Batcher) -> Any:
+        first = asyncio.ensure_future(request(b, 1))
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(request(b, 2))
+        await asyncio.sleep(0.6)
+        gate.set()
+        await first
+        return await asyncio.gather(late, return_exceptions=True)
+
+    (outcome,) = run_with_batcher(engine, cfg, body)
+    assert isinstance(outcome, DeadlineExceeded)
+    assert "longer than the limit of 0.3 s" in outcome.message and outcome.retry_after_s >= 1
+    assert engine.batches == [[1]]
+
+
+def test_drain_answers_admitted_requests_and_refuses_new_ones() -> None:
+    engine = FakeEngine(delay_s=0.05)
+    cfg = BatcherConfig(max_batch_size=2, max_wait_ms=0)
+
+    async def body(b: Batcher) -> tuple[list[Any], bool]:
+        tasks = [asyncio.ensure_future(request(b, i)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        drained = await b.drain(5)
+        with pytest.raises(ShuttingDown):
+            b.admit()
+        return await asyncio.gather(*tasks), drained
+
+    results, drained = run_with_batcher(engine, cfg, body)
+    assert drained and [r.transcript.text.split()[0] for r in results] == ["0", "1", "2", "3", "4"]
