@@ -46,7 +46,7 @@ class BatcherConfig:
 
     max_batch_size: int = 32
     max_batch_audio_s: float = 480.0  # padded: batch size x longest item
-    max_wait_ms: float = 10.0
+    max_wait_ms: float = 5.0
     max_queue_requests: int = 128
     max_queue_audio_s: float = 1920.0
     request_timeout_s: float = 30.0

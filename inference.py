@@ -11,44 +11,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
 
 from errors import DeviceOutOfMemory, ModelLoadError
+from transcripts import BatchResult, TimedSpan, Transcript
 
 log = logging.getLogger("parakeet.inference")
 
 SAMPLE_RATE_HZ = 16_000
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Transcript:
-    """One hypothesis.
-
-    Attributes:
-        text: the decoded text.
-        num_tokens: number of emitted tokens.
-        encoder_frames: encoder frames of this item (0.08 s each for Parakeet: 10 ms hop x 8 subsampling).
-    """
-
-    text: str
-    num_tokens: int
-    encoder_frames: int
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """A batch's transcripts (in input order) and where its time went (milliseconds, wall clock)."""
-
-    transcripts: list[Transcript]
-    compute_ms: float
-    padded_audio_s: float
 
 
 def load_asr_model(name_or_path: str, device: torch.device) -> Any:
@@ -154,6 +131,10 @@ class ParakeetEngine:
             decoding_cfg.greedy = decoding_cfg.get("greedy") or {}
             decoding_cfg.greedy.max_symbols = max_symbols_per_step
             decoding_cfg.greedy.use_cuda_graph_decoder = bool(cuda_graphs and device.type == "cuda")
+            # Word/segment/char timestamps from the decoder's frame offsets; they do not change the text.
+            decoding_cfg.compute_timestamps = True
+            decoding_cfg.rnnt_timestamp_type = "all"
+            decoding_cfg.segment_seperators = [".", "!", "?"]
         model.change_decoding_strategy(decoding_cfg, verbose=False)
 
         model.eval()
@@ -161,7 +142,9 @@ class ParakeetEngine:
             module.to(dtype=self.dtype)
         model.preprocessor.to(dtype=torch.float32)
         # Window stride (s) x subsampling: 0.01 x 8 = 0.08 s per encoder frame for Parakeet.
-        self.frame_s = float(model.cfg.preprocessor.window_stride) * int(model.cfg.encoder.get("subsampling_factor", 8))
+        self.window_stride_s = float(model.cfg.preprocessor.window_stride)
+        self.subsampling_factor = int(model.cfg.encoder.get("subsampling_factor", 8))
+        self.frame_s = self.window_stride_s * self.subsampling_factor
         self.num_parameters = sum(p.numel() for p in model.parameters())
 
     def transcribe(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> BatchResult:
@@ -215,12 +198,16 @@ class ParakeetEngine:
         hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
             encoder_output=enc, encoded_lengths=enc_lens, return_hypotheses=True
         )
+        hyps = process_timestamp_outputs(hyps, self.subsampling_factor, self.window_stride_s)
         enc_lens_list = enc_lens.tolist()
         transcripts = [
             Transcript(
                 text=h.text if isinstance(h.text, str) else "",
                 num_tokens=len(h.y_sequence) if h.y_sequence is not None else 0,
                 encoder_frames=int(n),
+                words=_spans(h, "word"),
+                segments=_spans(h, "segment"),
+                chars=_spans(h, "char"),
             )
             for h, n in zip(hyps, enc_lens_list, strict=True)
         ]
@@ -247,6 +234,18 @@ class ParakeetEngine:
             "memory_used_bytes": int(total - free),
             "memory_total_bytes": int(total),
         }
+
+
+def _spans(hyp: Any, kind: str) -> tuple[TimedSpan, ...]:
+    """NeMo's hyp.timestamp[kind] entries ({kind: text, "start": s, "end": s}) as TimedSpans."""
+    entries = (getattr(hyp, "timestamp", None) or {}).get(kind) or []
+    out = []
+    for e in entries:
+        text = e.get(kind)
+        if isinstance(text, list):  # "char" entries hold a list of characters/subwords
+            text = "".join(text)
+        out.append(TimedSpan(str(text), round(float(e["start"]), 3), round(float(e["end"]), 3)))
+    return tuple(out)
 
 
 def cuda_device_count() -> int:

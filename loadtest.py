@@ -208,7 +208,7 @@ def _duration_s(path: Path, data: bytes) -> float:
     try:
         import av
 
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             if container.duration is not None and any(s.type == "audio" for s in container.streams):
                 return float(container.duration) / 1_000_000
     except Exception:  # noqa: BLE001
@@ -281,7 +281,9 @@ class Runner:
                 elif not isinstance(payload, dict) or "text" not in payload:
                     rec.error = "non_json"
                 else:
-                    rec.audio_s = float(payload.get("duration_sec") or payload.get("usage", {}).get("seconds") or audio.duration_s)
+                    rec.audio_s = float(
+                        payload.get("duration_sec") or payload.get("usage", {}).get("seconds") or audio.duration_s
+                    )
                     if rec.gpu_id is None and payload.get("gpu_id") is not None:
                         rec.gpu_id = str(payload["gpu_id"])
         except TimeoutError:
@@ -398,6 +400,11 @@ async def run_load(
                     stable = rate
         except (asyncio.CancelledError, KeyboardInterrupt):
             interrupted = True
+            done = {s.stage for s in summaries}
+            for name, offsets, seq, _rate in plan:  # the stage that was cut short, summarised as far as it got
+                partial = [r for r in runner.records if r.stage == name]
+                if partial and name not in done:
+                    summaries.append(summarize(name, partial, 0.0 if seq else len(offsets) / duration_s))
     return RunResult(summaries, runner.records, stable, breaking, interrupted)
 
 
@@ -409,7 +416,7 @@ def verdict(result: RunResult, slo_p95_ms: float, max_error_rate: float) -> str:
             f"stable up to {result.stable_up_to_rps:g} req/s (no stage broke the SLO of p95 <= {slo_p95_ms:g} ms "
             f"and <= {max_error_rate:.1%} errors; the top stage had p95 {_ms(top.latency_ms['p95']) if top else '-'})"
             if result.stable_up_to_rps is not None
-            else "no ramp stage ran"
+            else "no ramp stage completed"
         )
     bad = next(s for s in ramp if s.breaks)
     why = []
@@ -425,7 +432,9 @@ def write_outputs(result: RunResult, out: Path | None, plot: Path | None, slo_p9
     if out is not None:
         out.write_text(json.dumps(result.to_json(), indent=1))
         with open(out.with_suffix(".csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(asdict(result.requests[0]).keys()) if result.requests else ["stage"])
+            writer = csv.DictWriter(
+                f, fieldnames=list(asdict(result.requests[0]).keys()) if result.requests else ["stage"]
+            )
             writer.writeheader()
             for r in result.requests:
                 writer.writerow(asdict(r))
@@ -513,11 +522,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             result = asyncio.run(coro)
-        except KeyboardInterrupt:
-            ramp = [r for r in runner.records]
-            result = RunResult([], ramp, None, None, interrupted=True)
-            stages = sorted({r.stage for r in ramp}, key=[r.stage for r in ramp].index)
-            result.stages = [summarize(s, [r for r in ramp if r.stage == s], 0.0) for s in stages]
+        except KeyboardInterrupt:  # interrupted outside the ramp's own handler: rebuild from the records
+            names = list(dict.fromkeys(r.stage for r in runner.records))
+            stages = [summarize(n, [r for r in runner.records if r.stage == n], 0.0) for n in names]
+            result = RunResult(stages, runner.records, None, None, interrupted=True)
         print(markdown_table(result.stages))
         print(("interrupted: " if result.interrupted else "") + verdict(result, args.slo_p95_ms, args.max_error_rate))
         write_outputs(result, args.out, args.plot, args.slo_p95_ms)

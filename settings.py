@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         480.0, gt=0, description="Most padded audio per batch (batch size x longest item), seconds."
     )
     max_wait_ms: float = Field(
-        10.0, ge=0, description="Longest an idle GPU waits for a batch to fill after the first request, ms."
+        5.0, ge=0, description="Longest an idle GPU waits for a batch to fill after the first request, ms."
     )
     max_queue_requests: int = Field(
         128, ge=1, description="Admitted, unanswered requests per worker; past it new ones get 429."

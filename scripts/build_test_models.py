@@ -6,7 +6,8 @@ it exercises the real preprocessor, encoder and TDT decoder but its text is nois
 so that it really transcribes "three seven one". Recipe and numbers: ../shared/guide/nemo-notes.md.
 `fullsize`: Parakeet-TDT-0.6B-v3's full architecture (../shared/parakeet_tdt_0.6b_v3_arch.yaml, 627 M
 parameters, 2.5 GB .nemo) with random weights and a random 8192-piece tokenizer, for speed and memory
-measurements only (its text is noise; the encoder's cost does not depend on the weights).
+measurements only: its text is noise. The encoder's cost does not depend on the weights; the decoder's
+does (it runs once per emitted token), so the blank logit is calibrated to a speech-like emission rate.
 All are seeded; the same command gives the same model on the same library versions.
 
 Usage:
@@ -204,7 +205,50 @@ def build_tiny(out: Path, seed: int) -> None:
     log.info("tiny TDT: %d parameters -> %s (%.1f MB)", n_params, out, out.stat().st_size / 1e6)
 
 
-def build_fullsize(out: Path, seed: int, arch: Path, tokenizer_dir: Path) -> None:
+def calibrate_emission_rate(model: Any, tokens_per_s: float, seed: int) -> float:
+    """Shift the joint's blank logit so that greedy TDT decoding of speech emits ~`tokens_per_s` tokens.
+
+    Random weights emit a token at nearly every step (10 per encoder frame with max_symbols 10), which makes
+    decoding ~5x the encoder's cost on CPU; the real model emits ~3-4 BPE tokens per second of English speech
+    (2.5 words/s x ~1.3 tokens/word). Only the bias of the blank output moves; the architecture, parameter
+    count and the encoder's cost are untouched. Returns the bias shift.
+    """
+    import numpy as np
+    import torch
+
+    rng = random.Random(seed)
+    speech_s = np.concatenate([speech.speak(speech.random_digits(rng, 5, 5), "en-us", 150) for _ in range(5)])
+    x = torch.from_numpy(speech_s)[None]
+    x_len = torch.tensor([x.shape[1]])
+    duration_s = x.shape[1] / speech.SAMPLE_RATE_HZ
+    bias = model.joint.joint_net[-1].bias
+    blank = model.joint.num_classes_with_blank - 1
+    original = float(bias[blank].detach())
+    with torch.inference_mode():
+        feats, feat_lens = model.preprocessor(input_signal=x, length=x_len)
+        enc, enc_lens = model.encoder(audio_signal=feats, length=feat_lens)
+
+        def tokens_at(shift: float) -> int:
+            bias[blank] = original + shift
+            hyp = model.decoding.rnnt_decoder_predictions_tensor(
+                encoder_output=enc, encoded_lengths=enc_lens, return_hypotheses=True
+            )[0]
+            return len(hyp.y_sequence)
+
+        target = tokens_per_s * duration_s
+        lo, hi = 0.0, 64.0
+        for _ in range(14):  # bisection on the shift: more shift, fewer tokens
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if tokens_at(mid) > target else (lo, mid)
+        shift = (lo + hi) / 2
+        emitted = tokens_at(shift)
+    log.info(
+        "blank bias +%.3f: %d tokens for %.1f s of speech (%.2f/s)", shift, emitted, duration_s, emitted / duration_s
+    )
+    return shift
+
+
+def build_fullsize(out: Path, seed: int, arch: Path, tokenizer_dir: Path, tokens_per_s: float) -> None:
     """Full-size Parakeet-TDT architecture with random weights (see module docstring)."""
     import torch
     from omegaconf import OmegaConf
@@ -214,6 +258,8 @@ def build_fullsize(out: Path, seed: int, arch: Path, tokenizer_dir: Path) -> Non
     cfg.tokenizer.dir = str(tokenizer_dir.resolve())
     model = build_model(cfg)
     model.eval()
+    if tokens_per_s > 0:
+        calibrate_emission_rate(model, tokens_per_s, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(out))
     n_params = sum(p.numel() for p in model.parameters())
@@ -329,6 +375,12 @@ def main() -> None:
     parser.add_argument(
         "--tokenizer-dir", type=Path, default=shared / "tokenizers" / "bpe_8192_random", help="fullsize"
     )
+    parser.add_argument(
+        "--tokens-per-s",
+        type=float,
+        default=4.0,
+        help="fullsize: calibrate random weights to emit this many tokens per second of speech (0: leave them)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
@@ -337,7 +389,7 @@ def main() -> None:
     if args.kind == "tiny":
         build_tiny(args.out, args.seed)
     elif args.kind == "fullsize":
-        build_fullsize(args.out, args.seed, args.arch, args.tokenizer_dir)
+        build_fullsize(args.out, args.seed, args.arch, args.tokenizer_dir, args.tokens_per_s)
     else:
         build_digits(args.out, args.seed, args.steps, args.utterances)
 

@@ -1,0 +1,99 @@
+"""Offline ceiling of the engine, no HTTP: RTFx and requests/s at several batch sizes on fixed clips.
+
+Runs inference.ParakeetEngine (the server's own pipeline) on seeded synthetic speech clips of a fixed
+length, for each batch size, and prints a table: batch size, requests/s, RTFx (audio seconds per wall
+second), ms per batch, peak device memory. A timing, not an assertion: it holds for this machine and run.
+
+    .venv/bin/python scripts/bench_engine.py --model models/parakeet_arch_random.nemo --clip-s 15 \\
+        --batch-sizes 1,2,4,8 --device cpu
+    python3 scripts/bench_engine.py --model models/parakeet_arch_random.nemo --clip-s 15 \\
+        --batch-sizes 1,16,64,128 --device cuda --precision bf16          # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+import speech  # noqa: E402
+
+
+def clips(n: int, clip_s: float, seed: int) -> list[np.ndarray]:
+    """`n` clips of exactly `clip_s` seconds: digit utterances with short pauses, seeded."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts, total = [], 0
+        while total < clip_s * 16000:
+            w = speech.random_utterance(rng.randrange(10**9)).waveform
+            parts += [w, np.zeros(int(rng.uniform(0.2, 0.6) * 16000), dtype=np.float32)]
+            total += len(w) + len(parts[-1])
+        out.append(np.concatenate(parts)[: int(clip_s * 16000)])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--cuda-graphs", action="store_true")
+    p.add_argument("--clip-s", type=float, default=15.0)
+    p.add_argument("--n-clips", type=int, default=16, help="distinct clips, cycled")
+    p.add_argument("--batch-sizes", default="1,2,4,8")
+    p.add_argument("--min-seconds", type=float, default=10.0, help="time each batch size at least this long")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+
+    import torch
+
+    from inference import build_engine
+
+    device = torch.device(args.device)
+    engine = build_engine(
+        args.model, device, precision=args.precision, cuda_graphs=args.cuda_graphs, max_symbols_per_step=10,
+        torch_threads=args.threads,
+    )  # fmt: skip
+    waves = clips(args.n_clips, args.clip_s, args.seed)
+    print(
+        f"{args.model} on {device} ({engine.dtype}), {args.clip_s:g} s clips, torch threads {torch.get_num_threads()}"
+    )
+    print("| batch | req/s | RTFx | ms/batch | peak device MiB |\n|---|---|---|---|---|")
+    rows = []
+    for b in [int(x) for x in args.batch_sizes.split(",")]:
+        batch = [waves[i % len(waves)] for i in range(b)]
+        engine.transcribe(batch)  # warm-up at this shape
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        n, t0 = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - t0 < args.min_seconds:
+            engine.transcribe(batch)
+            n += 1
+        elapsed = time.perf_counter() - t0
+        rps = n * b / elapsed
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        row = {"batch": b, "req_per_s": rps, "rtfx": rps * args.clip_s, "ms_per_batch": 1000 * elapsed / n,
+               "peak_mib": peak}  # fmt: skip
+        rows.append(row)
+        print(
+            f"| {b} | {rps:.2f} | {rps * args.clip_s:.1f} | {1000 * elapsed / n:.0f} "
+            f"| {'-' if peak is None else f'{peak:.0f}'} |",
+            flush=True,
+        )
+    if args.out:
+        args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

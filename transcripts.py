@@ -1,0 +1,50 @@
+"""The model layer's output records: transcripts with word, segment and character timestamps.
+
+Plain dataclasses with no torch, shared by inference.py (which fills them), long_audio.py (which merges
+them) and server.py (which serialises them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TimedSpan:
+    """A word, segment or character (subword token) with its start and end in seconds from the clip start."""
+
+    text: str
+    start_s: float
+    end_s: float
+
+    def shifted(self, offset_s: float) -> TimedSpan:
+        return TimedSpan(self.text, self.start_s + offset_s, self.end_s + offset_s)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One hypothesis.
+
+    Attributes:
+        text: the decoded text.
+        num_tokens: number of emitted tokens.
+        encoder_frames: encoder frames of this item (0.08 s each for Parakeet: 10 ms hop x 8 subsampling).
+        words, segments, chars: timestamps from the TDT decoder's frame offsets (NeMo's
+            `compute_timestamps`, converted by `process_timestamp_outputs`); empty when not computed.
+    """
+
+    text: str
+    num_tokens: int
+    encoder_frames: int
+    words: tuple[TimedSpan, ...] = ()
+    segments: tuple[TimedSpan, ...] = ()
+    chars: tuple[TimedSpan, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A batch's transcripts (in input order) and where its time went (milliseconds, wall clock)."""
+
+    transcripts: list[Transcript]
+    compute_ms: float
+    padded_audio_s: float
