@@ -81,7 +81,6 @@ class Ticket:
     Release it exactly once (`Batcher.release`), whatever happens to the request."""
 
     admitted_at: float
-    deadline: float
     released: bool = False
 
 
@@ -177,8 +176,7 @@ class Batcher:
             )
         self._tickets += 1
         self._idle.clear()
-        now = self.clock()
-        return Ticket(admitted_at=now, deadline=now + cfg.request_timeout_s)
+        return Ticket(admitted_at=self.clock())
 
     def release(self, ticket: Ticket) -> None:
         """Give the ticket's place back (idempotent)."""
@@ -195,19 +193,22 @@ class Batcher:
         """Queue one decoded waveform and wait for its transcript.
 
         Args:
-            ticket: from `admit()`; its deadline bounds the wait.
+            ticket: from `admit()` (several submits may share one: the chunks of a long file).
             waveform: float32 mono 16 kHz, shape [T], T >= 1.
 
         Raises:
-            DeadlineExceeded: not started by the ticket's deadline (dropped before the GPU).
+            DeadlineExceeded: not started within `request_timeout_s` of queueing (dropped before the GPU).
             InferenceError: the engine failed on this request's batch.
             asyncio.CancelledError: the caller was cancelled (e.g. client gone); the item is dropped.
         """
         loop = asyncio.get_running_loop()
-        item = _Item(waveform, self.clock(), ticket.deadline, loop.create_future())
+        now = self.clock()
+        # The deadline bounds the wait in the queue, from this item's own arrival there (a long file's later
+        # chunks arrive later; its upload and decoding do not count).
+        item = _Item(waveform, now, now + self.config.request_timeout_s, loop.create_future())
         self._waiting.append(item)
         self._wake.set()
-        timeout = max(0.0, ticket.deadline - self.clock())
+        timeout = self.config.request_timeout_s
         try:
             # Shield: a timeout here must not cancel a batch already running; the scheduler skips done futures.
             return await asyncio.wait_for(asyncio.shield(item.future), timeout=timeout + 0.05)

@@ -7,6 +7,42 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from transcripts import Transcript
+
+
+class WordTime(BaseModel):
+    word: str
+    start: float = Field(description="Seconds from the start of the audio.")
+    end: float
+
+
+class SegmentTime(BaseModel):
+    segment: str
+    start: float
+    end: float
+
+
+class CharTime(BaseModel):
+    char: str = Field(description="A character or subword token, as the model emits it.")
+    start: float
+    end: float
+
+
+class Timestamps(BaseModel):
+    """From the TDT decoder's frame offsets (one encoder frame = 0.08 s)."""
+
+    word: list[WordTime]
+    segment: list[SegmentTime]
+    char: list[CharTime]
+
+    @classmethod
+    def of(cls, t: Transcript) -> Timestamps:
+        return cls(
+            word=[WordTime(word=w.text, start=w.start_s, end=w.end_s) for w in t.words],
+            segment=[SegmentTime(segment=s.text, start=s.start_s, end=s.end_s) for s in t.segments],
+            char=[CharTime(char=c.text, start=c.start_s, end=c.end_s) for c in t.chars],
+        )
+
 
 class TranscriptionResponse(BaseModel):
     """Answer of POST /transcribe."""
@@ -22,9 +58,11 @@ class TranscriptionResponse(BaseModel):
     compute_ms: float = Field(
         description="Model time of the batch this request ran in (features, encoder, decoding), ms."
     )
-    batch_size: int = Field(description="Requests in that batch (also X-Batch-Size).")
+    batch_size: int = Field(description="Requests in that batch (also X-Batch-Size); long audio: the largest.")
+    chunks: int = Field(1, description="Pieces the audio was transcribed in (1 unless longer than the threshold).")
     source_sample_rate_hz: int = Field(description="The upload's own sample rate, Hz.")
     source_channels: int = Field(description="The upload's channel count (averaged to mono).")
+    timestamps: Timestamps | None = Field(None, description="With timestamps=true: word, segment, char.")
 
 
 class DeviceInfo(BaseModel):

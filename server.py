@@ -14,41 +14,29 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any, NoReturn, Protocol
 
-import numpy as np
-import numpy.typing as npt
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData
 
 import errors
 from audio import AudioDecoderPool
-from batching import Batcher, ItemResult, Ticket
-from gpu_lock import GpuClaim, NoFreeGpuError, claim_gpu
-from http_errors import RETRY_AFTER_LOADING_S, install_error_handlers, request_id
+from batching import Batcher
+from gpu_lock import NoFreeGpuError, claim_gpu
+from http_errors import RETRY_AFTER_LOADING_S, install_error_handlers
 from middleware import RequestIdMiddleware, UploadLimitMiddleware
-from schemas import DeviceInfo, ErrorResponse, HealthResponse, TranscriptionResponse
+from openai_api import install_openai_routes
+from schemas import DeviceInfo, ErrorResponse, HealthResponse, Timestamps, TranscriptionResponse
 from settings import Settings, load_settings
+from worker import Engine, WorkerState, transcribe_request
 
 log = logging.getLogger("parakeet.server")
 
 WARMUP_AUDIO_S = 2.0
-
-
-class Engine(Protocol):
-    """What the server needs of a model (inference.ParakeetEngine, or a fake in tests)."""
-
-    model_name: str
-
-    def transcribe(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> Any: ...  # -> inference.BatchResult
-    def warmup(self, duration_s: float = WARMUP_AUDIO_S) -> float: ...
-    def device_info(self) -> dict[str, Any]: ...
 
 
 class EngineFactory(Protocol):
@@ -87,39 +75,6 @@ def exit_worker(message: str) -> NoReturn:
     for handler in logging.getLogger().handlers + log.handlers:
         handler.flush()
     os._exit(3)
-
-
-@dataclass
-class WorkerState:
-    """Per-worker runtime state, kept on app.state (no module globals)."""
-
-    settings: Settings
-    started_at: float = field(default_factory=time.monotonic)
-    phase: str = "loading"  # loading -> ok -> shutting_down; or failed
-    detail: str | None = "model is loading"
-    engine: Engine | None = None
-    gpu_claim: GpuClaim | None = None
-    gpu_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
-    )
-    decoder: AudioDecoderPool | None = None
-    batcher: Batcher | None = None
-    device_info: dict[str, Any] | None = None
-    requests_served: int = 0
-
-    def begin_shutdown(self) -> None:
-        """From the first shutdown signal: /health says 503 and new requests get 503; admitted ones finish."""
-        self.phase, self.detail = "shutting_down", "worker is shutting down"
-        if self.batcher is not None:
-            self.batcher.stop_accepting()
-
-    @property
-    def gpu_id(self) -> int | None:
-        return self.gpu_claim.gpu_id if self.gpu_claim is not None else None
-
-    @property
-    def ready(self) -> bool:
-        return self.phase == "ok"
 
 
 # --- the app -------------------------------------------------------------------------------------------
@@ -185,31 +140,16 @@ def _mean(values: list[int]) -> float | None:
     return round(sum(values) / len(values), 3) if values else None
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    """Return when the client closes the connection (the body has been read: receive() now waits for it)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
 
-async def _submit_watching_client(
-    request: Request, batcher: Batcher, ticket: Ticket, waveform: npt.NDArray[np.float32]
-) -> ItemResult:
-    """Queue the waveform; if the client goes away first, withdraw it so it never reaches the GPU."""
-    submitted = asyncio.ensure_future(batcher.submit(ticket, waveform))
-    disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({submitted, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnected.cancel()
-    if not submitted.done():
-        submitted.cancel()
-        with suppress(asyncio.CancelledError):
-            await submitted
-        raise errors.ClientDisconnected("the client closed the connection before its transcript was ready")
-    try:
-        return submitted.result()
-    except errors.InferenceError as exc:
-        raise errors.InferenceError(f"inference failed (request id {request_id(request)})") from exc.__cause__
+def _parse_timestamps_field(form: FormData) -> bool:
+    value = form.get("timestamps", "false")
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text not in _TRUE | _FALSE:
+        got = str(value)[:40] if isinstance(value, str) else "a file"
+        raise errors.BadRequest(f"form field 'timestamps' must be true or false, got {got!r}", param="timestamps")
+    return text in _TRUE
 
 
 def create_app(
@@ -317,56 +257,29 @@ def create_app(
         },
     )
     async def transcribe(request: Request, response: Response) -> TranscriptionResponse:
-        """Transcribe one uploaded audio file (multipart field `file`)."""
-        t0 = time.perf_counter()
+        """Transcribe one uploaded audio file (multipart field `file`; optional `timestamps=true`)."""
         state: WorkerState = request.app.state.worker
-        if state.phase == "shutting_down":
-            raise errors.ShuttingDown("the worker is shutting down; retry on another worker")
-        if state.engine is None or state.decoder is None or state.batcher is None:
-            raise errors.NotReady(f"the model is not ready yet ({state.detail}); retry shortly")
-        engine, batcher = state.engine, state.batcher
-        ticket = batcher.admit()  # 429/503 before a byte of the upload is read
-        try:
-            async with request.form(max_files=1, max_fields=16, max_part_size=64 * 1024) as form:
-                upload = form.get("file")
-                if upload is None:
-                    raise errors.BadRequest(
-                        "missing form field 'file' (send the audio as multipart/form-data)", param="file"
-                    )
-                if not isinstance(upload, UploadFile):
-                    raise errors.BadRequest("form field 'file' must be a file upload, not a text value", param="file")
-                data = await upload.read()
-            t_read = time.perf_counter()
-            decoded = await state.decoder.decode(data, max_duration_s=settings.max_audio_duration_s)
-            del data
-            t_decoded = time.perf_counter()
-            result = await _submit_watching_client(request, batcher, ticket, decoded.waveform)
-        finally:
-            batcher.release(ticket)
-        state.requests_served += 1
-        response.headers.update(
-            {
-                "X-Queue-Ms": f"{result.queue_ms:.1f}",
-                "X-Compute-Ms": f"{result.compute_ms:.1f}",
-                "X-Batch-Size": str(result.batch_size),
-                "X-Gpu-Id": "cpu" if state.gpu_id is None else str(state.gpu_id),
-            }
-        )
+        want_timestamps, outcome = await transcribe_request(request, state, _parse_timestamps_field)
+        response.headers.update(outcome.timing_headers(state.gpu_id))
+        t = outcome.transcript
         return TranscriptionResponse(
-            text=result.transcript.text,
-            duration_sec=round(decoded.duration_s, 4),
-            processing_time_ms=round((time.perf_counter() - t0) * 1000, 2),
+            text=t.text,
+            duration_sec=round(outcome.audio.duration_s, 4),
+            processing_time_ms=round(outcome.processing_time_ms, 2),
             gpu_id=state.gpu_id,
-            model=engine.model_name,
-            request_id=request_id(request),
-            decode_ms=round((t_decoded - t_read) * 1000, 2),
-            queue_ms=round(result.queue_ms, 2),
-            compute_ms=round(result.compute_ms, 2),
-            batch_size=result.batch_size,
-            source_sample_rate_hz=decoded.source_sample_rate_hz,
-            source_channels=decoded.source_channels,
+            model=outcome.model,
+            request_id=outcome.request_id,
+            decode_ms=round(outcome.decode_ms, 2),
+            queue_ms=round(outcome.queue_ms, 2),
+            compute_ms=round(outcome.compute_ms, 2),
+            batch_size=outcome.batch_size,
+            chunks=outcome.chunks,
+            source_sample_rate_hz=outcome.audio.source_sample_rate_hz,
+            source_channels=outcome.audio.source_channels,
+            timestamps=Timestamps.of(t) if want_timestamps else None,
         )
 
+    install_openai_routes(app)
     return app
 
 

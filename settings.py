@@ -48,16 +48,29 @@ class Settings(BaseSettings):
     )
 
     # --- limits ---
-    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest request body, bytes.")
-    max_audio_duration_s: float = Field(
-        600.0, gt=0, description="Longest decoded audio, seconds (full attention is O(T^2) in memory)."
-    )
-    decode_timeout_s: float = Field(30.0, gt=0, description="Per-file limit on the audio decoder, seconds.")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest request body, bytes.")
+    max_audio_duration_s: float = Field(10800.0, gt=0, description="Longest decoded audio, seconds (3 hours).")
+    decode_timeout_s: float = Field(120.0, gt=0, description="Per-file limit on the audio decoder, seconds.")
     decode_workers: int = Field(2, ge=1, description="Audio decoder subprocesses per worker.")
     decode_memory_limit_bytes: int | None = Field(
-        4 * 1024**3,
+        8 * 1024**3,
         ge=64 * 1024**2,
         description="Address-space cap (RLIMIT_AS) of each decoder subprocess, bytes; unset for none.",
+    )
+
+    # --- long audio (long_audio.py) ---
+    long_audio_threshold_s: float = Field(
+        180.0, gt=0, description="Audio longer than this is transcribed in chunks, never with full attention."
+    )
+    long_audio_chunk_s: float = Field(60.0, gt=5, description="Longest stretch between two cuts, seconds.")
+    long_audio_context_s: float = Field(
+        2.0, ge=0, description="Audio each chunk also hears beyond each of its cuts, seconds."
+    )
+    long_audio_search_s: float = Field(
+        4.0, gt=0, description="Each cut goes at the quietest 0.1 s within this many seconds before the target."
+    )
+    long_audio_chunks_in_flight: int = Field(
+        4, ge=1, description="Chunks of one long request queued or running at a time."
     )
 
     # --- batching and admission (batching.py) ---

@@ -1,0 +1,242 @@
+"""OpenAI-compatible routes: POST /v1/audio/transcriptions, GET /v1/models, POST /v1/audio/translations.
+
+Follows ../shared/guide/openai-api.md (the official `openai` SDK's types and request encoding): the
+multipart fields, the five response formats, word/segment granularities, `stream` as server-sent events,
+and OpenAI's error envelope (shared with the rest of the server, http_errors.py). The pipeline itself is
+worker.py's; this module parses fields and formats outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.datastructures import FormData
+
+import errors
+from transcripts import TimedSpan, Transcript
+from worker import Outcome, WorkerState, transcribe_request
+
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+GRANULARITIES = ("word", "segment")
+# Model names that existing OpenAI client code sends; all are served by the one loaded model.
+MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "parakeet-tdt-0.6b-v3")
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+
+
+def served_model_id(model: str) -> str:
+    """The id /v1/models lists: the hub id, or a local file's name without `.nemo`."""
+    return Path(model).stem if model.endswith(".nemo") else model
+
+
+@dataclass(frozen=True)
+class TranscriptionForm:
+    model: str
+    language: str | None
+    response_format: str
+    temperature: float
+    granularities: tuple[str, ...]
+    stream: bool
+
+
+def _text_field(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise errors.BadRequest(f"form field '{name}' must be text, not a file", param=name)
+    return value
+
+
+def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
+    """Validate the OpenAI transcription fields (all but `file`).
+
+    Raises:
+        BadRequest: naming the field, the accepted values and the value sent.
+    """
+    model = _text_field(form, "model")
+    if not model:
+        raise errors.BadRequest("missing form field 'model'", param="model")
+    if model not in accepted_models:
+        raise errors.BadRequest(
+            f"model {model[:80]!r} is not served here; use one of {', '.join(sorted(accepted_models))}",
+            param="model",
+        )
+    fmt = (_text_field(form, "response_format") or "json").strip()
+    if fmt not in RESPONSE_FORMATS:
+        raise errors.BadRequest(
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt[:40]!r}", param="response_format"
+        )
+    raw_temperature = _text_field(form, "temperature") or "0"
+    try:
+        temperature = float(raw_temperature)
+    except ValueError:
+        temperature = float("nan")
+    if not 0.0 <= temperature <= 1.0:
+        raise errors.BadRequest(
+            f"temperature must be a number from 0 to 1, got {raw_temperature[:40]!r}", param="temperature"
+        )
+    language = _text_field(form, "language")
+    if language is not None and not re.fullmatch(r"[a-z]{2}", language.strip().lower()):
+        raise errors.BadRequest(
+            f"language must be an ISO-639-1 code such as 'en', got {language[:40]!r}", param="language"
+        )
+    _text_field(form, "prompt")  # accepted and ignored: greedy TDT decoding takes no prompt
+    granularities: list[str] = []
+    for key in ("timestamp_granularities[]", "timestamp_granularities"):
+        for value in form.getlist(key):
+            if not isinstance(value, str) or value not in GRANULARITIES:
+                raise errors.BadRequest(
+                    f"timestamp_granularities must be 'word' and/or 'segment', got {str(value)[:40]!r}",
+                    param="timestamp_granularities",
+                )
+            granularities.append(value)
+    if granularities and fmt != "verbose_json":
+        raise errors.BadRequest(
+            f"timestamp_granularities requires response_format 'verbose_json', got {fmt!r}",
+            param="timestamp_granularities",
+        )
+    raw_stream = (_text_field(form, "stream") or "false").strip().lower()
+    if raw_stream not in _TRUE | _FALSE:
+        raise errors.BadRequest(f"stream must be true or false, got {raw_stream[:40]!r}", param="stream")
+    stream = raw_stream in _TRUE
+    if stream and fmt not in ("json", "text"):
+        raise errors.BadRequest(f"stream is supported with response_format json or text, not {fmt!r}", param="stream")
+    return TranscriptionForm(
+        model, language.strip().lower() if language else None, fmt, temperature, tuple(dict.fromkeys(granularities)),
+        stream,
+    )  # fmt: skip
+
+
+# --- formatting ----------------------------------------------------------------------------------------------
+
+
+def segments_of(t: Transcript, duration_s: float) -> list[TimedSpan]:
+    """Sentence segments (NeMo's, split at . ! ?); one segment over the whole audio if NeMo gave none."""
+    if t.segments:
+        return list(t.segments)
+    return [TimedSpan(t.text, 0.0, round(duration_s, 3))] if t.text else []
+
+
+def _clock(seconds: float, sep: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def to_srt(segments: list[TimedSpan]) -> str:
+    return "".join(
+        f"{i}\n{_clock(s.start_s, ',')} --> {_clock(s.end_s, ',')}\n{s.text}\n\n" for i, s in enumerate(segments, 1)
+    )
+
+
+def to_vtt(segments: list[TimedSpan]) -> str:
+    return "WEBVTT\n\n" + "".join(
+        f"{_clock(s.start_s, '.')} --> {_clock(s.end_s, '.')}\n{s.text}\n\n" for s in segments
+    )
+
+
+def usage(outcome: Outcome) -> dict[str, Any]:
+    return {"type": "duration", "seconds": round(outcome.audio.duration_s, 3)}
+
+
+def verbose_json(outcome: Outcome, form: TranscriptionForm) -> dict[str, Any]:
+    """OpenAI's verbose_json: `words` only when asked for; `segments` unless only words were asked for.
+    Whisper-only segment fields get neutral values (the SDK declares all ten)."""
+    t = outcome.transcript
+    body: dict[str, Any] = {
+        "task": "transcribe",
+        "language": form.language or "unknown",
+        "duration": round(outcome.audio.duration_s, 3),
+        "text": t.text,
+    }
+    if form.granularities != ("word",):
+        body["segments"] = [
+            {
+                "id": i,
+                "seek": 0,
+                "start": s.start_s,
+                "end": s.end_s,
+                "text": s.text,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 1.0,
+                "no_speech_prob": 0.0,
+            }  # fmt: skip
+            for i, s in enumerate(segments_of(t, outcome.audio.duration_s))
+        ]
+    if "word" in form.granularities:
+        body["words"] = [{"word": w.text, "start": w.start_s, "end": w.end_s} for w in t.words]
+    body["usage"] = usage(outcome)
+    return body
+
+
+async def _sse(outcome: Outcome) -> AsyncIterator[bytes]:
+    """`transcript.text.delta` per word (per text if there are no word timestamps), then `.done`."""
+    t = outcome.transcript
+    pieces = [w.text for w in t.words] or ([t.text] if t.text else [])
+    for i, piece in enumerate(pieces):
+        delta = piece if i == 0 else " " + piece
+        yield f"data: {json.dumps({'type': 'transcript.text.delta', 'delta': delta})}\n\n".encode()
+    done = {"type": "transcript.text.done", "text": t.text, "usage": usage(outcome)}
+    yield f"data: {json.dumps(done)}\n\n".encode()
+
+
+def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str]) -> Response:
+    t = outcome.transcript
+    if form.stream:
+        return StreamingResponse(_sse(outcome), media_type="text/event-stream", headers=headers)
+    if form.response_format == "json":
+        return JSONResponse({"text": t.text, "usage": usage(outcome)}, headers=headers)
+    if form.response_format == "text":
+        return PlainTextResponse(t.text + "\n", headers=headers)
+    if form.response_format == "srt":
+        return PlainTextResponse(to_srt(segments_of(t, outcome.audio.duration_s)), headers=headers)
+    if form.response_format == "vtt":
+        return PlainTextResponse(
+            to_vtt(segments_of(t, outcome.audio.duration_s)), media_type="text/vtt", headers=headers
+        )
+    return JSONResponse(verbose_json(outcome, form), headers=headers)
+
+
+def install_openai_routes(app: FastAPI) -> None:
+    """Add the /v1 routes to an app built by server.create_app (state on app.state.worker)."""
+    started = int(time.time())
+
+    def accepted(state: WorkerState) -> set[str]:
+        return {served_model_id(state.settings.model), state.settings.model, *MODEL_ALIASES}
+
+    @app.post("/v1/audio/transcriptions", tags=["openai"])
+    async def create_transcription(request: Request) -> Response:
+        """OpenAI `audio.transcriptions.create`: multipart `file`, `model`, and the optional fields."""
+        state: WorkerState = request.app.state.worker
+        form, outcome = await transcribe_request(request, state, lambda f: parse_form(f, accepted(state)))
+        return render(outcome, form, outcome.timing_headers(state.gpu_id))
+
+    @app.post("/v1/audio/translations", tags=["openai"])
+    async def create_translation(request: Request) -> Response:
+        """Parakeet transcribes in the spoken language; it does not translate (answered before any upload)."""
+        raise errors.BadRequest(
+            "translation is not supported: Parakeet-TDT transcribes speech in its own language; "
+            "use /v1/audio/transcriptions",
+            param="model",
+        )
+
+    @app.get("/v1/models", tags=["openai"])
+    async def list_models(request: Request) -> dict[str, Any]:
+        state: WorkerState = request.app.state.worker
+        model_id = served_model_id(state.settings.model)
+        return {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "created": started, "owned_by": "nvidia"}],
+        }
