@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,17 @@ def start_server(tmp_dir: Path, env: dict[str, str], workers: int = 1, fake: boo
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=base_env, stdout=log_file, stderr=subprocess.STDOUT)
     return ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+
+
+@contextmanager
+def running_fake_server(tmp_dir: Path, env: dict[str, str]) -> Iterator[ServerProcess]:
+    """A ready uvicorn worker serving tests/fakes.py's FakeEngine, stopped on exit."""
+    server = start_server(tmp_dir, env, fake=True)
+    try:
+        server.wait_ready(timeout_s=60)
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

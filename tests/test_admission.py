@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ServerProcess, start_server
+from conftest import ServerProcess, running_fake_server
 from fakes import tagged_wave
 
 
@@ -31,13 +31,8 @@ def wav_of(tag: int, duration_s: float = 1.0) -> bytes:
 
 @pytest.fixture
 def fake_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
-    env = {"PARAKEET_DECODE_WORKERS": "2", **request.param}
-    server = start_server(tmp_path, env, fake=True)
-    try:
-        server.wait_ready(timeout_s=60)
+    with running_fake_server(tmp_path, {"PARAKEET_DECODE_WORKERS": "2", **request.param}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def post_async(client: httpx.AsyncClient, url: str, tag: int, duration_s: float = 1.0) -> httpx.Response:

@@ -19,7 +19,7 @@ import soundfile as sf
 import speech
 import srt
 import webvtt
-from conftest import ServerProcess, start_server
+from conftest import ServerProcess, running_fake_server
 from fakes import tagged_wave
 
 
@@ -178,12 +178,8 @@ def test_openai_models_and_translations(client: openai.OpenAI, placed: PlacedFil
 @pytest.fixture
 def busy_fake_server(tmp_path: Path) -> Iterator[ServerProcess]:
     env = {"FAKE_DELAY_S": "2.0", "PARAKEET_MAX_BATCH_SIZE": "1", "PARAKEET_MAX_QUEUE_REQUESTS": "1"}
-    server = start_server(tmp_path, env, fake=True)
-    try:
-        server.wait_ready(timeout_s=60)
+    with running_fake_server(tmp_path, env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_openai_queue_full_raises_rate_limit_error_with_retry_after(busy_fake_server: ServerProcess) -> None:
