@@ -130,12 +130,6 @@ class InferenceError(ParakeetError):
 # --- start-up (never reach a client) ------------------------------------------------------------------
 
 
-class NoFreeGpu(ParakeetError):
-    """Every GPU lock in the lock dir is held by another live process."""
-
-    code = "no_free_gpu"
-
-
 class ModelLoadError(ParakeetError):
     """The model could not be loaded (offline hub, missing file, corrupt checkpoint)."""
 

@@ -144,7 +144,6 @@ class ParakeetEngine:
         # Window stride (s) x subsampling: 0.01 x 8 = 0.08 s per encoder frame for Parakeet.
         self.window_stride_s = float(model.cfg.preprocessor.window_stride)
         self.subsampling_factor = int(model.cfg.encoder.get("subsampling_factor", 8))
-        self.frame_s = self.window_stride_s * self.subsampling_factor
         self.num_parameters = sum(p.numel() for p in model.parameters())
 
     def transcribe(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> BatchResult:
@@ -214,7 +213,7 @@ class ParakeetEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         compute_ms = (time.perf_counter() - t0) * 1000.0
-        return BatchResult(transcripts, compute_ms, padded_audio_s=batch.shape[1] * len(waveforms) / SAMPLE_RATE_HZ)
+        return BatchResult(transcripts, compute_ms)
 
     def warmup(self, duration_s: float = 2.0) -> float:
         """Run one batch of seeded noise so that first requests don't pay for lazy init. Returns ms."""

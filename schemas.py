@@ -87,6 +87,9 @@ class HealthResponse(BaseModel):
     queued_requests: int = Field(0, description="Admitted requests not yet answered.")
     queued_audio_s: float = Field(0.0, description="Audio waiting for or in the GPU, seconds.")
     mean_batch_size: float | None = Field(None, description="Over the last 1000 batches.")
+    batches: int = Field(0, description="Batches run by this worker.")
+    dropped_requests: int = Field(0, description="Requests dropped before the GPU: client gone, or past deadline.")
+    failed_batches: int = Field(0, description="Batches that raised (their requests got 500).")
     detail: str | None = Field(None, description="Why the worker is not ready, when it is not.")
 
 

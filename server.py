@@ -232,6 +232,9 @@ def create_app(
             queued_requests=state.batcher.queued_requests if state.batcher else 0,
             queued_audio_s=round(state.batcher.queued_audio_s, 3) if state.batcher else 0.0,
             mean_batch_size=_mean(state.batcher.stats.batch_sizes) if state.batcher else None,
+            batches=state.batcher.stats.batches if state.batcher else 0,
+            dropped_requests=state.batcher.stats.cancelled + state.batcher.stats.expired if state.batcher else 0,
+            failed_batches=state.batcher.stats.failed_batches if state.batcher else 0,
             detail=state.detail,
         )
         headers = {} if state.ready else {"Retry-After": str(RETRY_AFTER_LOADING_S)}

@@ -47,4 +47,3 @@ class BatchResult:
 
     transcripts: list[Transcript]
     compute_ms: float
-    padded_audio_s: float

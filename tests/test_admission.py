@@ -172,6 +172,8 @@ def test_admission_request_of_a_client_that_left_never_reaches_the_engine(fake_s
     time.sleep(1.5)
     assert batches_in_log(fake_server) == [[1]]
     assert "client_closed_request" in fake_server.log()
+    health = httpx.get(f"{fake_server.url}/health").json()
+    assert health["dropped_requests"] == 1 and health["batches"] == 1
 
 
 @pytest.mark.parametrize(
