@@ -1,0 +1,104 @@
+"""loadtest.py's reporting: the markdown table, the verdict line, JSON/CSV files and the plot.
+
+Kept apart so that loadtest.py holds the schedule, the statistics and the runner. Works on loadtest's
+records by their fields; imports nothing from it at run time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loadtest import RunResult, StageSummary
+
+
+class LoadTestError(Exception):
+    """A problem the user must fix before a run can start (bad flags, no audio, unreachable server)."""
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}ms"
+
+
+def markdown_table(summaries: list[StageSummary]) -> str:
+    """The results as a markdown table, one row per stage."""
+    head = "| Stage | Offered req/s | Achieved req/s | OK | Errors | Avg | P50 | P95 | P99 | RTFx | Batch | GPU share |"
+    rows = [head, "|" + "---|" * 12]
+    for s in summaries:
+        errors = ", ".join(f"{k}:{v}" for k, v in sorted(s.errors_by_kind.items())) or "0"
+        share = " ".join(f"{g}:{v:.0%}" for g, v in s.gpu_share.items()) or "-"
+        rows.append(
+            f"| {s.stage}{' (breaks)' if s.breaks else ''} | {s.offered_rps:.1f} | {s.achieved_rps:.1f} | {s.ok} "
+            f"| {errors} | {_ms(s.latency_ms['avg'])} | {_ms(s.latency_ms['p50'])} | {_ms(s.latency_ms['p95'])} "
+            f"| {_ms(s.latency_ms['p99'])} | {'-' if s.rtfx is None else f'{s.rtfx:.1f}'} "
+            f"| {'-' if s.mean_batch_size is None else f'{s.mean_batch_size:.1f}'} | {share} |"
+        )
+    return "\n".join(rows)
+
+
+def verdict(result: RunResult, slo_p95_ms: float, max_error_rate: float) -> str:
+    ramp = [s for s in result.stages if s.stage != "sequential"]
+    if result.breaking_point_rps is None:
+        top = ramp[-1] if ramp else None
+        return (
+            f"stable up to {result.stable_up_to_rps:g} req/s (no stage broke the SLO of p95 <= {slo_p95_ms:g} ms "
+            f"and <= {max_error_rate:.1%} errors; the top stage had p95 {_ms(top.latency_ms['p95']) if top else '-'})"
+            if result.stable_up_to_rps is not None
+            else "no ramp stage completed"
+        )
+    bad = next(s for s in ramp if s.breaks)
+    why = []
+    if bad.latency_ms["p95"] is None or bad.latency_ms["p95"] > slo_p95_ms:
+        why.append(f"p95 {_ms(bad.latency_ms['p95'])} > {slo_p95_ms:g}ms")
+    if bad.error_rate > max_error_rate:
+        why.append(f"errors {bad.error_rate:.1%} > {max_error_rate:.1%} ({bad.errors_by_kind})")
+    stable = f"stable up to {result.stable_up_to_rps:g} req/s" if result.stable_up_to_rps else "not stable at any rate"
+    return f"{stable}; breaks at {result.breaking_point_rps:g} req/s: {', '.join(why)}"
+
+
+def write_outputs(result: RunResult, out: Path | None, plot: Path | None, slo_p95_ms: float) -> None:
+    if out is not None:
+        out.write_text(json.dumps(result.to_json(), indent=1))
+        with open(out.with_suffix(".csv"), "w", newline="") as f:
+            writer = csv.DictWriter(
+                f, fieldnames=list(asdict(result.requests[0]).keys()) if result.requests else ["stage"]
+            )
+            writer.writeheader()
+            for r in result.requests:
+                writer.writerow(asdict(r))
+    if plot is not None:
+        plot_stages(result, plot, slo_p95_ms)
+
+
+def plot_stages(result: RunResult, path: Path, slo_p95_ms: float) -> None:
+    """Latency percentiles and error rate against offered rate (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise LoadTestError("--plot needs matplotlib: pip install matplotlib") from exc
+    ramp = [s for s in result.stages if s.stage != "sequential"]
+    x = [s.offered_rps for s in ramp]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for key in ("p50", "p95", "p99"):
+        ax1.plot(x, [s.latency_ms[key] for s in ramp], marker="o", label=key)
+    ax1.axhline(slo_p95_ms, color="red", linestyle="--", label=f"SLO p95 {slo_p95_ms:g} ms")
+    if result.breaking_point_rps is not None:
+        for ax in (ax1, ax2):
+            ax.axvline(result.breaking_point_rps, color="grey", linestyle=":")
+    ax1.set_ylabel("latency (ms)")
+    ax1.set_yscale("log")
+    ax1.legend()
+    ax1.set_title("Latency and errors against offered load")
+    ax2.plot(x, [100 * s.error_rate for s in ramp], marker="o", color="tab:red")
+    ax2.set_ylabel("errors (%)")
+    ax2.set_xlabel("offered rate (req/s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
