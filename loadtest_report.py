@@ -91,12 +91,14 @@ def plot_stages(result: RunResult, path: Path, slo_p95_ms: float) -> None:
     ax1.axhline(slo_p95_ms, color="red", linestyle="--", label=f"SLO p95 {slo_p95_ms:g} ms")
     if result.breaking_point_rps is not None:
         for ax in (ax1, ax2):
-            ax.axvline(result.breaking_point_rps, color="grey", linestyle=":")
+            ax.axvline(result.breaking_point_rps, color="grey", linestyle=":", label="breaking point")
     ax1.set_ylabel("latency (ms)")
     ax1.set_yscale("log")
     ax1.legend()
     ax1.set_title("Latency and errors against offered load")
-    ax2.plot(x, [100 * s.error_rate for s in ramp], marker="o", color="tab:red")
+    errors_pct = [100 * s.error_rate for s in ramp]
+    ax2.plot(x, errors_pct, marker="o", color="tab:red")
+    ax2.set_ylim(0, max([1.0, *errors_pct]) * 1.1)
     ax2.set_ylabel("errors (%)")
     ax2.set_xlabel("offered rate (req/s)")
     fig.tight_layout()

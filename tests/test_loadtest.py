@@ -177,3 +177,15 @@ def test_loadtest_ctrl_c_prints_the_summary_so_far(digits_server: ServerProcess,
     assert "interrupted" in stdout and "| 5 req/s |" in stdout
     run = json.loads((tmp_path / "r.json").read_text())
     assert 5 <= len(run["requests"]) < 300
+
+
+def test_loadtest_plot_draws_a_png(tmp_path: Path) -> None:
+    stages = []
+    for i, rate in enumerate((10, 30, 50, 70, 80)):
+        s = summarize(f"{rate} req/s", [_rec(j, 100 + 40 * i**2 + j) for j in range(50)], float(rate))
+        s.breaks = rate == 80
+        stages.append(s)
+    result = loadtest.RunResult(stages, [], 70, 80)
+    path = tmp_path / "run.png"
+    loadtest.write_outputs(result, None, path, slo_p95_ms=500)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
