@@ -247,11 +247,6 @@ def _spans(hyp: Any, kind: str) -> tuple[TimedSpan, ...]:
     return tuple(out)
 
 
-def cuda_device_count() -> int:
-    """Visible CUDA devices (respects CUDA_VISIBLE_DEVICES); 0 without CUDA."""
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def build_engine(
     model_name: str,
     device: torch.device,

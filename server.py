@@ -48,9 +48,9 @@ class ParakeetEngineFactory:
     """Production factory: NeMo model named by PARAKEET_MODEL on the claimed GPU (or the CPU)."""
 
     def visible_gpus(self) -> int:
-        from inference import cuda_device_count
+        import torch  # not inference: that imports NeMo (~5 s) before the worker can answer /health
 
-        return cuda_device_count()
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
     def __call__(self, settings: Settings, gpu_id: int | None) -> Engine:
         import torch
