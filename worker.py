@@ -177,7 +177,13 @@ async def _transcribe_long(
         async with slots:
             return await batcher.submit(ticket, waveform[start:end])
 
-    results = await asyncio.gather(*(one(c.start, c.end) for c in chunks))
+    tasks = [asyncio.ensure_future(one(c.start, c.end)) for c in chunks]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:  # one chunk failed: its siblings must not go on to the GPU for nothing
+            task.cancel()
+        raise
     merged = merge_transcripts(chunks, [r.transcript for r in results])
     return (
         merged,

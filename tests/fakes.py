@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from errors import DeviceOutOfMemory
 from settings import Settings
+from transcripts import BatchResult, TimedSpan, Transcript
 
 SAMPLE_RATE_HZ = 16_000
 
@@ -34,19 +35,6 @@ def tag_of(waveform: npt.NDArray[np.float32]) -> int:
     return round(float(waveform[0]) * 10000)
 
 
-@dataclass(frozen=True)
-class FakeTranscript:
-    text: str
-    num_tokens: int = 0
-    encoder_frames: int = 0
-
-
-@dataclass(frozen=True)
-class FakeBatch:
-    transcripts: list[FakeTranscript]
-    compute_ms: float
-
-
 @dataclass
 class FakeEngine:
     """Records every batch it runs; can be gated, slowed, poisoned, and made to run out of memory."""
@@ -60,7 +48,7 @@ class FakeEngine:
     batches: list[list[int]] = field(default_factory=list)  # tags per batch, in run order
     log_batches: bool = False  # print "FAKE_BATCH <tags>" per batch (for tests that read a server's log)
 
-    def transcribe(self, waveforms: list[npt.NDArray[np.float32]]) -> FakeBatch:
+    def transcribe(self, waveforms: list[npt.NDArray[np.float32]]) -> BatchResult:
         t0 = time.perf_counter()
         if self.gate is not None:
             self.gate.wait(30)
@@ -73,8 +61,11 @@ class FakeEngine:
         if self.fail_tag is not None and self.fail_tag in tags:
             raise RuntimeError("fake engine failure at /secret/path.py: illegal memory access")
         time.sleep(self.delay_s + self.per_item_s * len(waveforms))
-        texts = [FakeTranscript(f"{tag} {len(w)}") for tag, w in zip(tags, waveforms, strict=True)]
-        return FakeBatch(texts, (time.perf_counter() - t0) * 1000)
+        texts = []
+        for tag, w in zip(tags, waveforms, strict=True):
+            text = f"{tag} {len(w)}"  # one "word" spanning the clip, so long-audio merging has timestamps
+            texts.append(Transcript(text, 1, len(w) // 1280, words=(TimedSpan(text, 0.0, len(w) / SAMPLE_RATE_HZ),)))
+        return BatchResult(texts, (time.perf_counter() - t0) * 1000)
 
     def warmup(self, duration_s: float = 2.0) -> float:
         return 1.0

@@ -43,6 +43,13 @@ def batches_in_log(server: ServerProcess) -> list[list[int]]:
     return [[int(t) for t in m.split()] for m in re.findall(r"^FAKE_BATCH ([\d ]+)$", server.log(), re.M)]
 
 
+async def read_http_response(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 response (status line, headers and a Content-Length body) from a raw connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    return head + await reader.readexactly(length)
+
+
 SLOW_QUEUE_2 = {"FAKE_DELAY_S": "1.0", "PARAKEET_MAX_BATCH_SIZE": "1", "PARAKEET_MAX_QUEUE_REQUESTS": "2"}
 
 
@@ -60,7 +67,7 @@ def test_admission_queue_full_is_429_before_the_upload_is_read(fake_server: Serv
             )
             await writer.drain()
             t0 = time.perf_counter()
-            reply = (await asyncio.wait_for(reader.read(65536), 5)).decode()
+            reply = (await asyncio.wait_for(read_http_response(reader), 5)).decode()
             waited = time.perf_counter() - t0
             writer.close()
             return list(await asyncio.gather(*busy)), reply, waited
@@ -200,3 +207,30 @@ def test_admission_sigterm_drains_admitted_requests_then_exits(fake_server: Serv
 def test_fake_wave_roundtrips_through_wav() -> None:
     data, _ = sf.read(io.BytesIO(wav_of(1234, 0.25)), dtype="float32")
     assert round(float(data[0]) * 10000) == 1234 and len(data) == 4000 and not np.any(data[1:])
+
+
+LONG = {
+    "FAKE_DELAY_S": "0.05",
+    "PARAKEET_MAX_BATCH_SIZE": "1",
+    "PARAKEET_LONG_AUDIO_THRESHOLD_S": "10",
+    "PARAKEET_LONG_AUDIO_CHUNK_S": "6",
+    "PARAKEET_LONG_AUDIO_SEARCH_S": "2",
+    "PARAKEET_LONG_AUDIO_CHUNKS_IN_FLIGHT": "2",
+}
+
+
+@pytest.mark.parametrize("fake_server", [LONG], indirect=True)
+def test_admission_long_file_runs_in_chunks_through_the_batcher(fake_server: ServerProcess) -> None:
+    r = httpx.post(f"{fake_server.url}/transcribe", files={"file": ("a.wav", wav_of(7, 60.0))}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["chunks"] == len(batches_in_log(fake_server)) >= 10
+    assert r.json()["duration_sec"] == 60.0
+
+
+@pytest.mark.parametrize("fake_server", [{**LONG, "FAKE_FAIL_TAG": "0"}], indirect=True)
+def test_admission_failed_chunk_stops_the_rest_of_its_file(fake_server: ServerProcess) -> None:
+    # every chunk but the first starts with a 0 sample (tag 0): the second chunk fails
+    r = httpx.post(f"{fake_server.url}/transcribe", files={"file": ("a.wav", wav_of(7, 60.0))}, timeout=60)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "inference_failed"
+    time.sleep(0.5)
+    assert len(batches_in_log(fake_server)) <= 4  # not all ~10 chunks: the failure cancelled the others
