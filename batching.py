@@ -80,7 +80,6 @@ class Ticket:
     """An admitted request's place in the worker, from before its upload is read until it is answered.
     Release it exactly once (`Batcher.release`), whatever happens to the request."""
 
-    admitted_at: float
     released: bool = False
 
 
@@ -176,7 +175,7 @@ class Batcher:
             )
         self._tickets += 1
         self._idle.clear()
-        return Ticket(admitted_at=self.clock())
+        return Ticket()
 
     def release(self, ticket: Ticket) -> None:
         """Give the ticket's place back (idempotent)."""

@@ -22,13 +22,12 @@ from starlette.datastructures import FormData
 
 import errors
 from transcripts import TimedSpan, Transcript
-from worker import Outcome, WorkerState, transcribe_request
+from worker import Outcome, WorkerState, form_bool, form_text, transcribe_request
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
 # Model names that existing OpenAI client code sends; all are served by the one loaded model.
 MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "parakeet-tdt-0.6b-v3")
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
 
 def served_model_id(model: str) -> str:
@@ -46,22 +45,13 @@ class TranscriptionForm:
     stream: bool
 
 
-def _text_field(form: FormData, name: str) -> str | None:
-    value = form.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise errors.BadRequest(f"form field '{name}' must be text, not a file", param=name)
-    return value
-
-
 def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
     """Validate the OpenAI transcription fields (all but `file`).
 
     Raises:
         BadRequest: naming the field, the accepted values and the value sent.
     """
-    model = _text_field(form, "model")
+    model = form_text(form, "model")
     if not model:
         raise errors.BadRequest("missing form field 'model'", param="model")
     if model not in accepted_models:
@@ -69,12 +59,12 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
             f"model {model[:80]!r} is not served here; use one of {', '.join(sorted(accepted_models))}",
             param="model",
         )
-    fmt = (_text_field(form, "response_format") or "json").strip()
+    fmt = (form_text(form, "response_format") or "json").strip()
     if fmt not in RESPONSE_FORMATS:
         raise errors.BadRequest(
             f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt[:40]!r}", param="response_format"
         )
-    raw_temperature = _text_field(form, "temperature") or "0"
+    raw_temperature = form_text(form, "temperature") or "0"
     try:
         temperature = float(raw_temperature)
     except ValueError:
@@ -83,12 +73,12 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
         raise errors.BadRequest(
             f"temperature must be a number from 0 to 1, got {raw_temperature[:40]!r}", param="temperature"
         )
-    language = _text_field(form, "language")
+    language = form_text(form, "language")
     if language is not None and not re.fullmatch(r"[a-z]{2}", language.strip().lower()):
         raise errors.BadRequest(
             f"language must be an ISO-639-1 code such as 'en', got {language[:40]!r}", param="language"
         )
-    _text_field(form, "prompt")  # accepted and ignored: greedy TDT decoding takes no prompt
+    form_text(form, "prompt")  # accepted and ignored: greedy TDT decoding takes no prompt
     granularities: list[str] = []
     for key in ("timestamp_granularities[]", "timestamp_granularities"):
         for value in form.getlist(key):
@@ -103,10 +93,7 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
             f"timestamp_granularities requires response_format 'verbose_json', got {fmt!r}",
             param="timestamp_granularities",
         )
-    raw_stream = (_text_field(form, "stream") or "false").strip().lower()
-    if raw_stream not in _TRUE | _FALSE:
-        raise errors.BadRequest(f"stream must be true or false, got {raw_stream[:40]!r}", param="stream")
-    stream = raw_stream in _TRUE
+    stream = form_bool(form, "stream")
     if stream and fmt not in ("json", "text"):
         raise errors.BadRequest(f"stream is supported with response_format json or text, not {fmt!r}", param="stream")
     return TranscriptionForm(

@@ -21,7 +21,6 @@ from typing import Any, NoReturn, Protocol
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.datastructures import FormData
 
 import errors
 from audio import AudioDecoderPool
@@ -32,7 +31,7 @@ from middleware import RequestIdMiddleware, UploadLimitMiddleware
 from openai_api import install_openai_routes
 from schemas import DeviceInfo, ErrorResponse, HealthResponse, Timestamps, TranscriptionResponse
 from settings import Settings, load_settings
-from worker import Engine, WorkerState, transcribe_request
+from worker import Engine, WorkerState, form_bool, transcribe_request
 
 log = logging.getLogger("parakeet.server")
 
@@ -138,18 +137,6 @@ async def _load_model(state: WorkerState, factory: EngineFactory, on_fatal: Call
 
 def _mean(values: list[int]) -> float | None:
     return round(sum(values) / len(values), 3) if values else None
-
-
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
-
-
-def _parse_timestamps_field(form: FormData) -> bool:
-    value = form.get("timestamps", "false")
-    text = value.strip().lower() if isinstance(value, str) else None
-    if text not in _TRUE | _FALSE:
-        got = str(value)[:40] if isinstance(value, str) else "a file"
-        raise errors.BadRequest(f"form field 'timestamps' must be true or false, got {got!r}", param="timestamps")
-    return text in _TRUE
 
 
 def create_app(
@@ -262,7 +249,7 @@ def create_app(
     async def transcribe(request: Request, response: Response) -> TranscriptionResponse:
         """Transcribe one uploaded audio file (multipart field `file`; optional `timestamps=true`)."""
         state: WorkerState = request.app.state.worker
-        want_timestamps, outcome = await transcribe_request(request, state, _parse_timestamps_field)
+        want_timestamps, outcome = await transcribe_request(request, state, lambda form: form_bool(form, "timestamps"))
         response.headers.update(outcome.timing_headers(state.gpu_id))
         t = outcome.transcript
         return TranscriptionResponse(

@@ -6,6 +6,7 @@ effective values. This module reads settings only: it loads no model and touches
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Literal
@@ -95,15 +96,8 @@ class Settings(BaseSettings):
     )
 
     def batcher_config(self) -> BatcherConfig:
-        """The batching knobs as batching.BatcherConfig."""
-        return BatcherConfig(
-            max_batch_size=self.max_batch_size,
-            max_batch_audio_s=self.max_batch_audio_s,
-            max_wait_ms=self.max_wait_ms,
-            max_queue_requests=self.max_queue_requests,
-            max_queue_audio_s=self.max_queue_audio_s,
-            request_timeout_s=self.request_timeout_s,
-        )
+        """The batching knobs as batching.BatcherConfig (its fields carry the same names as these settings)."""
+        return BatcherConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BatcherConfig)})
 
 
 def load_settings() -> Settings:

@@ -118,6 +118,35 @@ def form_file(form: FormData) -> UploadFile:
     return upload
 
 
+def form_text(form: FormData, name: str) -> str | None:
+    """A text field of the form, or None if absent.
+
+    Raises:
+        BadRequest: the field was sent as a file.
+    """
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise errors.BadRequest(f"form field '{name}' must be text, not a file", param=name)
+    return value
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+
+
+def form_bool(form: FormData, name: str) -> bool:
+    """A true/false text field (true, 1, yes, on / false, 0, no, off, empty); absent means false.
+
+    Raises:
+        BadRequest: any other value, or a file.
+    """
+    raw = (form_text(form, name) or "").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise errors.BadRequest(f"form field '{name}' must be true or false, got {raw[:40]!r}", param=name)
+    return raw in _TRUE
+
+
 async def transcribe_request(
     request: Request, state: WorkerState, parse_fields: Callable[[FormData], T]
 ) -> tuple[T, Outcome]:
