@@ -26,7 +26,7 @@ from audio import AudioDecoderPool, DecodedAudio
 from batching import Batcher, ItemResult, Ticket
 from gpu_lock import GpuClaim
 from http_errors import request_id
-from long_audio import merge_transcripts, plan_chunks
+from long_audio import SAMPLE_RATE_HZ, Chunk, merge_transcripts, plan_chunks
 from settings import Settings
 from transcripts import Transcript
 
@@ -172,15 +172,9 @@ async def transcribe_request(
         decoded = await state.decoder.decode(data, max_duration_s=settings.max_audio_duration_s)
         del data
         decode_ms = (time.perf_counter() - t_read) * 1000
-        if decoded.duration_s <= settings.long_audio_threshold_s:
-            result = await _until_disconnect(request, batcher.submit(ticket, decoded.waveform))
-            transcript, queue_ms, compute_ms, batch_size, n_chunks = (
-                result.transcript, result.queue_ms, result.compute_ms, result.batch_size, 1,
-            )  # fmt: skip
-        else:
-            transcript, queue_ms, compute_ms, batch_size, n_chunks = await _until_disconnect(
-                request, _transcribe_long(state, batcher, ticket, decoded.waveform)
-            )
+        transcript, queue_ms, compute_ms, batch_size, n_chunks = await _until_disconnect(
+            request, _transcribe(state, batcher, ticket, decoded.waveform)
+        )
     finally:
         batcher.release(ticket)
     state.requests_served += 1
@@ -191,15 +185,19 @@ async def transcribe_request(
     return fields, outcome
 
 
-async def _transcribe_long(
+async def _transcribe(
     state: WorkerState, batcher: Batcher, ticket: Ticket, waveform: npt.NDArray[np.float32]
 ) -> tuple[Transcript, float, float, int, int]:
-    """Chunks cut at quiet points go through the batcher like any request, at most
+    """Up to `long_audio_threshold_s` the waveform is one batch item, as NeMo would run it. Longer audio is cut
+    at quiet points into chunks that go through the batcher like any request, at most
     `long_audio_chunks_in_flight` at a time, so short requests interleave with a long one."""
     settings = state.settings
-    chunks = plan_chunks(
-        waveform, settings.long_audio_chunk_s, settings.long_audio_context_s, settings.long_audio_search_s
-    )
+    if len(waveform) <= settings.long_audio_threshold_s * SAMPLE_RATE_HZ:
+        chunks = [Chunk(0, len(waveform), float("-inf"), float("inf"))]
+    else:
+        chunks = plan_chunks(
+            waveform, settings.long_audio_chunk_s, settings.long_audio_context_s, settings.long_audio_search_s
+        )
     slots = asyncio.Semaphore(settings.long_audio_chunks_in_flight)
 
     async def one(start: int, end: int) -> ItemResult:
