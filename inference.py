@@ -1,9 +1,10 @@
 """The model layer: load a NeMo Parakeet-TDT model and run the manual batched pipeline on one device.
 
 preprocessor (log-mel features) -> FastConformer encoder -> TDT greedy batched decoding, in eval mode under
-`torch.inference_mode()` (../shared/guide/nemo-notes.md). It never calls `model.transcribe()` (not
-thread-safe, and it leaves the model in train mode: NeMo 3.0.0 bug). No HTTP, no asyncio: callers run
-`ParakeetEngine.transcribe` on one dedicated thread per device.
+`torch.inference_mode()` (docs/nemo.md). It never calls `model.transcribe()` (not thread-safe, and it leaves
+the model in train mode: NeMo 3.0.0 bug). Implements `parakeet.core.engine.Engine`; imports nothing of the
+project but `parakeet.core`. No HTTP, no asyncio: callers run `ParakeetEngine.transcribe` on one dedicated
+thread per device.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import numpy.typing as npt
 import torch
 from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
 
-from errors import DeviceOutOfMemory, ModelLoadError
-from transcripts import BatchResult, TimedSpan, Transcript
+from parakeet.core.engine import CPU_DEVICE, SAMPLE_RATE_HZ, DeviceInfo
+from parakeet.core.errors import DeviceOutOfMemory, ModelLoadError
+from parakeet.core.settings import Settings
+from parakeet.core.transcripts import BatchResult, TimedSpan, Transcript
 
 log = logging.getLogger("parakeet.inference")
 
-SAMPLE_RATE_HZ = 16_000
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -221,18 +223,18 @@ class ParakeetEngine:
         noise = (0.01 * rng.standard_normal(int(duration_s * SAMPLE_RATE_HZ))).astype(np.float32)
         return self.transcribe([noise]).compute_ms
 
-    def device_info(self) -> dict[str, Any]:
-        """GPU index, name and memory (bytes) for /health; CPU has name "cpu" and no memory figures."""
+    def device_info(self) -> DeviceInfo:
+        """GPU index, name and memory (bytes) for /health; the CPU has name "cpu" and no memory figures."""
         if self.device.type != "cuda":
-            return {"type": "cpu", "index": None, "name": "cpu", "memory_used_bytes": None, "memory_total_bytes": None}
+            return CPU_DEVICE
         free, total = torch.cuda.mem_get_info(self.device)
-        return {
-            "type": "cuda",
-            "index": self.device.index,
-            "name": torch.cuda.get_device_name(self.device),
-            "memory_used_bytes": int(total - free),
-            "memory_total_bytes": int(total),
-        }
+        return DeviceInfo(
+            type="cuda",
+            index=self.device.index,
+            name=torch.cuda.get_device_name(self.device),
+            memory_used_bytes=int(total - free),
+            memory_total_bytes=int(total),
+        )
 
 
 def _spans(hyp: Any, kind: str) -> tuple[TimedSpan, ...]:
@@ -247,37 +249,32 @@ def _spans(hyp: Any, kind: str) -> tuple[TimedSpan, ...]:
     return tuple(out)
 
 
-def build_engine(
-    model_name: str,
-    device: torch.device,
-    *,
-    precision: str,
-    cuda_graphs: bool,
-    max_symbols_per_step: int,
-    torch_threads: int | None = None,
-) -> ParakeetEngine:
-    """Load `model_name` onto `device` and wrap it for serving (see `load_asr_model`, `ParakeetEngine`).
+def build_engine(settings: Settings, device: torch.device) -> ParakeetEngine:
+    """Load `settings.model` onto `device` and wrap it for serving (see `load_asr_model`, `ParakeetEngine`).
+
+    Uses the settings `model`, `precision`, `cuda_graphs`, `max_symbols_per_step` and `torch_threads`
+    (README, "Settings").
 
     Raises:
         ModelLoadError: the model could not be loaded.
     """
-    if torch_threads is not None:
-        torch.set_num_threads(torch_threads)
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     t0 = time.perf_counter()
-    model = load_asr_model(model_name, device)
+    model = load_asr_model(settings.model, device)
     engine = ParakeetEngine(
         model,
         device,
-        model_name=model_name,
-        precision=precision,
-        cuda_graphs=cuda_graphs,
-        max_symbols_per_step=max_symbols_per_step,
+        model_name=settings.model,
+        precision=settings.precision,
+        cuda_graphs=settings.cuda_graphs,
+        max_symbols_per_step=settings.max_symbols_per_step,
     )
     log.info(
         "loaded %s on %s (%s, %.1f M parameters) in %.1f s",
-        model_name,
+        settings.model,
         device,
         engine.dtype,
         engine.num_parameters / 1e6,

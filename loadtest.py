@@ -3,9 +3,9 @@
 Phase 1 sends `--sequential N` requests one after another (unloaded latency). Phase 2 ramps through
 `--rates`: each stage sends requests at scheduled times (constant spacing or Poisson arrivals) for
 `--duration-s`; latency is measured from the scheduled time, so a slow server never slows the offered load
-(vLLM's benchmark client and performance.md). The first stage whose p95 exceeds `--slo-p95-ms` or whose
-error rate exceeds `--max-error-rate` is the breaking point. Uses aiohttp with one shared session; never
-imports the server.
+(as vLLM's benchmark client does: https://github.com/vllm-project/vllm/tree/main/benchmarks). The first
+stage whose p95 exceeds `--slo-p95-ms` or whose error rate exceeds `--max-error-rate` is the breaking point.
+Uses aiohttp with one shared session; never imports the server.
 
     python3 loadtest.py --url http://127.0.0.1:8000 --audio-dir clips/ --rates 10,30,50 --out run.json
 """

@@ -33,9 +33,9 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-import speech  # noqa: E402
-
 import loadtest  # noqa: E402
+
+import speech  # noqa: E402
 
 
 def make_clips(kind: str, n: int, folder: Path, seed: int) -> list[Path]:
@@ -127,11 +127,10 @@ def engine_throughput(
     import torch
 
     from inference import build_engine
+    from parakeet.core.settings import Settings
 
-    engine = build_engine(
-        model, torch.device("cpu"), precision="fp32", cuda_graphs=False, max_symbols_per_step=10,
-        torch_threads=args.threads,
-    )  # fmt: skip
+    settings = Settings(model=model, device="cpu", precision="fp32", cuda_graphs=False, torch_threads=args.threads)
+    engine = build_engine(settings, torch.device("cpu"))
     waves = [sf.read(p, dtype="float32")[0] for p in clips]
     random.Random(args.seed).shuffle(waves)
     engine.transcribe(waves[:1])

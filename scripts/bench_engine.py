@@ -61,10 +61,12 @@ def main() -> None:
     from inference import build_engine
 
     device = torch.device(args.device)
-    engine = build_engine(
-        args.model, device, precision=args.precision, cuda_graphs=args.cuda_graphs, max_symbols_per_step=10,
-        torch_threads=args.threads,
-    )  # fmt: skip
+    from parakeet.core.settings import Settings
+
+    settings = Settings(
+        model=args.model, precision=args.precision, cuda_graphs=args.cuda_graphs, torch_threads=args.threads
+    )
+    engine = build_engine(settings, device)
     waves = clips(args.n_clips, args.clip_s, args.seed)
     print(
         f"{args.model} on {device} ({engine.dtype}), {args.clip_s:g} s clips, torch threads {torch.get_num_threads()}"

@@ -3,8 +3,8 @@
 `tiny`: a random 2-layer FastConformer-TDT (~0.3 M parameters) built from a config in well under a second;
 it exercises the real preprocessor, encoder and TDT decoder but its text is noise.
 `digits`: a 4-layer TDT (~1.9 M parameters) trained on CPU on espeak-ng speech of random digit sequences,
-so that it really transcribes "three seven one". Recipe and numbers: ../shared/guide/nemo-notes.md.
-`fullsize`: Parakeet-TDT-0.6B-v3's full architecture (../shared/parakeet_tdt_0.6b_v3_arch.yaml, 627 M
+so that it really transcribes "three seven one". Recipe and numbers: docs/nemo.md.
+`fullsize`: Parakeet-TDT-0.6B-v3's full architecture (the model's config YAML given as --arch, 627 M
 parameters, 2.5 GB .nemo) with random weights and a random 8192-piece tokenizer, for speed and memory
 measurements only: its text is noise. The encoder's cost does not depend on the weights; the decoder's
 does (it runs once per emitted token), so the blank logit is calibrated to a speech-like emission rate.
@@ -14,7 +14,7 @@ Usage:
     python3 scripts/build_test_models.py tiny --out models/tiny_tdt.nemo
     python3 scripts/build_test_models.py digits --out models/digits_tdt.nemo [--steps 1800]
     python3 scripts/build_test_models.py fullsize --out models/parakeet_arch_random.nemo \
-        [--arch ../shared/parakeet_tdt_0.6b_v3_arch.yaml --tokenizer-dir ../shared/tokenizers/bpe_8192_random]
+        --arch parakeet_tdt_0.6b_v3_arch.yaml --tokenizer-dir tokenizers/bpe_8192_random  (an 8192-piece BPE)
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def tdt_config(
 ) -> Any:
     """An EncDecRNNTBPEModel config with Parakeet-TDT's structure at a small size.
 
-    Mirrors ../shared/parakeet_tdt_0.6b_v3_arch.yaml (dw_striding 8x subsampling, rel_pos attention,
+    Mirrors Parakeet-TDT-0.6B-v3's architecture (dw_striding 8x subsampling, rel_pos attention,
     no biases, TDT durations [0..4]) with fewer and narrower layers.
     """
     from omegaconf import OmegaConf
@@ -307,7 +307,7 @@ def augment_with_silence(corpus: list[tuple[str, Any]], seed: int) -> list[tuple
 
 
 def build_digits(out: Path, seed: int, steps: int, n_utts: int) -> None:
-    """Train the digits TDT on CPU for `steps` optimizer steps of batch 32 (nemo-notes.md recipe)."""
+    """Train the digits TDT on CPU for `steps` optimizer steps of batch 32 (docs/nemo.md recipe)."""
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -340,7 +340,7 @@ def build_digits(out: Path, seed: int, steps: int, n_utts: int) -> None:
             for idx in batches:
                 if step >= steps:
                     break
-                # Linear warm-up, then cosine decay to zero at `steps` (nemo-notes.md recipe).
+                # Linear warm-up, then cosine decay to zero at `steps` (docs/nemo.md recipe).
                 if step < warmup_steps:
                     lr_scale = (step + 1) / warmup_steps
                 else:

@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh requirements.txt
+# Refuse bad PARAKEET_* values here, with one line naming each, rather than in every worker.
+.venv/bin/python -m parakeet.core.settings >/dev/null
 # GPUs are counted in a throwaway process: the uvicorn parent itself never imports torch.
 gpus=$(.venv/bin/python -c 'import torch; print(torch.cuda.device_count())')
 workers=${PARAKEET_WORKERS:-$(( gpus > 0 ? gpus : 1 ))}

@@ -20,7 +20,7 @@ import soxr
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SAMPLE_RATE_HZ = 16_000
 
-# Voices used for training (nemo-notes.md: 4 accents x 5 variants = 20 voices).
+# Voices used for training (docs/nemo.md: 4 accents x 5 variants = 20 voices).
 TRAIN_VOICES = tuple(
     f"{base}{variant}"
     for base in ("en-us", "en-gb", "en-gb-x-rp", "en-029")
@@ -84,7 +84,7 @@ def random_digits(rng: random.Random, min_len: int = 1, max_len: int = 5) -> str
 
 
 def random_utterance(seed: int, voices: tuple[str, ...] = TRAIN_VOICES) -> Utterance:
-    """A seeded random digit utterance: voice from `voices`, speed 130-210 wpm (nemo-notes.md recipe)."""
+    """A seeded random digit utterance: voice from `voices`, speed 130-210 wpm (docs/nemo.md recipe)."""
     rng = random.Random(seed)
     text = random_digits(rng)
     voice = rng.choice(voices)

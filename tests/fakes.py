@@ -3,7 +3,7 @@
 FakeEngine's "transcript" of a waveform is its length in samples followed by its first sample's value
 scaled to an integer tag (`tagged_wave` makes such waveforms), so every test can tell which request got
 which answer. Batch time is `delay_s + per_item_s * n`. `uvicorn fakes:app --app-dir tests` serves it with
-the FAKE_* environment variables below.
+the FAKE_* environment variables below, plus a test-only `GET /_fake/batches` listing the batches it ran.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from errors import DeviceOutOfMemory
-from settings import Settings
-from transcripts import BatchResult, TimedSpan, Transcript
-
-SAMPLE_RATE_HZ = 16_000
+from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo
+from parakeet.core.errors import DeviceOutOfMemory
+from parakeet.core.settings import Settings
+from parakeet.core.transcripts import BatchResult, TimedSpan, Transcript
 
 
 def tagged_wave(tag: int, duration_s: float = 1.0) -> npt.NDArray[np.float32]:
@@ -44,9 +43,9 @@ class FakeEngine:
     per_item_s: float = 0.0
     fail_tag: int | None = None  # a batch containing this tag raises RuntimeError
     oom_above: int | None = None  # batches larger than this raise DeviceOutOfMemory
+    short_by: int = 0  # return this many transcripts fewer than the batch holds (a broken engine)
     gate: threading.Event | None = None  # when set, each batch waits for it
     batches: list[list[int]] = field(default_factory=list)  # tags per batch, in run order
-    log_batches: bool = False  # print "FAKE_BATCH <tags>" per batch (for tests that read a server's log)
 
     def transcribe(self, waveforms: list[npt.NDArray[np.float32]]) -> BatchResult:
         t0 = time.perf_counter()
@@ -56,8 +55,6 @@ class FakeEngine:
         if self.oom_above is not None and len(waveforms) > self.oom_above:
             raise DeviceOutOfMemory(f"fake OOM on a batch of {len(waveforms)}")
         self.batches.append(tags)
-        if self.log_batches:
-            print(f"FAKE_BATCH {' '.join(map(str, tags))}", flush=True)
         if self.fail_tag is not None and self.fail_tag in tags:
             raise RuntimeError("fake engine failure at /secret/path.py: illegal memory access")
         time.sleep(self.delay_s + self.per_item_s * len(waveforms))
@@ -65,13 +62,13 @@ class FakeEngine:
         for tag, w in zip(tags, waveforms, strict=True):
             text = f"{tag} {len(w)}"  # one "word" spanning the clip, so long-audio merging has timestamps
             texts.append(Transcript(text, 1, len(w) // 1280, words=(TimedSpan(text, 0.0, len(w) / SAMPLE_RATE_HZ),)))
-        return BatchResult(texts, (time.perf_counter() - t0) * 1000)
+        return BatchResult(texts[: len(texts) - self.short_by], (time.perf_counter() - t0) * 1000)
 
     def warmup(self, duration_s: float = 2.0) -> float:
         return 1.0
 
-    def device_info(self) -> dict[str, Any]:
-        return {"type": "cpu", "index": None, "name": "fake", "memory_used_bytes": None, "memory_total_bytes": None}
+    def device_info(self) -> DeviceInfo:
+        return DeviceInfo(type="cpu", index=None, name="fake")
 
 
 class FakeFactory:
@@ -100,9 +97,14 @@ def build_app_from_env() -> Any:
         delay_s=_env_float("FAKE_DELAY_S"),
         per_item_s=_env_float("FAKE_PER_ITEM_S"),
         fail_tag=int(fail) if fail else None,
-        log_batches=True,
     )
-    return create_app(engine_factory=FakeFactory(engine))
+    app = create_app(engine_factory=FakeFactory(engine))
+
+    @app.get("/_fake/batches", include_in_schema=False)
+    async def fake_batches() -> list[list[int]]:
+        return [list(b) for b in engine.batches]
+
+    return app
 
 
 app = build_app_from_env() if os.environ.get("FAKE_APP") == "1" else None

@@ -94,7 +94,7 @@ def misbehaving_decode(data: bytes, max_duration_s: float) -> object:
     import signal
     import time
 
-    from audio import decode_audio
+    from parakeet.pipeline.audio import decode_audio
 
     if data == b"crash":
         os.kill(os.getpid(), signal.SIGSEGV)

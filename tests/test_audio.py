@@ -6,17 +6,17 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
-import time
 import tracemalloc
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+from parakeet.core.errors import AudioTooLong, DecoderUnavailable, EmptyAudio, InvalidAudio, UnsupportedAudio
+from parakeet.pipeline.audio import AudioDecoderPool, decode_audio
+
 import speech
 from media import ENCODINGS, Encoding, encode, misbehaving_decode, wav_bytes
-
-from audio import AudioDecoderPool, decode_audio
-from errors import AudioTooLong, DecoderUnavailable, EmptyAudio, InvalidAudio, UnsupportedAudio
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +144,10 @@ def test_audio_decompression_bomb_is_refused_with_bounded_memory() -> None:
     data = buf.getvalue()
     assert len(data) < 2_000_000
     tracemalloc.start()
-    t0 = time.perf_counter()
     with pytest.raises(AudioTooLong, match="limit of 60 s"):
         decode_audio(data, max_duration_s=60)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert time.perf_counter() - t0 < 10
     assert peak < 40 * 1024 * 1024  # ~60 s at 16 kHz float32 is 3.8 MB; 30 min would be 115 MB
 
 

@@ -1,29 +1,24 @@
-"""Every row of the error table (../shared/guide/reliability.md), against the running 2-worker server:
-exact status, the one JSON error shape, a message naming the limit and the value, and a worker that keeps
-serving afterwards. The 500 row uses the in-process app with a failing fake engine."""
+"""Every row of the README's error table, against the running 2-worker server: exact status, the one JSON
+error shape, a message naming the limit and the value, and workers that keep serving afterwards. The 500
+row uses the in-process app with a failing fake engine."""
 
 from __future__ import annotations
 
 import io
 import socket
 import struct
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import speech
-from conftest import ServerProcess
-from fakes import FakeEngine, FakeFactory, tag_of
-from media import wav_bytes
-from starlette.testclient import TestClient
 
-from server import create_app
-from settings import Settings
+import speech
+from fakes import FakeEngine, tag_of
+from helpers import ServerProcess, app_client, run
+from media import wav_bytes
 
 MAX_UPLOAD = 8 * 1024 * 1024  # digits_server's PARAKEET_MAX_UPLOAD_BYTES
 
@@ -108,17 +103,16 @@ def test_error_wav_data_shorter_than_header_says_is_served(digits_server: Server
 def test_error_body_over_cap_with_content_length_is_413_before_the_body(digits_server: ServerProcess) -> None:
     """Declared 1 GB and send none of it: the answer must come without the server waiting for the body."""
     host, port = digits_server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as s:
+    # Bounded: a server that waited for the body would never answer, and recv() would time out.
+    with socket.create_connection((host, int(port)), timeout=60) as s:
         s.sendall(
             b"POST /transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n"
         )
-        t0 = time.perf_counter()
         chunks = []
         while chunk := s.recv(65536):  # the server closes the connection after its answer
             chunks.append(chunk)
         reply = b"".join(chunks).decode()
-        assert time.perf_counter() - t0 < 5
     assert reply.startswith("HTTP/1.1 413 "), reply
     assert "100 Continue" not in reply
     assert f"request body of 1000000000 bytes exceeds the upload limit of {MAX_UPLOAD} bytes" in reply
@@ -167,11 +161,18 @@ def _forged_wav(rate: int, channels: int = 1) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("rate", [0, 1, 655350])
-def test_error_forged_header_sample_rate_is_400(digits_server: ServerProcess, rate: int) -> None:
-    r = post(digits_server, _forged_wav(rate))
-    assert r.status_code in (400, 415), r.text
-    assert_error(r, r.status_code, r.json()["error"]["code"])
+@pytest.mark.parametrize(
+    ("rate", "status", "code", "fragment"),
+    [
+        (0, 415, "unsupported_audio", "not audio in a supported format"),  # libsndfile and FFmpeg refuse the header
+        (1, 400, "invalid_audio", "sample rate 1 Hz is outside the supported range 8000-96000 Hz"),
+        (655350, 400, "invalid_audio", "sample rate 655350 Hz is outside the supported range 8000-96000 Hz"),
+    ],
+)
+def test_error_forged_header_sample_rate_is_refused(
+    digits_server: ServerProcess, rate: int, status: int, code: str, fragment: str
+) -> None:
+    assert_error(post(digits_server, _forged_wav(rate)), status, code, fragment)
 
 
 def test_error_real_but_unsupported_rate_names_range_and_value(digits_server: ServerProcess) -> None:
@@ -179,9 +180,9 @@ def test_error_real_but_unsupported_rate_names_range_and_value(digits_server: Se
     assert_error(r, 400, "invalid_audio", "sample rate 4000 Hz", "8000-96000 Hz")
 
 
-def test_error_zero_channels(digits_server: ServerProcess) -> None:
-    r = post(digits_server, _forged_wav(16000, 0))
-    assert r.status_code in (400, 415), r.text
+def test_error_zero_channels_is_415(digits_server: ServerProcess) -> None:
+    # libsndfile refuses a 0-channel header; FFmpeg opens it but decodes no sample
+    assert_error(post(digits_server, _forged_wav(16000, 0)), 415, "unsupported_audio", "no samples could be decoded")
 
 
 def test_error_nine_channels(digits_server: ServerProcess) -> None:
@@ -235,7 +236,7 @@ def _field(name: str, value: bytes) -> bytes:
     "case",
     ["thousands-of-fields", "1MB-part-header", "crlf-flood", "pathological-boundary", "huge-text-field"],
 )
-def test_error_multipart_abuse_is_400_within_a_second(digits_server: ServerProcess, case: str) -> None:
+def test_error_multipart_abuse_is_400(digits_server: ServerProcess, case: str) -> None:
     if case == "thousands-of-fields":
         body, headers = _multipart([_field(f"f{i}", b"x") for i in range(5000)])
     elif case == "1MB-part-header":
@@ -246,12 +247,8 @@ def test_error_multipart_abuse_is_400_within_a_second(digits_server: ServerProce
         body, headers = _multipart([_field("file", b"-" * 200_000)], boundary=b"-" * 70)
     else:
         body, headers = _multipart([_field("prompt", b"a" * 2_000_000)])
-    t0 = time.perf_counter()
-    r = httpx.post(f"{digits_server.url}/transcribe", content=body, headers=headers, timeout=30)
-    elapsed = time.perf_counter() - t0
-    assert r.status_code == 400, r.text
-    assert_error(r, 400, r.json()["error"]["code"])
-    assert elapsed < 1.0, f"{case}: {elapsed:.2f} s"
+    r = httpx.post(f"{digits_server.url}/transcribe", content=body, headers=headers, timeout=60)
+    assert_error(r, 400, "invalid_request")
 
 
 # --- the 500 row: in-process app, deterministic fake engine ------------------------------------------------
@@ -261,19 +258,18 @@ def _wave_of(wav: bytes) -> np.ndarray:
     return sf.read(io.BytesIO(wav), dtype="float32")[0]
 
 
-def test_error_engine_failure_is_500_with_request_id_and_no_internals(tmp_path: Path, speech_wav: bytes) -> None:
-    settings = Settings(gpu_lock_dir=tmp_path, decode_workers=1)
+def test_error_engine_failure_is_500_with_request_id_and_no_internals(speech_wav: bytes) -> None:
     engine = FakeEngine(fail_tag=tag_of(_wave_of(speech_wav)))
-    app = create_app(settings, engine_factory=FakeFactory(engine), on_fatal=pytest.fail)
-    with TestClient(app) as client:
-        for _ in range(100):
-            if client.get("/health").status_code == 200:
-                break
-            time.sleep(0.05)
-        r = client.post("/transcribe", files={"file": ("a.wav", speech_wav)})
-        err = assert_error(r, 500, "inference_failed")  # type: ignore[arg-type]
-        rid = r.headers["x-request-id"]
-        assert rid in err["message"] and err["type"] == "server_error"
-        assert "secret" not in r.text and "illegal memory" not in r.text
-        assert engine.batches  # it did reach the engine
-        assert client.get("/health").status_code == 200  # the worker keeps serving
+
+    async def main() -> tuple[httpx.Response, int]:
+        async with app_client(engine) as client:
+            r = await client.post("/transcribe", files={"file": ("a.wav", speech_wav)})
+            return r, (await client.get("/health")).status_code
+
+    r, health_after = run(main())
+    err = assert_error(r, 500, "inference_failed")
+    rid = r.headers["x-request-id"]
+    assert rid in err["message"] and err["type"] == "server_error"
+    assert "secret" not in r.text and "illegal memory" not in r.text
+    assert engine.batches  # it did reach the engine
+    assert health_after == 200  # the worker keeps serving

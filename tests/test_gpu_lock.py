@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, start_server
 
 import gpu_lock
+
+from helpers import ROOT, start_server
 
 HOLDER = """
 import sys, time

@@ -10,18 +10,17 @@ import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
-import speech
 import torch
-from conftest import nemo_reference_texts
 
-from errors import ModelLoadError
 from inference import ParakeetEngine, build_engine, load_asr_model
+from parakeet.core.errors import ModelLoadError
+
+import speech
+from helpers import cpu_settings, nemo_reference_texts
 
 
 def engine_for(model_path: Path) -> ParakeetEngine:
-    return build_engine(
-        str(model_path), torch.device("cpu"), precision="fp32", cuda_graphs=False, max_symbols_per_step=10
-    )
+    return build_engine(cpu_settings(model_path), torch.device("cpu"))
 
 
 def test_engine_matches_nemo_transcribe_on_digits(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from long_audio import Chunk, merge_transcripts, plan_chunks
-from transcripts import TimedSpan, Transcript
+from parakeet.core.transcripts import TimedSpan, Transcript
+from parakeet.pipeline.long_audio import Chunk, merge_transcripts, plan_chunks
 
 SR = 16_000
 
@@ -69,6 +69,7 @@ def twenty_minutes(seed: int = 3) -> tuple[bytes, str]:
     import random
 
     import soundfile as sf
+
     import speech
 
     rng = random.Random(seed)
@@ -99,7 +100,8 @@ def test_long_audio_twenty_minutes_transcribes_completely_with_bounded_memory(
 
     import httpx
     import jiwer
-    from conftest import start_server
+
+    from helpers import start_server
     from media import wav_bytes
 
     wav, reference = twenty_minutes()

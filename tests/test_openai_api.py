@@ -4,11 +4,10 @@ parsed by subtitle libraries; word timestamps against where each utterance was p
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,11 +15,12 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
-import speech
 import srt
 import webvtt
-from conftest import ServerProcess, running_fake_server
-from fakes import tagged_wave
+
+import speech
+from fakes import FakeEngine
+from helpers import ServerProcess, app_client, post_wav, run, wav_of
 
 
 @dataclass(frozen=True)
@@ -175,33 +175,26 @@ def test_openai_models_and_translations(client: openai.OpenAI, placed: PlacedFil
     assert create(client, placed.wav, model="digits_tdt").text == placed.text
 
 
-@pytest.fixture
-def busy_fake_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    env = {"FAKE_DELAY_S": "2.0", "PARAKEET_MAX_BATCH_SIZE": "1", "PARAKEET_MAX_QUEUE_REQUESTS": "1"}
-    with running_fake_server(tmp_path, env) as server:
-        yield server
+def test_openai_queue_full_raises_rate_limit_error_with_retry_after() -> None:
+    """The official SDK's async client, on the in-process app through httpx's ASGI transport."""
+    engine = FakeEngine(delay_s=2.0)
 
+    async def main() -> openai.RateLimitError:
+        async with app_client(engine, max_batch_size=1, max_queue_requests=1) as http:
+            first = asyncio.ensure_future(post_wav(http, 5))
+            for _ in range(100):  # until the first request holds the only place
+                if (await http.get("/health")).json()["queued_requests"] == 1:
+                    break
+                await asyncio.sleep(0.02)
+            client = openai.AsyncOpenAI(
+                base_url="http://parakeet.test/v1", api_key="x", max_retries=0, http_client=http
+            )
+            with pytest.raises(openai.RateLimitError) as info:
+                await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav_of(6)))
+            assert (await first).status_code == 200
+            return info.value
 
-def test_openai_queue_full_raises_rate_limit_error_with_retry_after(busy_fake_server: ServerProcess) -> None:
-    buf = io.BytesIO()
-    sf.write(buf, tagged_wave(5), 16000, format="WAV", subtype="FLOAT")
-    import threading
-
-    first = threading.Thread(
-        target=httpx.post,
-        args=(f"{busy_fake_server.url}/transcribe",),
-        kwargs={"files": {"file": ("a.wav", buf.getvalue())}, "timeout": 30},
-    )
-    first.start()
-    try:
-        client = openai.OpenAI(base_url=f"{busy_fake_server.url}/v1", api_key="x", max_retries=0, timeout=30)
-        for _ in range(50):  # wait until the first request holds the only place
-            if httpx.get(f"{busy_fake_server.url}/health").json()["queued_requests"] == 1:
-                break
-            threading.Event().wait(0.05)
-        with pytest.raises(openai.RateLimitError) as info:
-            create(client, buf.getvalue())
-        assert info.value.status_code == 429
-        assert 1 <= int(info.value.response.headers["retry-after"]) <= 120
-    finally:
-        first.join()
+    error = run(main())
+    assert error.status_code == 429 and error.body["code"] == "queue_full"  # type: ignore[index]
+    assert 1 <= int(error.response.headers["retry-after"]) <= 120
+    assert engine.batches == [[5]]  # the refused request never reached the engine

@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 import jiwer
 import pytest
-from conftest import ROOT, ServerProcess, child_pids, nemo_reference_texts, start_server, wait_gone
-from media import ENCODINGS, encode, wav_bytes
 
-from audio import decode_audio
+from parakeet.pipeline.audio import decode_audio
+
+from helpers import ROOT, ServerProcess, child_pids, free_port, nemo_reference_texts, start_server, wait_gone
+from media import ENCODINGS, encode, wav_bytes
 
 
 def post_file(url: str, data: bytes, filename: str, timeout_s: float = 60.0) -> httpx.Response:
@@ -165,8 +166,6 @@ def test_e2e_worker_stops_with_one_message_when_hub_is_unavailable(
     tmp_path: Path, env: dict[str, str], expected: str
 ) -> None:
     # "unreachable": a hub endpoint on a closed loopback port (nothing leaves this machine).
-    from conftest import free_port
-
     env = {**env, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     server = start_server(tmp_path, {"PARAKEET_MODEL": "nvidia/parakeet-tdt-0.6b-v3", "PARAKEET_DEVICE": "cpu", **env})
     try:

@@ -1,4 +1,4 @@
-"""The one table from domain exceptions (errors.py) to HTTP status, and the one JSON error shape.
+"""The one table from domain exceptions (parakeet.core.errors) to HTTP status, and the one JSON error shape.
 
 Every error response, from a route, a middleware or the framework (404, 405, 422), goes through
 `error_response`; `install_error_handlers` wires the table into an app. No domain logic lives here.
@@ -13,10 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import errors
-from schemas import ErrorResponse
+from parakeet.api.schemas import ErrorResponse
+from parakeet.core import errors
 
-log = logging.getLogger("parakeet.server")
+log = logging.getLogger("parakeet.api")
 
 RETRY_AFTER_LOADING_S = 10
 
@@ -58,6 +58,7 @@ def error_response(
 
 
 def request_id(request: Request) -> str:
+    """The id RequestIdMiddleware gave this request ("" outside it)."""
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
@@ -65,13 +66,15 @@ async def _parakeet_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.ParakeetError)
     status, type_ = next(((s, t) for cls, s, t in ERROR_TABLE if isinstance(exc, cls)), (500, "server_error"))
     rid = request_id(request)
+    message = exc.message
     if status == 500:
         log.error("request %s failed: %s", rid, exc.message, exc_info=exc.__cause__ or exc)
+        message = f"{exc.message} (request id {rid})"  # the one thing a user can quote in a bug report
     else:
         log.info("request %s -> %d %s: %s", rid, status, exc.code, exc.message)
     retry_after_s = getattr(exc, "retry_after_s", None)
     return error_response(
-        status, exc.message, type_=type_, code=exc.code, param=exc.param, request_id=rid, retry_after_s=retry_after_s
+        status, message, type_=type_, code=exc.code, param=exc.param, request_id=rid, retry_after_s=retry_after_s
     )
 
 

@@ -1,7 +1,7 @@
 """Long audio: split a waveform at quiet points into chunks with acoustic context on both sides, and merge
 the chunks' transcripts by their timestamps.
 
-Full attention is O(T^2) in encoder frames (nemo-notes.md: ~10 GB per layer of scores at 24 min), so past
+Full attention is O(T^2) in encoder frames (docs/nemo.md: ~10 GB per layer of scores at 24 min), so past
 `long_audio_threshold_s` the server never runs the encoder over the whole file. Each cut is placed at the
 quietest `QUIET_WINDOW_S` within `search_s` before the target length, so no word is cut in two; each chunk
 also hears `context_s` of audio beyond its cuts, and only the words whose centre lies between its own cuts
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from transcripts import TimedSpan, Transcript
+from parakeet.core.engine import SAMPLE_RATE_HZ
+from parakeet.core.transcripts import TimedSpan, Transcript
 
-SAMPLE_RATE_HZ = 16_000
 QUIET_WINDOW_S = 0.1
 
 
@@ -48,7 +48,12 @@ def plan_chunks(waveform: npt.NDArray[np.float32], chunk_s: float, context_s: fl
 
     Returns:
         Chunks covering the file; one chunk (the whole file, nothing cut) if it is not longer than chunk_s.
+
+    Raises:
+        ValueError: `search_s` is not less than `chunk_s` (settings validation refuses that at start-up).
     """
+    if not 0 < search_s < chunk_s:
+        raise ValueError(f"search_s ({search_s:g}) must be positive and less than chunk_s ({chunk_s:g})")
     n = len(waveform)
     chunk, search, context = (int(x * SAMPLE_RATE_HZ) for x in (chunk_s, search_s, context_s))
     window = int(QUIET_WINDOW_S * SAMPLE_RATE_HZ)

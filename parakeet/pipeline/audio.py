@@ -28,11 +28,11 @@ import numpy.typing as npt
 import soundfile as sf
 import soxr
 
-from errors import AudioTooLong, DecoderUnavailable, EmptyAudio, InvalidAudio, UnsupportedAudio
+from parakeet.core.engine import SAMPLE_RATE_HZ
+from parakeet.core.errors import AudioTooLong, DecoderUnavailable, EmptyAudio, InvalidAudio, UnsupportedAudio
 
 log = logging.getLogger("parakeet.audio")
 
-TARGET_SAMPLE_RATE_HZ = 16_000  # Parakeet's preprocessor expects 16 kHz (model card, preprocessor config).
 MIN_SAMPLE_RATE_HZ = 8_000
 MAX_SAMPLE_RATE_HZ = 96_000
 MAX_CHANNELS = 8
@@ -58,7 +58,7 @@ class DecodedAudio:
     @property
     def duration_s(self) -> float:
         """Duration in seconds at 16 kHz."""
-        return len(self.waveform) / TARGET_SAMPLE_RATE_HZ
+        return len(self.waveform) / SAMPLE_RATE_HZ
 
 
 class _Accumulator:
@@ -72,8 +72,8 @@ class _Accumulator:
         self.source_frames = 0
         self.resampler = (
             None
-            if sample_rate_hz == TARGET_SAMPLE_RATE_HZ
-            else soxr.ResampleStream(sample_rate_hz, TARGET_SAMPLE_RATE_HZ, 1, dtype="float32", quality="HQ")
+            if sample_rate_hz == SAMPLE_RATE_HZ
+            else soxr.ResampleStream(sample_rate_hz, SAMPLE_RATE_HZ, 1, dtype="float32", quality="HQ")
         )
         self.blocks: list[npt.NDArray[np.float32]] = []
 
@@ -131,7 +131,7 @@ def _decode_soundfile(data: bytes, max_duration_s: float) -> DecodedAudio | None
                     break
                 acc.add(block)
         except (sf.LibsndfileError, RuntimeError) as exc:
-            # A file cut short mid-stream: keep what decoded (reliability.md: "200 on the samples present").
+            # A file cut short mid-stream: keep what decoded (README error table: "200 on the samples present").
             if acc.source_frames == 0:
                 raise UnsupportedAudio("the audio stream is corrupt and no samples could be decoded") from exc
         return acc.finish("soundfile")

@@ -1,9 +1,11 @@
 """OpenAI-compatible routes: POST /v1/audio/transcriptions, GET /v1/models, POST /v1/audio/translations.
 
-Follows ../shared/guide/openai-api.md (the official `openai` SDK's types and request encoding): the
-multipart fields, the five response formats, word/segment granularities, `stream` as server-sent events,
-and OpenAI's error envelope (shared with the rest of the server, http_errors.py). The pipeline itself is
-worker.py's; this module parses fields and formats outcomes.
+Follows OpenAI's API reference for `audio.transcriptions.create`
+(https://platform.openai.com/docs/api-reference/audio/createTranscription) and the official `openai` SDK's
+types and request encoding: the multipart fields, the five response formats, word/segment granularities,
+`stream` as server-sent events, and OpenAI's error envelope (shared with the rest of the server,
+parakeet/api/errors.py). The pipeline itself is parakeet/pipeline/worker.py; this module parses fields and
+formats outcomes.
 """
 
 from __future__ import annotations
@@ -16,13 +18,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.datastructures import FormData
 
-import errors
-from transcripts import TimedSpan, Transcript
-from worker import Outcome, WorkerState, form_bool, form_text, transcribe_request
+from parakeet.api.deps import WorkerDep
+from parakeet.api.uploads import (
+    form_bool,
+    form_file,
+    form_text,
+    multipart_form,
+    read_file,
+    timing_headers,
+    transcribe_upload,
+)
+from parakeet.core import errors
+from parakeet.core.settings import Settings
+from parakeet.core.transcripts import TimedSpan, Transcript
+from parakeet.pipeline.worker import Outcome
+
+router = APIRouter(prefix="/v1", tags=["openai"])
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
@@ -196,34 +211,41 @@ def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str]) -
     return JSONResponse(verbose_json(outcome, form), headers=headers)
 
 
-def install_openai_routes(app: FastAPI) -> None:
-    """Add the /v1 routes to an app built by server.create_app (state on app.state.worker)."""
-    started = int(time.time())
+def accepted_models(settings: Settings) -> set[str]:
+    """The `model` values this server answers to: all run the one loaded model."""
+    return {served_model_id(settings.model), settings.model, *MODEL_ALIASES}
 
-    def accepted(state: WorkerState) -> set[str]:
-        return {served_model_id(state.settings.model), state.settings.model, *MODEL_ALIASES}
 
-    @app.post("/v1/audio/transcriptions", tags=["openai"])
-    async def create_transcription(request: Request) -> Response:
-        """OpenAI `audio.transcriptions.create`: multipart `file`, `model`, and the optional fields."""
-        state: WorkerState = request.app.state.worker
-        form, outcome = await transcribe_request(request, state, lambda f: parse_form(f, accepted(state)))
-        return render(outcome, form, outcome.timing_headers(state.gpu_id))
+@router.post("/audio/transcriptions")
+async def create_transcription(request: Request, worker: WorkerDep) -> Response:
+    """OpenAI `audio.transcriptions.create`: multipart `file`, `model`, and the optional fields."""
+    with worker.admitted() as ticket:  # 429/503 before a byte of the upload is read
+        async with multipart_form(request) as form:
+            part = form_file(form)
+            fields = parse_form(form, accepted_models(worker.settings))
+            upload = await read_file(part)
+        outcome = await transcribe_upload(request, worker, ticket, upload)
+    return render(outcome, fields, timing_headers(outcome, worker.gpu_id))
 
-    @app.post("/v1/audio/translations", tags=["openai"])
-    async def create_translation(request: Request) -> Response:
-        """Parakeet transcribes in the spoken language; it does not translate (answered before any upload)."""
-        raise errors.BadRequest(
-            "translation is not supported: Parakeet-TDT transcribes speech in its own language; "
-            "use /v1/audio/transcriptions",
-            param="model",
-        )
 
-    @app.get("/v1/models", tags=["openai"])
-    async def list_models(request: Request) -> dict[str, Any]:
-        state: WorkerState = request.app.state.worker
-        model_id = served_model_id(state.settings.model)
-        return {
-            "object": "list",
-            "data": [{"id": model_id, "object": "model", "created": started, "owned_by": "nvidia"}],
-        }
+@router.post("/audio/translations")
+async def create_translation() -> Response:
+    """Parakeet transcribes in the spoken language; it does not translate (answered before any upload)."""
+    raise errors.BadRequest(
+        "translation is not supported: Parakeet-TDT transcribes speech in its own language; "
+        "use /v1/audio/transcriptions",
+        param="model",
+    )
+
+
+_STARTED = int(time.time())
+
+
+@router.get("/models")
+async def list_models(worker: WorkerDep) -> dict[str, Any]:
+    """OpenAI `models.list`: the one served model."""
+    model_id = served_model_id(worker.settings.model)
+    return {
+        "object": "list",
+        "data": [{"id": model_id, "object": "model", "created": _STARTED, "owned_by": "nvidia"}],
+    }

@@ -1,13 +1,14 @@
 """Pydantic models of what the HTTP API sends back: transcriptions, health, and the one error envelope.
 
-They document the API (OpenAPI at /docs) and validate responses; request parsing lives in server.py.
+They document the API (OpenAPI at /docs) and validate responses; request parsing lives in the routes and
+`parakeet.api.uploads`.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from transcripts import Transcript
+from parakeet.core.transcripts import Transcript
 
 
 class WordTime(BaseModel):
@@ -66,6 +67,10 @@ class TranscriptionResponse(BaseModel):
 
 
 class DeviceInfo(BaseModel):
+    """`parakeet.core.engine.DeviceInfo` on the wire."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     type: str = Field(description='"cuda" or "cpu".')
     index: int | None = Field(description="CUDA device index in this worker's visible order.")
     name: str = Field(description='GPU name, or "cpu".')

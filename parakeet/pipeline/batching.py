@@ -5,7 +5,7 @@ grouped into batches of similar length that run one at a time on the worker's GP
 loop (uploads, /health) never blocks. Shape follows Ray Serve's `@serve.batch` and text-embeddings-
 inference's queue: the wait clock starts at the oldest waiting item; batches are capped by count and by
 padded audio; cancelled requests are dropped before the GPU; an exception fails only its batch; the loop
-never dies. This module knows nothing of HTTP or torch: the engine is a callable on waveforms.
+never dies. This module knows nothing of HTTP or torch: the engine is `parakeet.core.engine.Engine`.
 """
 
 from __future__ import annotations
@@ -14,30 +14,20 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
-
-from errors import DeadlineExceeded, DeviceOutOfMemory, InferenceError, Overloaded, ShuttingDown
+from parakeet.core.engine import SAMPLE_RATE_HZ, Engine, Waveform
+from parakeet.core.errors import DeadlineExceeded, DeviceOutOfMemory, InferenceError, Overloaded, ShuttingDown
+from parakeet.core.settings import Settings
+from parakeet.core.transcripts import Transcript
 
 log = logging.getLogger("parakeet.batching")
 
-SAMPLE_RATE_HZ = 16_000
-MAX_RETRY_AFTER_S = 120  # the OpenAI SDK honours Retry-After only up to 120 s (openai-api.md)
-
-
-class BatchOutput(Protocol):
-    """What the engine returns for a batch (inference.BatchResult has this shape)."""
-
-    transcripts: Sequence[Any]
-    compute_ms: float
-
-
-EngineFn = Callable[[list[npt.NDArray[np.float32]]], BatchOutput]
+# The official openai-python SDK honours Retry-After only when 0 < value <= 120 s
+# (openai/_constants.py MAX_RETRY_AFTER_DELAY, used in _base_client.py), so a longer one would be ignored.
+MAX_RETRY_AFTER_S = 120
 
 
 @dataclass(frozen=True)
@@ -51,12 +41,24 @@ class BatcherConfig:
     max_queue_audio_s: float = 1920.0
     request_timeout_s: float = 30.0
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BatcherConfig:
+        """The batching knobs of `settings` (PARAKEET_MAX_BATCH_SIZE ... PARAKEET_REQUEST_TIMEOUT_S)."""
+        return cls(
+            max_batch_size=settings.max_batch_size,
+            max_batch_audio_s=settings.max_batch_audio_s,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_requests=settings.max_queue_requests,
+            max_queue_audio_s=settings.max_queue_audio_s,
+            request_timeout_s=settings.request_timeout_s,
+        )
+
 
 @dataclass(frozen=True)
 class ItemResult:
     """One request's share of a batch: its transcript and where its time went."""
 
-    transcript: Any
+    transcript: Transcript
     queue_ms: float  # from submit to the start of its batch
     compute_ms: float  # the whole batch's engine time
     batch_size: int
@@ -64,7 +66,7 @@ class ItemResult:
 
 @dataclass(eq=False)
 class _Item:
-    waveform: npt.NDArray[np.float32]
+    waveform: Waveform
     enqueued_at: float
     deadline: float
     future: asyncio.Future[ItemResult]
@@ -108,19 +110,19 @@ class Batcher:
 
     def __init__(
         self,
-        engine_fn: EngineFn,
+        engine: Engine,
         executor: Executor,
         config: BatcherConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Args:
-        engine_fn: runs one padded batch on the device; called only on `executor`'s thread.
+        engine: runs one padded batch on the device (`Engine.transcribe`); called only on `executor`'s thread.
         executor: the worker's single GPU thread.
         config: limits.
         clock: monotonic seconds (tests may inject one).
         """
-        self.engine_fn = engine_fn
+        self.engine = engine
         self.executor = executor
         self.config = config
         self.clock = clock
@@ -188,7 +190,7 @@ class Batcher:
 
     # --- submission ----------------------------------------------------------------------------------
 
-    async def submit(self, ticket: Ticket, waveform: npt.NDArray[np.float32]) -> ItemResult:
+    async def submit(self, ticket: Ticket, waveform: Waveform) -> ItemResult:
         """Queue one decoded waveform and wait for its transcript.
 
         Args:
@@ -250,16 +252,23 @@ class Batcher:
         self._accepting = False
 
     async def _loop(self) -> None:
+        """Form and run batches until cancelled. Nothing a batch does can end this loop: `_run` fails the
+        batch's own requests on any exception, and a fault in the scheduling itself is logged and survived."""
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            self._purge()
-            if not self._waiting:
-                continue
-            await self._wait_for_batch()
-            batch = self._take_batch()
-            if batch:
-                await self._run(batch)
+            try:
+                await self._wake.wait()
+                self._wake.clear()
+                self._purge()
+                if not self._waiting:
+                    continue
+                await self._wait_for_batch()
+                batch = self._take_batch()
+                if batch:
+                    await self._run(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a scheduler bug must not strand every queued request
+                log.exception("batch scheduler fault; carrying on")
             if self._waiting:
                 self._wake.set()
 
@@ -328,6 +337,8 @@ class Batcher:
         return batch
 
     async def _run(self, batch: list[_Item]) -> None:
+        """Run one batch on the GPU thread and answer each of its requests; any failure, including an engine
+        result of the wrong length, fails exactly this batch's requests with InferenceError."""
         loop = asyncio.get_running_loop()
         started = self.clock()
         for item in batch:
@@ -337,6 +348,8 @@ class Batcher:
         self._running_audio_s = audio_s
         try:
             transcripts, compute_ms = await loop.run_in_executor(self.executor, self._run_split, waveforms)
+            if len(transcripts) != len(batch):
+                raise RuntimeError(f"the engine returned {len(transcripts)} transcripts for a batch of {len(batch)}")
         except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep serving
             self.stats.failed_batches += 1
             log.error("batch of %d failed: %s: %s", len(batch), type(exc).__name__, exc, exc_info=exc)
@@ -361,10 +374,10 @@ class Batcher:
             len(batch), audio_s, padded_s, min(queue_ms), max(queue_ms), compute_ms,
         )  # fmt: skip
 
-    def _run_split(self, waveforms: list[npt.NDArray[np.float32]]) -> tuple[list[Any], float]:
+    def _run_split(self, waveforms: list[Waveform]) -> tuple[list[Transcript], float]:
         """On the GPU thread: run the batch; on device OOM split it in halves and retry each."""
         try:
-            out = self.engine_fn(waveforms)
+            out = self.engine.transcribe(waveforms)
             return list(out.transcripts), out.compute_ms
         except DeviceOutOfMemory:
             if len(waveforms) == 1:

@@ -1,20 +1,21 @@
 """Every knob of the server, read from environment variables prefixed `PARAKEET_` (pydantic-settings).
 
-Units are in the names. The README lists each setting with its default; `python3 settings.py` prints the
-effective values. This module reads settings only: it loads no model and touches no GPU.
+Units are in the names. The README lists each setting with its default; `python -m parakeet.core.settings`
+prints the effective values (and exits 2 with one line per bad value). This module reads settings only: it
+loads no model and touches no GPU.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from batching import BatcherConfig
+from parakeet.core.errors import InvalidSettings
 
 DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
 
@@ -59,7 +60,7 @@ class Settings(BaseSettings):
         description="Address-space cap (RLIMIT_AS) of each decoder subprocess, bytes; unset for none.",
     )
 
-    # --- long audio (long_audio.py) ---
+    # --- long audio (parakeet/pipeline/long_audio.py) ---
     long_audio_threshold_s: float = Field(
         180.0, gt=0, description="Audio longer than this is transcribed in chunks, never with full attention."
     )
@@ -74,7 +75,7 @@ class Settings(BaseSettings):
         4, ge=1, description="Chunks of one long request queued or running at a time."
     )
 
-    # --- batching and admission (batching.py) ---
+    # --- batching and admission (parakeet/pipeline/batching.py) ---
     max_batch_size: int = Field(32, ge=1, description="Most requests per batch; 1 = one request at a time.")
     max_batch_audio_s: float = Field(
         480.0, gt=0, description="Most padded audio per batch (batch size x longest item), seconds."
@@ -95,17 +96,54 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On shutdown, how long admitted requests may take to finish, seconds."
     )
 
-    def batcher_config(self) -> BatcherConfig:
-        """The batching knobs as batching.BatcherConfig (its fields carry the same names as these settings)."""
-        return BatcherConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BatcherConfig)})
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        """Settings that are each in range but contradict one another."""
+        if self.long_audio_search_s >= self.long_audio_chunk_s:
+            # The quiet-point search runs inside each chunk's own length (long_audio.plan_chunks).
+            raise ValueError(
+                f"PARAKEET_LONG_AUDIO_SEARCH_S ({self.long_audio_search_s:g}) must be less than "
+                f"PARAKEET_LONG_AUDIO_CHUNK_S ({self.long_audio_chunk_s:g})"
+            )
+        return self
+
+
+def _describe(exc: ValidationError) -> str:
+    """One clause per problem, naming the environment variable, the rule and the value given."""
+    clauses = []
+    for err in exc.errors():
+        loc = "".join(str(p) for p in err.get("loc", ()))
+        name = f"PARAKEET_{loc.upper()}: " if loc else ""
+        given = f" (got {str(err['input'])[:80]!r})" if loc and "input" in err else ""
+        clauses.append(f"{name}{err['msg'].removeprefix('Value error, ')}{given}")
+    return "invalid settings: " + "; ".join(clauses)
 
 
 def load_settings() -> Settings:
-    """Read settings from the environment (and nothing else)."""
-    return Settings()
+    """Read settings from the environment (and nothing else).
+
+    Raises:
+        InvalidSettings: a value is out of range or of the wrong type, or two settings contradict each
+            other; the message names every offending PARAKEET_* variable and its value.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InvalidSettings(_describe(exc)) from None
+
+
+def main() -> int:
+    """Print the effective settings (exit 0), or what is wrong with them (exit 2)."""
+    try:
+        settings = load_settings()
+    except InvalidSettings as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    for name, value in settings.model_dump().items():
+        print(f"PARAKEET_{name.upper()}={value if value is not None else ''}")
+    print(f"# read from the environment of pid {os.getpid()}")
+    return 0
 
 
 if __name__ == "__main__":
-    for name, value in load_settings().model_dump().items():
-        print(f"PARAKEET_{name.upper()}={value if value is not None else ''}")
-    print(f"# read from the environment of pid {os.getpid()}")
+    sys.exit(main())

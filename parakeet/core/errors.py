@@ -1,8 +1,8 @@
 """The server's exception tree: every failure a client or operator can see, as a typed exception.
 
-Domain code (audio, inference, gpu_lock, server routes) raises these; `server.py` owns the one table that
-maps each class to an HTTP status and error type. Nothing here imports HTTP code, and no message carries a
-traceback, a file path or a decoder's stderr.
+Domain code (settings, audio decoding, the batcher, inference, routes) raises these; `parakeet.api.errors`
+owns the one table that maps each class to an HTTP status and error type (README, "Errors"). Nothing here
+imports HTTP code, and no message carries a traceback, a file path or a decoder's stderr.
 """
 
 from __future__ import annotations
@@ -128,6 +128,12 @@ class InferenceError(ParakeetError):
 
 
 # --- start-up (never reach a client) ------------------------------------------------------------------
+
+
+class InvalidSettings(ParakeetError):
+    """The PARAKEET_* environment holds a value out of range or settings that contradict each other."""
+
+    code = "invalid_settings"
 
 
 class ModelLoadError(ParakeetError):

@@ -8,10 +8,10 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import errors
-from http_errors import error_response
+from parakeet.api.errors import error_response
+from parakeet.core import errors
 
-log = logging.getLogger("parakeet.server")
+log = logging.getLogger("parakeet.api")
 
 
 class RequestIdMiddleware:

@@ -1,0 +1,134 @@
+"""Multipart uploads: the form and its fields, and running an upload through the worker while watching the
+client (a client that leaves has its queued work dropped before the GPU). Used by every upload route; the
+pipeline itself is `parakeet.pipeline.worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+
+from parakeet.core import errors
+from parakeet.pipeline.batching import Ticket
+from parakeet.pipeline.worker import Outcome, Worker
+
+# Limits on the multipart form itself (python-multipart via Starlette): one file part, a few text fields,
+# text fields of at most 64 KiB. Abuse beyond them is a 400 (README error table).
+MAX_FILES = 1
+MAX_FIELDS = 32
+MAX_TEXT_FIELD_BYTES = 64 * 1024
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+
+
+@asynccontextmanager
+async def multipart_form(request: Request) -> AsyncIterator[FormData]:
+    """The request's multipart form, parsed within the limits above; its spooled files close on exit.
+
+    Raises:
+        HTTPException(400): not multipart, or over a limit (the error table turns it into `invalid_request`).
+    """
+    async with request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=MAX_TEXT_FIELD_BYTES) as form:
+        yield form
+
+
+@dataclass
+class UploadedFile:
+    """The bytes of the `file` part, handed on once (`take`) so that only the decoder holds them."""
+
+    data: bytes | None
+
+    def take(self) -> bytes:
+        data, self.data = self.data, None
+        if data is None:
+            raise RuntimeError("upload already taken")
+        return data
+
+
+def form_file(form: FormData) -> UploadFile:
+    """The `file` part of a multipart form (check it before the other fields: a missing file is the first
+    thing to tell the client).
+
+    Raises:
+        BadRequest: missing, or sent as a text field.
+    """
+    upload = form.get("file")
+    if upload is None:
+        raise errors.BadRequest("missing form field 'file' (send the audio as multipart/form-data)", param="file")
+    if not isinstance(upload, UploadFile):
+        raise errors.BadRequest("form field 'file' must be a file upload, not a text value", param="file")
+    return upload
+
+
+async def read_file(upload: UploadFile) -> UploadedFile:
+    """The whole file part (its size is bounded by the upload cap: UploadLimitMiddleware)."""
+    return UploadedFile(await upload.read())
+
+
+def form_text(form: FormData, name: str) -> str | None:
+    """A text field of the form, or None if absent.
+
+    Raises:
+        BadRequest: the field was sent as a file.
+    """
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise errors.BadRequest(f"form field '{name}' must be text, not a file", param=name)
+    return value
+
+
+def form_bool(form: FormData, name: str) -> bool:
+    """A true/false text field (true, 1, yes, on / false, 0, no, off, empty); absent means false.
+
+    Raises:
+        BadRequest: any other value, or a file.
+    """
+    raw = (form_text(form, name) or "").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise errors.BadRequest(f"form field '{name}' must be true or false, got {raw[:40]!r}", param=name)
+    return raw in _TRUE
+
+
+async def transcribe_upload(request: Request, worker: Worker, ticket: Ticket, upload: UploadedFile) -> Outcome:
+    """`worker.transcribe` on the upload; if the client goes away first, the work is cancelled (queued items
+    are dropped before the GPU).
+
+    Raises:
+        ClientDisconnected: the client closed the connection before the transcript was ready.
+        ParakeetError subclasses: whatever the pipeline raised.
+    """
+    task = asyncio.ensure_future(worker.transcribe(ticket, upload.take()))
+    disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnected.cancel()
+    if not task.done():
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        raise errors.ClientDisconnected("the client closed the connection before its transcript was ready")
+    return task.result()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read: receive() now waits for it)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def timing_headers(outcome: Outcome, gpu_id: int | None) -> dict[str, str]:
+    """Where the time went, on every transcription response (README, `POST /transcribe`)."""
+    return {
+        "X-Queue-Ms": f"{outcome.queue_ms:.1f}",
+        "X-Compute-Ms": f"{outcome.compute_ms:.1f}",
+        "X-Batch-Size": str(outcome.batch_size),
+        "X-Gpu-Id": "cpu" if gpu_id is None else str(gpu_id),
+    }

@@ -1,0 +1,1 @@
+"""Core layer: settings, errors, transcript records and the engine contract. Imports nothing of the project."""

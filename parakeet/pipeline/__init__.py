@@ -1,0 +1,1 @@
+"""Pipeline layer: bytes to transcript (decode, plan long audio, batch, merge). No HTTP framework here."""

@@ -1,0 +1,220 @@
+"""One worker: its life cycle (loading -> ok -> shutting_down, or failed) and its transcription pipeline.
+
+admit (429 before the caller reads the upload) -> decode in a subprocess -> batch on the GPU thread (long
+audio: in chunks cut at quiet points, a few in flight at a time) -> merge. Routes of any protocol (HTTP
+upload today, WebSocket later) call `admitted()` and `transcribe()`; this module never sees a request,
+a form or a socket, and never touches tensors (the engine does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+from parakeet.core import errors
+from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, Waveform
+from parakeet.core.settings import Settings
+from parakeet.core.transcripts import Transcript
+from parakeet.pipeline.audio import AudioDecoderPool, DecodedAudio
+from parakeet.pipeline.batching import Batcher, BatcherConfig, ItemResult, Ticket
+from parakeet.pipeline.long_audio import Chunk, merge_transcripts, plan_chunks
+
+log = logging.getLogger("parakeet.worker")
+
+WARMUP_AUDIO_S = 2.0
+Phase = Literal["loading", "ok", "shutting_down", "failed"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished transcription and where its time went.
+
+    Attributes:
+        transcript: the (merged) transcript of the whole file.
+        audio: the decoded upload (its waveform, source rate and channels).
+        model: the engine's model name.
+        decode_ms: decoding and resampling, ms.
+        queue_ms: wait of its (first) item before its batch started, ms.
+        compute_ms: engine time of its batch (summed over chunks), ms.
+        batch_size: requests in its batch (the largest over chunks).
+        chunks: pieces the audio was transcribed in (1 up to `long_audio_threshold_s`).
+    """
+
+    transcript: Transcript
+    audio: DecodedAudio
+    model: str
+    decode_ms: float
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+    chunks: int
+
+
+@dataclass
+class Worker:
+    """Per-worker runtime state and pipeline (one per process, on `app.state`; no module globals).
+
+    Create it, `start()` it on the event loop, `load()` the engine (the worker answers /health meanwhile),
+    then serve with `admitted()` + `transcribe()`; `close()` at shutdown.
+    """
+
+    settings: Settings
+    gpu_id: int | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    phase: Phase = "loading"
+    detail: str | None = "model is loading"
+    engine: Engine | None = None
+    decoder: AudioDecoderPool | None = None
+    batcher: Batcher | None = None
+    device_info: DeviceInfo | None = None
+    requests_served: int = 0
+    gpu_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
+    )
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ok"
+
+    # --- life cycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the audio-decoder subprocesses. Call on the event loop's thread (see AudioDecoderPool.start)."""
+        s = self.settings
+        self.decoder = AudioDecoderPool(s.decode_workers, s.decode_timeout_s, s.decode_memory_limit_bytes)
+        self.decoder.start()
+
+    async def load(self, factory: EngineFactory) -> None:
+        """Build the engine on the GPU thread, warm it up, start the batcher, and become ready.
+
+        Raises:
+            ModelLoadError: from the factory (phase becomes "failed", detail says why).
+            Exception: anything else the factory or warm-up raised (phase "failed" too).
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            engine = await loop.run_in_executor(self.gpu_executor, factory, self.settings, self.gpu_id)
+            warm_ms = None
+            if self.settings.warmup:
+                warm_ms = await loop.run_in_executor(self.gpu_executor, engine.warmup, WARMUP_AUDIO_S)
+                log.info("warm-up batch took %.0f ms", warm_ms)
+            device_info = await loop.run_in_executor(self.gpu_executor, engine.device_info)
+        except errors.ModelLoadError as exc:
+            self.phase, self.detail = "failed", exc.message
+            raise
+        except Exception as exc:
+            self.phase, self.detail = "failed", f"model load failed: {type(exc).__name__}: {exc}"
+            raise
+        batcher = Batcher(engine, self.gpu_executor, BatcherConfig.from_settings(self.settings))
+        if warm_ms is not None:
+            batcher.stats.observe(WARMUP_AUDIO_S, warm_ms / 1000, 1)  # the first Retry-After estimate
+        if self.phase != "loading":  # shut down while loading
+            return
+        batcher.start()
+        self.engine, self.batcher, self.device_info = engine, batcher, device_info
+        self.phase, self.detail = "ok", None
+        log.info("worker ready: model %s on %s", engine.model_name, device_info.name)
+
+    def begin_shutdown(self) -> None:
+        """From the first shutdown signal on: not ready, new requests get 503; admitted ones finish."""
+        if self.phase != "failed":
+            self.phase, self.detail = "shutting_down", "worker is shutting down"
+        if self.batcher is not None:
+            self.batcher.stop_accepting()
+
+    async def close(self) -> None:
+        """Drain admitted requests (up to `shutdown_drain_s`), then stop the GPU thread and the decoders."""
+        self.begin_shutdown()
+        if self.batcher is not None:
+            drained = await self.batcher.drain(self.settings.shutdown_drain_s)
+            log.info("shutdown: %s", "all admitted requests answered" if drained else "drain timed out")
+        self.gpu_executor.shutdown(wait=True, cancel_futures=True)
+        if self.decoder is not None:
+            self.decoder.close()
+
+    # --- serving ---------------------------------------------------------------------------------------
+
+    @contextmanager
+    def admitted(self) -> Iterator[Ticket]:
+        """A place in this worker for one request, held until the block exits. Enter it BEFORE reading the
+        upload, so that a full worker refuses at once and costs the client no upload.
+
+        Raises:
+            ShuttingDown: draining for shutdown.
+            NotReady: the model is loading (or failed to load).
+            Overloaded: the queue is full (carries `retry_after_s`).
+        """
+        if self.phase == "shutting_down":
+            raise errors.ShuttingDown("the worker is shutting down; retry on another worker")
+        if self.batcher is None or self.decoder is None or self.engine is None:
+            raise errors.NotReady(f"the model is not ready yet ({self.detail}); retry shortly")
+        batcher = self.batcher
+        ticket = batcher.admit()
+        try:
+            yield ticket
+        finally:
+            batcher.release(ticket)
+
+    async def transcribe(self, ticket: Ticket, data: bytes) -> Outcome:
+        """Decode one uploaded file and transcribe it.
+
+        Args:
+            ticket: from `admitted()`, still held.
+            data: the file's bytes, any container `parakeet.pipeline.audio.decode_audio` reads.
+
+        Returns:
+            The transcript and its timings.
+
+        Raises:
+            ParakeetError subclasses: every refusal in the error table (README, "Errors").
+            asyncio.CancelledError: the caller was cancelled (client gone); queued chunks are dropped.
+        """
+        assert self.decoder is not None and self.batcher is not None and self.engine is not None
+        t0 = time.perf_counter()
+        decoded = await self.decoder.decode(data, max_duration_s=self.settings.max_audio_duration_s)
+        decode_ms = (time.perf_counter() - t0) * 1000
+        outcome = await self._transcribe_waveform(ticket, decoded, decode_ms)
+        self.requests_served += 1
+        return outcome
+
+    async def _transcribe_waveform(self, ticket: Ticket, decoded: DecodedAudio, decode_ms: float) -> Outcome:
+        """Up to `long_audio_threshold_s` the waveform is one batch item, as NeMo would run it. Longer audio is
+        cut at quiet points into chunks that go through the batcher like any request, at most
+        `long_audio_chunks_in_flight` at a time, so short requests interleave with a long one."""
+        assert self.batcher is not None and self.engine is not None
+        settings, batcher, waveform = self.settings, self.batcher, decoded.waveform
+        if len(waveform) <= settings.long_audio_threshold_s * SAMPLE_RATE_HZ:
+            chunks = [Chunk(0, len(waveform), float("-inf"), float("inf"))]
+        else:
+            chunks = plan_chunks(
+                waveform, settings.long_audio_chunk_s, settings.long_audio_context_s, settings.long_audio_search_s
+            )
+        slots = asyncio.Semaphore(settings.long_audio_chunks_in_flight)
+
+        async def one(piece: Waveform) -> ItemResult:
+            async with slots:
+                return await batcher.submit(ticket, piece)
+
+        tasks = [asyncio.ensure_future(one(waveform[c.start : c.end])) for c in chunks]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one chunk failed: its siblings must not go on to the GPU for nothing
+                task.cancel()
+            raise
+        return Outcome(
+            transcript=merge_transcripts(chunks, [r.transcript for r in results]),
+            audio=decoded,
+            model=self.engine.model_name,
+            decode_ms=decode_ms,
+            queue_ms=results[0].queue_ms,
+            compute_ms=sum(r.compute_ms for r in results),
+            batch_size=max(r.batch_size for r in results),
+            chunks=len(chunks),
+        )

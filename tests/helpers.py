@@ -1,0 +1,236 @@
+"""Test helpers in one place: real uvicorn servers on loopback, the in-process app with its lifespan, NeMo's
+own reference transcripts, and process inspection. Fixtures that use them are in conftest.py; the fake
+engine is fakes.py, encoded audio is media.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import soundfile as sf
+from asgi_lifespan import LifespanManager
+
+from parakeet.core.settings import Settings
+
+from fakes import FakeEngine, FakeFactory, tagged_wave
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def cpu_settings(model_path: Path, **overrides: Any) -> Settings:
+    """Settings for an fp32 CPU engine on `model_path` (explicit values: the environment cannot change them)."""
+    values: dict[str, Any] = {
+        "model": str(model_path), "device": "cpu", "precision": "fp32", "cuda_graphs": False,
+        "max_symbols_per_step": 10, "torch_threads": None,
+    }  # fmt: skip
+    return Settings(**{**values, **overrides})
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one test's coroutine on a fresh event loop."""
+    return asyncio.run(coro)
+
+
+def wav_of(tag: int, duration_s: float = 1.0) -> bytes:
+    """A float32 WAV of `fakes.tagged_wave(tag, duration_s)`: the fake engine answers "<tag> <samples>"."""
+    buf = io.BytesIO()
+    sf.write(buf, tagged_wave(tag, duration_s), 16000, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+# --- the app in-process: httpx ASGITransport with the lifespan running ------------------------------------
+
+
+@asynccontextmanager
+async def app_client(
+    engine: FakeEngine | None = None, *, load_delay_s: float = 0.0, wait_ready: bool = True, **settings: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on `server.create_app` serving `engine` (a FakeEngine) in this process, lifespan
+    running (decoder subprocesses, GPU thread, batcher); `settings` are Settings fields. Waits for /health
+    200 unless `wait_ready` is False. No socket: for behaviour whose subject is not a socket or a process."""
+    from server import create_app
+
+    def fatal(message: str) -> None:
+        raise AssertionError(f"worker would exit: {message}")
+
+    values: dict[str, Any] = {"decode_workers": 1, "device": "cpu", "model": "fake", **settings}
+    app = create_app(
+        Settings(**values), engine_factory=FakeFactory(engine or FakeEngine(), load_delay_s), on_fatal=fatal
+    )
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://parakeet.test", timeout=60) as client:
+            if wait_ready:
+                for _ in range(600):
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise TimeoutError("in-process app not ready after 30 s")
+            yield client
+
+
+async def post_wav(client: httpx.AsyncClient, tag: int, duration_s: float = 1.0, route: str = "/transcribe",
+                   **data: str) -> httpx.Response:  # fmt: skip
+    """POST a tagged WAV (see `wav_of`) as the multipart `file` part, with optional text fields."""
+    return await client.post(route, files={"file": ("a.wav", wav_of(tag, duration_s))}, data=data or None)
+
+
+# --- NeMo's own answer ------------------------------------------------------------------------------------
+
+
+def nemo_reference_texts(model_path: Path, waveforms: list[np.ndarray], tmp_path: Path) -> list[str]:
+    """NeMo's own transcribe() on FILE PATHS of the same waveforms written as float32 WAV (docs/nemo.md:
+    transcribe(list_of_arrays) is not a faithful reference), on a separate model instance."""
+    import soundfile as sf
+    import torch
+
+    from inference import load_asr_model
+
+    paths = []
+    for i, w in enumerate(waveforms):
+        p = tmp_path / f"ref_{i}.wav"
+        sf.write(p, w, 16000, subtype="FLOAT")
+        paths.append(str(p))
+    model = load_asr_model(str(model_path), torch.device("cpu"))
+    model.eval()
+    out = model.transcribe(paths, batch_size=4, verbose=False)
+    return [h.text if hasattr(h, "text") else str(h) for h in out]
+
+
+# --- real servers on loopback -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A real `uvicorn server:app` on 127.0.0.1, its output captured to `log_path`."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 120.0, workers: int = 1) -> None:
+        """Wait until `workers` distinct worker pids have answered /health with 200."""
+        ready_pids: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                r = httpx.get(f"{self.url}/health", timeout=2.0)
+                if r.status_code == 200:
+                    ready_pids.add(r.json()["worker_pid"])
+                    if len(ready_pids) >= workers:
+                        return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log()[-4000:]}")
+
+    def fake_batches(self) -> list[list[int]]:
+        """The batches (tags) the fake engine ran, from the fake app's test-only route (fakes.py)."""
+        return [list(b) for b in httpx.get(f"{self.url}/_fake/batches", timeout=10).json()]
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(tmp_dir: Path, env: dict[str, str], workers: int = 1, fake: bool = False) -> ServerProcess:
+    """Start uvicorn with `env` added to a clean PARAKEET_* environment; does not wait for readiness.
+    `fake`: serve tests/fakes.py's FakeEngine (FAKE_* variables) instead of a NeMo model."""
+    port = free_port()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
+    base_env.update(
+        {
+            "PARAKEET_GPU_LOCK_DIR": str(tmp_dir / "locks"),
+            "PARAKEET_TORCH_THREADS": "1",
+            "PARAKEET_DECODE_WORKERS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    base_env.update(env)
+    log_path = tmp_dir / f"server-{port}.log"
+    if fake:
+        base_env["FAKE_APP"] = "1"
+    app = ["fakes:app", "--app-dir", str(ROOT / "tests")] if fake else ["server:app"]
+    cmd = [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", str(workers), "--timeout-worker-healthcheck", "60"]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=base_env, stdout=log_file, stderr=subprocess.STDOUT)
+    return ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+
+
+@contextmanager
+def running_fake_server(tmp_dir: Path, env: dict[str, str]) -> Iterator[ServerProcess]:
+    """A ready uvicorn worker serving tests/fakes.py's FakeEngine, stopped on exit."""
+    server = start_server(tmp_dir, env, fake=True)
+    try:
+        server.wait_ready(timeout_s=60)
+        yield server
+    finally:
+        server.stop()
+
+
+# --- processes -------------------------------------------------------------------------------------------
+
+
+def child_pids(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:
+    """Wait until none of `pids` is alive; return those still alive at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
+        time.sleep(0.1)
+    return alive
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
