@@ -125,7 +125,7 @@ class ParakeetEngine:
         self.dtype = resolve_dtype(precision, device)
         self.sample_rate_hz = int(model.cfg.get("sample_rate", SAMPLE_RATE_HZ))
         if self.sample_rate_hz != SAMPLE_RATE_HZ:
-            raise ModelLoadError(f"model expects {self.sample_rate_hz} Hz audio; this server feeds 16000 Hz")
+            raise ModelLoadError(f"model expects {self.sample_rate_hz} Hz audio; this server feeds {SAMPLE_RATE_HZ} Hz")
 
         decoding_cfg: Any = OmegaConf.create(OmegaConf.to_container(model.cfg.decoding, resolve=True))
         with open_dict(decoding_cfg):

@@ -178,6 +178,7 @@ class Worker:
         assert self.decoder is not None and self.batcher is not None and self.engine is not None
         t0 = time.perf_counter()
         decoded = await self.decoder.decode(data, max_duration_s=self.settings.max_audio_duration_s)
+        del data  # the upload's bytes are not needed past decoding: do not hold them while queued
         decode_ms = (time.perf_counter() - t0) * 1000
         outcome = await self._transcribe_waveform(ticket, decoded, decode_ms)
         self.requests_served += 1
