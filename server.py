@@ -134,7 +134,7 @@ def _lifespan(settings: Settings, factory: EngineFactory, on_fatal: Callable[[st
         claim = _claim_device(settings, factory, on_fatal)
         worker = Worker(settings, gpu_id=claim.gpu_id if claim else None)
         app.state.worker = worker
-        worker.start()
+        await worker.start()
         loader = asyncio.create_task(_load(worker, factory, on_fatal))
         restore_signals = _chain_shutdown_signals(worker)
         try:

@@ -1,5 +1,6 @@
-"""audio.py: every accepted container, rate, sample format and channel count; every refusal; bounded
-memory on decompression bombs; decoder crashes and hangs isolated in the subprocess pool."""
+"""parakeet/pipeline/audio.py and decoder_pool.py: every accepted container, rate, sample format and channel
+count; every refusal; bounded memory on decompression bombs; decoder crashes and hangs isolated in the
+subprocess pool."""
 
 from __future__ import annotations
 
@@ -7,16 +8,21 @@ import asyncio
 import io
 import struct
 import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from parakeet.core.errors import AudioTooLong, DecoderUnavailable, EmptyAudio, InvalidAudio, UnsupportedAudio
-from parakeet.pipeline.audio import AudioDecoderPool, decode_audio
+from parakeet.pipeline.audio import DecodedAudio, decode_audio
+from parakeet.pipeline.decoder_pool import AudioDecoderPool
 
 import speech
 from media import ENCODINGS, Encoding, encode, misbehaving_decode, wav_bytes
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -156,41 +162,78 @@ def test_audio_10ms_clip_decodes() -> None:
     assert len(w) == 160
 
 
+async def _with_pool(pool: AudioDecoderPool, body: Callable[[AudioDecoderPool], Awaitable[T]]) -> T:
+    await pool.start()
+    try:
+        return await body(pool)
+    finally:
+        await pool.close()
+
+
 def test_decoder_pool_survives_a_crashing_decoder(utterance: np.ndarray) -> None:
     pool = AudioDecoderPool(2, timeout_s=20, memory_limit_bytes=None, decode_fn=misbehaving_decode)
     good = wav_bytes(utterance)
 
-    async def run() -> list[object]:
-        return await asyncio.gather(
-            pool.decode(b"crash", max_duration_s=60),
-            pool.decode(good, max_duration_s=60),
-            return_exceptions=True,
+    async def body(pool: AudioDecoderPool) -> tuple[list[object], DecodedAudio, DecodedAudio]:
+        first = await asyncio.gather(
+            pool.decode(b"crash", max_duration_s=60), pool.decode(good, max_duration_s=60), return_exceptions=True
         )
+        # the crashed decoder was replaced: both places in the pool serve again
+        again = await asyncio.gather(pool.decode(good, max_duration_s=60), pool.decode(good, max_duration_s=60))
+        return first, again[0], again[1]
 
-    try:
-        crashed, ok = asyncio.run(run())
-        assert isinstance(crashed, DecoderUnavailable) and "crashed" in crashed.message
-        assert not isinstance(ok, BaseException), ok  # the innocent request in the same pool still succeeds
-        again = asyncio.run(pool.decode(good, max_duration_s=60))
-        assert again.duration_s == pytest.approx(len(utterance) / 16000)
-    finally:
-        pool.close()
+    (crashed, ok), again, again2 = asyncio.run(_with_pool(pool, body))
+    assert isinstance(crashed, DecoderUnavailable) and "crashed" in crashed.message
+    assert not isinstance(ok, BaseException), ok  # the innocent request in the same pool still succeeds
+    assert again.duration_s == again2.duration_s == pytest.approx(len(utterance) / 16000)
 
 
 def test_decoder_pool_times_out_a_hanging_decoder(utterance: np.ndarray) -> None:
     pool = AudioDecoderPool(1, timeout_s=1.0, memory_limit_bytes=None, decode_fn=misbehaving_decode)
-    try:
+
+    async def body(pool: AudioDecoderPool) -> DecodedAudio:
         with pytest.raises(DecoderUnavailable, match="took longer than the limit of 1 s"):
-            asyncio.run(pool.decode(b"hang", max_duration_s=60))
-        assert asyncio.run(pool.decode(wav_bytes(utterance), max_duration_s=60)).duration_s > 1
-    finally:
-        pool.close()
+            await pool.decode(b"hang", max_duration_s=60)
+        return await pool.decode(wav_bytes(utterance), max_duration_s=60)
+
+    assert asyncio.run(_with_pool(pool, body)).duration_s > 1
 
 
 def test_decoder_pool_passes_client_errors_through() -> None:
     pool = AudioDecoderPool(1, timeout_s=20, memory_limit_bytes=512 * 1024**2)
-    try:
-        with pytest.raises(UnsupportedAudio):
-            asyncio.run(pool.decode(b"not audio at all" * 100, max_duration_s=60))
-    finally:
-        pool.close()
+
+    async def body(pool: AudioDecoderPool) -> None:
+        with pytest.raises(UnsupportedAudio) as info:
+            await pool.decode(b"not audio at all" * 100, max_duration_s=60)
+        assert info.value.param == "file" and "not audio in a supported format" in info.value.message
+
+    asyncio.run(_with_pool(pool, body))
+
+
+def test_decoder_pool_returns_the_same_waveform_as_decoding_in_process(utterance: np.ndarray) -> None:
+    data = encode(utterance, Encoding("mp3", 44100, 2, "MPEG_LAYER_III"))
+    pool = AudioDecoderPool(1, timeout_s=20, memory_limit_bytes=None)
+
+    async def body(pool: AudioDecoderPool) -> DecodedAudio:
+        return await pool.decode(data, max_duration_s=60)
+
+    remote, local = asyncio.run(_with_pool(pool, body)), decode_audio(data, max_duration_s=60)
+    assert np.array_equal(remote.waveform, local.waveform) and remote.waveform.dtype == np.float32
+    assert (remote.source_sample_rate_hz, remote.source_channels, remote.decoder) == (44100, 2, "soundfile")
+
+
+def test_decoder_pool_caller_that_leaves_mid_file_does_not_cost_the_decoder(utterance: np.ndarray) -> None:
+    pool = AudioDecoderPool(1, timeout_s=20, memory_limit_bytes=None)
+    good = wav_bytes(utterance)
+
+    async def body(pool: AudioDecoderPool) -> tuple[int, DecodedAudio, int]:
+        (before,) = [d.proc.pid for d in pool._live]
+        task = asyncio.ensure_future(pool.decode(good, max_duration_s=60))
+        await asyncio.sleep(0)  # the file is on its way to the decoder
+        task.cancel()
+        decoded = await pool.decode(good, max_duration_s=60)
+        (after,) = [d.proc.pid for d in pool._live]
+        return before, decoded, after
+
+    before, decoded, after = asyncio.run(_with_pool(pool, body))
+    assert decoded.duration_s > 1 and before == after  # same subprocess: it finished the file and came back

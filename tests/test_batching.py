@@ -72,13 +72,44 @@ def test_batch_forms_when_max_wait_has_passed() -> None:
     cfg = BatcherConfig(max_batch_size=10, max_wait_ms=100)
 
     async def body(b: Batcher) -> float:
+        decoding = b.admit()  # a third request still on its way: worth waiting for, up to max_wait_ms
         t0 = time.perf_counter()
         await asyncio.gather(request(b, 1), request(b, 2))
-        return time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        b.release(decoding)
+        return elapsed
 
     elapsed = run_with_batcher(engine, cfg, body)
     assert engine.batches == [[1, 2]]
     assert elapsed >= 0.1  # a lower bound: the batcher did wait for the clock (a busy machine only adds)
+
+
+def test_idle_gpu_with_nothing_else_on_the_way_starts_at_once() -> None:
+    engine = FakeEngine()
+    cfg = BatcherConfig(max_batch_size=10, max_wait_ms=BIG_WAIT_MS)
+
+    async def body(b: Batcher) -> None:
+        await request(b, 1)  # would hang for an hour if the batcher waited for the batch to fill
+        await asyncio.gather(request(b, 2), request(b, 3))  # both queued before the scheduler runs
+
+    run_with_batcher(engine, cfg, body)
+    assert engine.batches == [[1], [2, 3]]
+
+
+def test_batch_stops_waiting_when_the_request_on_its_way_is_answered_elsewhere() -> None:
+    engine = FakeEngine()
+    cfg = BatcherConfig(max_batch_size=10, max_wait_ms=BIG_WAIT_MS)
+
+    async def body(b: Batcher) -> None:
+        decoding = b.admit()
+        first = asyncio.ensure_future(request(b, 1))
+        await asyncio.sleep(0.05)
+        assert not first.done()  # waiting for the request on its way
+        b.release(decoding)  # e.g. its upload was refused (415): nothing more will come
+        await first
+
+    run_with_batcher(engine, cfg, body)
+    assert engine.batches == [[1]]
 
 
 def test_max_batch_size_one_reproduces_one_request_at_a_time_in_arrival_order() -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from parakeet.core.settings import Settings
 from parakeet.core.transcripts import BatchResult
+
+if TYPE_CHECKING:  # keeps the audio-decoder subprocesses, which import SAMPLE_RATE_HZ, free of pydantic
+    from parakeet.core.settings import Settings
 
 # Parakeet's preprocessor takes 16 kHz mono audio (model card, `preprocessor.sample_rate` in its config).
 # Every waveform inside the server is float32 mono at this rate.

@@ -2,25 +2,16 @@
 
 libsndfile (soundfile) reads WAV, FLAC, OGG/Vorbis, Opus and MP3; PyAV (FFmpeg) reads the rest (M4A/AAC,
 WebM, MP4...). soxr resamples. Limits are enforced while decoding, block by block, so a small file that
-decodes to hours costs bounded memory. `AudioDecoderPool` runs decoding in subprocesses so that a decoder
-crash on a crafted file cannot take the model's worker down. This module knows nothing of HTTP or torch.
+decodes to hours costs bounded memory. The server runs `decode_audio` only in subprocesses
+(`parakeet.pipeline.decoder_pool`), so that a decoder crash on a crafted file cannot take the model's worker
+down. This module knows nothing of HTTP or torch.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
-import ctypes.util
 import io
 import logging
-import os
-import resource
-import signal
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
@@ -29,7 +20,7 @@ import soundfile as sf
 import soxr
 
 from parakeet.core.engine import SAMPLE_RATE_HZ
-from parakeet.core.errors import AudioTooLong, DecoderUnavailable, EmptyAudio, InvalidAudio, UnsupportedAudio
+from parakeet.core.errors import AudioTooLong, EmptyAudio, InvalidAudio, UnsupportedAudio
 
 log = logging.getLogger("parakeet.audio")
 
@@ -198,134 +189,3 @@ def decode_audio(data: bytes, *, max_duration_s: float) -> DecodedAudio:
         raise EmptyAudio("the uploaded file is empty (0 bytes)", param="file")
     decoded = _decode_soundfile(data, max_duration_s)
     return decoded if decoded is not None else _decode_pyav(data, max_duration_s)
-
-
-# --- subprocess isolation -----------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the thread that spawned it exits (prctl PR_SET_PDEATHSIG),
-    so that decoders never outlive a worker that died by SIGKILL or os._exit."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (linux/prctl.h)
-    except (OSError, AttributeError):  # not Linux: the pool's own EOF handling still applies
-        pass
-
-
-def _init_decoder_process(memory_limit_bytes: int | None) -> None:
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent worker handles Ctrl-C and shuts us down
-    if memory_limit_bytes is not None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
-
-
-def _ping(_: int = 0) -> int:
-    return os.getpid()
-
-
-class AudioDecoderPool:
-    """Decodes uploads in a pool of spawned subprocesses, each with an address-space cap.
-
-    A decoder that crashes (SIGSEGV in libsndfile/FFmpeg, or a MemoryError) or runs past `timeout_s` costs
-    only that subprocess: the pool is rebuilt and every request that was in it is retried once, alone in a
-    one-off subprocess, so an innocent request that shared the pool with a crashing file still succeeds and
-    the file that breaks its own subprocess too gets `DecoderUnavailable`.
-    """
-
-    def __init__(
-        self,
-        workers: int,
-        timeout_s: float,
-        memory_limit_bytes: int | None,
-        decode_fn: Callable[[bytes, float], DecodedAudio] | None = None,
-    ) -> None:
-        """Args:
-        workers: subprocesses.
-        timeout_s: per-file decode limit, seconds.
-        memory_limit_bytes: RLIMIT_AS of each subprocess, or None.
-        decode_fn: a picklable top-level function (data, max_duration_s) -> DecodedAudio run in the
-            subprocess; defaults to `decode_audio` (tests pass one that crashes or hangs).
-        """
-        self.decode_fn = decode_fn or _decode_in_child
-        self.workers = workers
-        self.timeout_s = timeout_s
-        self.memory_limit_bytes = memory_limit_bytes
-        self._pool = self._new_pool()
-
-    def _new_pool(self, workers: int | None = None) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=workers or self.workers,
-            mp_context=get_context("spawn"),  # no fork of a process holding torch threads and a GPU lock
-            initializer=_init_decoder_process,
-            initargs=(self.memory_limit_bytes,),
-        )
-
-    def start(self) -> None:
-        """Start every subprocess now (spawn + imports take ~0.5 s), not on the first request.
-
-        Call it from the event loop's thread, as `decode` does when it rebuilds the pool: the subprocesses are
-        tied to the spawning thread's life (PR_SET_PDEATHSIG).
-        """
-        list(self._pool.map(_ping, range(self.workers)))
-
-    def _replace_pool(self, broken: ProcessPoolExecutor) -> None:
-        if self._pool is not broken:
-            return  # another request already replaced it
-        self._pool = self._new_pool()
-        _kill_pool(broken)
-
-    async def decode(self, data: bytes, *, max_duration_s: float) -> DecodedAudio:
-        """Decode `data` in a subprocess; same contract as `decode_audio`.
-
-        Raises:
-            Everything `decode_audio` raises, and DecoderUnavailable when the decoder crashed or timed out
-            twice on this input.
-        """
-        loop = asyncio.get_running_loop()
-        pool = self._pool
-        try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(pool, self.decode_fn, data, max_duration_s), timeout=self.timeout_s
-            )
-        except (BrokenProcessPool, MemoryError, TimeoutError) as exc:
-            log.warning(
-                "audio decoder %s (%d bytes); restarting the decoder pool", _failure(exc, self.timeout_s), len(data)
-            )
-            self._replace_pool(pool)
-        # Retry alone in a one-off subprocess: a file that breaks the decoder again harms no other request.
-        solo = self._new_pool(workers=1)
-        try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(solo, self.decode_fn, data, max_duration_s), timeout=self.timeout_s
-            )
-        except (BrokenProcessPool, MemoryError, TimeoutError) as exc:
-            reason = _failure(exc, self.timeout_s)
-            log.warning("audio decoder %s again on the same file (%d bytes); refusing it", reason, len(data))
-            raise DecoderUnavailable(f"the audio decoder {reason} on this file", param="file") from None
-        finally:
-            _kill_pool(solo)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _kill_pool(pool: ProcessPoolExecutor) -> None:
-    # ProcessPoolExecutor has no public kill before Python 3.14 (kill_workers); a hung decoder must go.
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        proc.kill()
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _failure(exc: BaseException, timeout_s: float) -> str:
-    return f"took longer than the limit of {timeout_s:g} s" if isinstance(exc, TimeoutError) else "crashed"
-
-
-def _decode_in_child(data: bytes, max_duration_s: float) -> DecodedAudio:
-    try:
-        return decode_audio(data, max_duration_s=max_duration_s)
-    except MemoryError:
-        raise
-    except (OSError, RuntimeError, ValueError, TypeError, IndexError, OverflowError) as exc:
-        # Unexpected decoder-library failures on hostile input are the input's fault, not ours.
-        raise UnsupportedAudio(f"the file could not be decoded as audio ({type(exc).__name__})") from None

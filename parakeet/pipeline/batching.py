@@ -66,6 +66,7 @@ class ItemResult:
 
 @dataclass(eq=False)
 class _Item:
+    ticket: Ticket
     waveform: Waveform
     enqueued_at: float
     deadline: float
@@ -187,6 +188,7 @@ class Batcher:
         self._tickets -= 1
         if self._tickets == 0:
             self._idle.set()
+        self._wake.set()  # a batch waiting for this request to arrive need not wait any longer
 
     # --- submission ----------------------------------------------------------------------------------
 
@@ -206,7 +208,7 @@ class Batcher:
         now = self.clock()
         # The deadline bounds the wait in the queue, from this item's own arrival there (a long file's later
         # chunks arrive later; its upload and decoding do not count).
-        item = _Item(waveform, now, now + self.config.request_timeout_s, loop.create_future())
+        item = _Item(ticket, waveform, now, now + self.config.request_timeout_s, loop.create_future())
         self._waiting.append(item)
         self._wake.set()
         timeout = self.config.request_timeout_s
@@ -273,8 +275,11 @@ class Batcher:
                 self._wake.set()
 
     async def _wait_for_batch(self) -> None:
-        """Wait until a full batch is waiting or `max_wait_ms` has passed since the oldest item arrived."""
-        while not self._full():
+        """With the GPU idle, wait for the batch to fill only while other admitted requests are still on their
+        way (uploading or decoding) and at most until `max_wait_ms` after the oldest item arrived: waiting
+        when nothing else can arrive only adds latency. Under load, requests that arrive while a batch runs
+        wait in the queue anyway and go together into the next one."""
+        while not self._full() and self._more_on_the_way():
             remaining = self._waiting[0].enqueued_at + self.config.max_wait_ms / 1000 - self.clock()
             if remaining <= 0:
                 return
@@ -286,6 +291,10 @@ class Batcher:
             self._purge()
             if not self._waiting:
                 return
+
+    def _more_on_the_way(self) -> bool:
+        """Admitted requests with nothing in the queue yet: they may still join this batch."""
+        return self._tickets > len({id(i.ticket) for i in self._waiting})
 
     def _full(self) -> bool:
         cfg = self.config

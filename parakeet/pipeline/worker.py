@@ -21,8 +21,9 @@ from parakeet.core import errors
 from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, Waveform
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import Transcript
-from parakeet.pipeline.audio import AudioDecoderPool, DecodedAudio
+from parakeet.pipeline.audio import DecodedAudio
 from parakeet.pipeline.batching import Batcher, BatcherConfig, ItemResult, Ticket
+from parakeet.pipeline.decoder_pool import AudioDecoderPool
 from parakeet.pipeline.long_audio import Chunk, merge_transcripts, plan_chunks
 
 log = logging.getLogger("parakeet.worker")
@@ -60,7 +61,7 @@ class Outcome:
 class Worker:
     """Per-worker runtime state and pipeline (one per process, on `app.state`; no module globals).
 
-    Create it, `start()` it on the event loop, `load()` the engine (the worker answers /health meanwhile),
+    Create it, `await start()` on the event loop, `load()` the engine (the worker answers /health meanwhile),
     then serve with `admitted()` + `transcribe()`; `close()` at shutdown.
     """
 
@@ -84,11 +85,11 @@ class Worker:
 
     # --- life cycle ------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Start the audio-decoder subprocesses. Call on the event loop's thread (see AudioDecoderPool.start)."""
         s = self.settings
         self.decoder = AudioDecoderPool(s.decode_workers, s.decode_timeout_s, s.decode_memory_limit_bytes)
-        self.decoder.start()
+        await self.decoder.start()
 
     async def load(self, factory: EngineFactory) -> None:
         """Build the engine on the GPU thread, warm it up, start the batcher, and become ready.
@@ -136,7 +137,7 @@ class Worker:
             log.info("shutdown: %s", "all admitted requests answered" if drained else "drain timed out")
         self.gpu_executor.shutdown(wait=True, cancel_futures=True)
         if self.decoder is not None:
-            self.decoder.close()
+            await self.decoder.close()
 
     # --- serving ---------------------------------------------------------------------------------------
 
