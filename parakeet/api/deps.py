@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from parakeet.pipeline.worker import Worker
 
 
-def get_worker(request: Request) -> Worker:
+async def get_worker(request: Request) -> Worker:  # async: FastAPI would run a sync one on a thread
     """The Worker that `server.create_app`'s lifespan put on `app.state.worker`.
 
     Raises:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import fcntl
 import importlib
 import logging
 import os
@@ -41,6 +42,9 @@ _DECODED = struct.Struct("<IIBQ")
 _LENGTH = struct.Struct("<Q")
 _DECODERS = ("soundfile", "pyav")
 _READY = b"R"
+# StreamReader pauses its pipe once it buffers 2 x limit (64 KiB by default): a 15 s clip's samples would then
+# cross in many pause/resume rounds. A larger limit lets one answer arrive in a few reads.
+_READ_BUFFER_BYTES = 8 * 1024 * 1024
 
 
 def decode_in_child(data: bytes, max_duration_s: float) -> DecodedAudio:
@@ -72,6 +76,7 @@ class _Decoder:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "parakeet.pipeline.decoder_pool", ref, str(memory_limit_bytes or 0),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            limit=_READ_BUFFER_BYTES,
         )  # fmt: skip
         decoder = cls(proc)
         try:
@@ -268,6 +273,16 @@ def _die_with_parent() -> None:
         pass
 
 
+def _widen_pipes() -> None:
+    """Grow both pipes to 1 MiB (Linux F_SETPIPE_SZ; the default 64 KiB cuts a 15 s clip's samples into
+    ~15 writes, each a wake-up of both processes). Capped by /proc/sys/fs/pipe-max-size; best effort."""
+    for fd in (0, 1):
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+        except (OSError, AttributeError):
+            pass
+
+
 def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
     """n bytes, or None at a clean EOF before the first byte (the parent closed the pipe)."""
     chunks, got = [], 0
@@ -291,6 +306,7 @@ def child_main(ref: str, memory_limit_bytes: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker handles Ctrl-C and shuts us down
     if memory_limit_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    _widen_pipes()
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     inp = os.fdopen(os.dup(0), "rb")
