@@ -15,6 +15,7 @@ Run as `python -m parakeet.pipeline.decoder_pool MODULE:FUNCTION MEMORY_LIMIT_BY
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import fcntl
@@ -277,10 +278,8 @@ def _widen_pipes() -> None:
     """Grow both pipes to 1 MiB (Linux F_SETPIPE_SZ; the default 64 KiB cuts a 15 s clip's samples into
     ~15 writes, each a wake-up of both processes). Capped by /proc/sys/fs/pipe-max-size; best effort."""
     for fd in (0, 1):
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
-        except (OSError, AttributeError):
-            pass
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
