@@ -147,17 +147,20 @@ class ParakeetEngine:
         self.window_stride_s = float(model.cfg.preprocessor.window_stride)
         self.subsampling_factor = int(model.cfg.encoder.get("subsampling_factor", 8))
         self.num_parameters = sum(p.numel() for p in model.parameters())
+        self.sync_stages = False  # benchmarks: synchronise after the encoder so stages_ms splits true device time
 
-    def transcribe(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> BatchResult:
+    def transcribe(
+        self, waveforms: Sequence[npt.NDArray[np.float32]], timestamps: Sequence[bool] | None = None
+    ) -> BatchResult:
         """Transcribe a batch of waveforms in one padded forward pass (see `_transcribe`).
 
         Raises:
-            ValueError: empty batch or an empty waveform.
+            ValueError: empty batch, an empty waveform, or `timestamps` of another length.
             DeviceOutOfMemory: the padded batch does not fit on the device (the cache is emptied first, so
                 the caller can split the batch and retry).
         """
         try:
-            return self._transcribe(waveforms)
+            return self._transcribe(waveforms, timestamps)
         except torch.OutOfMemoryError as exc:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -167,17 +170,24 @@ class ParakeetEngine:
             ) from exc
 
     @torch.inference_mode()
-    def _transcribe(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> BatchResult:
+    def _transcribe(
+        self, waveforms: Sequence[npt.NDArray[np.float32]], timestamps: Sequence[bool] | None
+    ) -> BatchResult:
         """Transcribe a batch of waveforms in one padded forward pass.
 
         Args:
             waveforms: float32 mono 16 kHz arrays, each of shape [T_i], T_i >= 1.
+            timestamps: per waveform, whether to compute its word/segment/char timestamps (None: for all).
+                They cost Python time on this thread (NeMo's `compute_rnnt_timestamps` and
+                `process_timestamp_outputs`) and never change the text.
 
         Returns:
-            One transcript per waveform, in input order, and the batch's compute time.
+            One transcript per waveform, in input order, the batch's compute time, and `stages_ms`: host
+            time in features + encoder, greedy decoding, timestamps, and building the records (with
+            `sync_stages`, the device is synchronised after the encoder so that the split is true on a GPU).
 
         Raises:
-            ValueError: empty batch or an empty waveform.
+            ValueError: empty batch, an empty waveform, or `timestamps` of another length.
             torch.OutOfMemoryError: the padded batch does not fit.
         """
         if not waveforms:
@@ -185,6 +195,9 @@ class ParakeetEngine:
         lengths = [len(w) for w in waveforms]
         if min(lengths) < 1:
             raise ValueError("empty waveform in batch")
+        want = [True] * len(waveforms) if timestamps is None else list(timestamps)
+        if len(want) != len(waveforms):
+            raise ValueError(f"{len(want)} timestamp flags for a batch of {len(waveforms)}")
         t0 = time.perf_counter()
         # NeMo's transcribe() leaves the modules in train mode (dropout on): re-assert eval every batch.
         self.model.eval()
@@ -196,26 +209,59 @@ class ParakeetEngine:
 
         feats, feat_lens = self.model.preprocessor(input_signal=x, length=x_lens)  # [B, n_mels, T_f], [B]
         enc, enc_lens = self.model.encoder(audio_signal=feats.to(self.dtype), length=feat_lens)  # [B, D, T_enc]
-        hyps = self.model.decoding.rnnt_decoder_predictions_tensor(
-            encoder_output=enc, encoded_lengths=enc_lens, return_hypotheses=True
-        )
-        hyps = process_timestamp_outputs(hyps, self.subsampling_factor, self.window_stride_s)
-        enc_lens_list = enc_lens.tolist()
+        if self.sync_stages and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t_enc = time.perf_counter()
+        transcripts, stages_ms = self.decode_encoded(enc, enc_lens, want)
+        t_end = time.perf_counter()
+        stages_ms["features_encoder"] = (t_enc - t0) * 1000
+        return BatchResult(transcripts, (t_end - t0) * 1000.0, stages_ms)
+
+    @torch.inference_mode()
+    def decode_encoded(
+        self, enc: torch.Tensor, enc_lens: torch.Tensor, timestamps: Sequence[bool]
+    ) -> tuple[list[Transcript], dict[str, float]]:
+        """TDT greedy decoding of encoder output, timestamps where asked for, and the transcript records.
+
+        Args:
+            enc: encoder output, [B, D, T_enc] in the engine's dtype, on its device.
+            enc_lens: valid encoder frames per item, [B] int64.
+            timestamps: B flags (see `_transcribe`).
+
+        Returns:
+            The transcripts and host ms spent in "decoding", "timestamps" and "records" (the GPU thread's
+            Python time after the encoder; on a GPU the device is synchronised at the end of "records").
+        """
+        t0 = time.perf_counter()
+        # What `rnnt_decoder_predictions_tensor(..., return_hypotheses=True)` does for greedy decoding
+        # (nemo/collections/asr/parts/submodules/rnnt_decoding.py), with timestamps only where asked for.
+        decoding = self.model.decoding
+        hyps = decoding.decode_hypothesis(decoding.decoding(encoder_output=enc, encoded_lengths=enc_lens)[0])
+        t_dec = time.perf_counter()
+        timed = [decoding.compute_rnnt_timestamps(h, "all") for h, w in zip(hyps, timestamps, strict=True) if w]
+        if timed:
+            process_timestamp_outputs(timed, self.subsampling_factor, self.window_stride_s)  # in place
+        t_ts = time.perf_counter()
         transcripts = [
             Transcript(
                 text=h.text if isinstance(h.text, str) else "",
                 num_tokens=len(h.y_sequence) if h.y_sequence is not None else 0,
                 encoder_frames=int(n),
-                words=_spans(h, "word"),
-                segments=_spans(h, "segment"),
-                chars=_spans(h, "char"),
+                words=_spans(h, "word") if w else (),
+                segments=_spans(h, "segment") if w else (),
+                chars=_spans(h, "char") if w else (),
             )
-            for h, n in zip(hyps, enc_lens_list, strict=True)
+            for h, n, w in zip(hyps, enc_lens.tolist(), timestamps, strict=True)
         ]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        compute_ms = (time.perf_counter() - t0) * 1000.0
-        return BatchResult(transcripts, compute_ms)
+        t_end = time.perf_counter()
+        stages = {
+            "decoding": (t_dec - t0) * 1000,
+            "timestamps": (t_ts - t_dec) * 1000,
+            "records": (t_end - t_ts) * 1000,
+        }
+        return transcripts, stages
 
     def warmup(self, duration_s: float = 2.0) -> float:
         """Run one batch of seeded noise so that first requests don't pay for lazy init. Returns ms."""

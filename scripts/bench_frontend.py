@@ -65,7 +65,7 @@ class NoopEngine:
 
     model_name = "noop"
 
-    def transcribe(self, waveforms: Any) -> Any:
+    def transcribe(self, waveforms: Any, timestamps: Any = None) -> Any:
         from parakeet.core.transcripts import BatchResult, Transcript
 
         return BatchResult([Transcript("", 0, len(w) // 1280) for w in waveforms], 0.0)

@@ -46,9 +46,11 @@ class FakeEngine:
     short_by: int = 0  # return this many transcripts fewer than the batch holds (a broken engine)
     gate: threading.Event | None = None  # when set, each batch waits for it
     batches: list[list[int]] = field(default_factory=list)  # tags per batch, in run order
+    timestamps_asked: list[list[bool]] = field(default_factory=list)  # the timestamp flags of each call
 
-    def transcribe(self, waveforms: list[npt.NDArray[np.float32]]) -> BatchResult:
+    def transcribe(self, waveforms: list[npt.NDArray[np.float32]], timestamps: list[bool] | None = None) -> BatchResult:
         t0 = time.perf_counter()
+        self.timestamps_asked.append(list(timestamps) if timestamps is not None else [True] * len(waveforms))
         if self.gate is not None:
             self.gate.wait(30)
         tags = [tag_of(w) for w in waveforms]

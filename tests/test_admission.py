@@ -224,3 +224,26 @@ def test_admission_failed_chunk_stops_the_rest_of_its_file() -> None:
     r = run(main())
     assert r.status_code == 500 and r.json()["error"]["code"] == "inference_failed"
     assert len(engine.batches) <= 4  # not all ~10 chunks: the failure cancelled the others
+
+
+def test_admission_timestamps_are_computed_only_for_requests_that_need_them() -> None:
+    """Timestamps cost the GPU thread Python time: the engine is asked for them only where a response uses
+    them (timestamps=true, subtitles, verbose_json, streaming) or where long audio is merged by them."""
+    engine = FakeEngine()
+
+    async def main() -> list[int]:
+        async with app_client(engine, **LONG) as client:
+            statuses = [
+                (await post_wav(client, 1)).status_code,
+                (await post_wav(client, 2, timestamps="true")).status_code,
+                (await post_wav(client, 3, route="/v1/audio/transcriptions", model="whisper-1")).status_code,
+                (await post_wav(client, 4, route="/v1/audio/transcriptions", model="whisper-1",
+                                response_format="srt")).status_code,
+                (await post_wav(client, 5, 30.0)).status_code,  # long: merged by word timestamps
+            ]  # fmt: skip
+            return statuses
+
+    assert run(main()) == [200] * 5
+    flags = {batch[0]: asked for batch, asked in zip(engine.batches, engine.timestamps_asked, strict=True)}
+    assert flags[1] == [False] and flags[2] == [True] and flags[3] == [False] and flags[4] == [True]
+    assert flags[5] == [True] and all(asked == [True] for asked in engine.timestamps_asked[5:])

@@ -57,6 +57,24 @@ def test_engine_transcribes_real_speech(digits_engine: ParakeetEngine, digit_utt
     assert wer <= 0.05, list(zip(refs, hyps, strict=True))
 
 
+def test_engine_timestamps_only_where_asked_and_text_unchanged(
+    digits_engine: ParakeetEngine, digit_utterances: list[Any]
+) -> None:
+    waves = [u.waveform for u in digit_utterances[:4]]
+    every = digits_engine.transcribe(waves)
+    some = digits_engine.transcribe(waves, [False, True, False, True])
+    assert [t.text for t in some.transcripts] == [t.text for t in every.transcripts]
+    for i, (full, partial) in enumerate(zip(every.transcripts, some.transcripts, strict=True)):
+        assert full.words and [w.text for w in full.words] == full.text.split()
+        if i % 2:
+            assert partial.words == full.words and partial.chars == full.chars
+        else:
+            assert partial.words == partial.segments == partial.chars == ()
+    assert set(some.stages_ms) == {"features_encoder", "decoding", "timestamps", "records"}
+    with pytest.raises(ValueError, match="3 timestamp flags for a batch of 4"):
+        digits_engine.transcribe(waves, [True] * 3)
+
+
 def test_engine_is_deterministic_after_nemo_transcribe_left_train_mode(
     digits_engine: ParakeetEngine, digit_utterances: list[Any], tmp_path: Path
 ) -> None:

@@ -96,15 +96,17 @@ def form_bool(form: FormData, name: str) -> bool:
     return raw in _TRUE
 
 
-async def transcribe_upload(request: Request, worker: Worker, ticket: Ticket, upload: UploadedFile) -> Outcome:
-    """`worker.transcribe` on the upload; if the client goes away first, the work is cancelled (queued items
-    are dropped before the GPU).
+async def transcribe_upload(
+    request: Request, worker: Worker, ticket: Ticket, upload: UploadedFile, *, timestamps: bool
+) -> Outcome:
+    """`worker.transcribe` on the upload (`timestamps`: whether the response needs them); if the client goes
+    away first, the work is cancelled (queued items are dropped before the GPU).
 
     Raises:
         ClientDisconnected: the client closed the connection before the transcript was ready.
         ParakeetError subclasses: whatever the pipeline raised.
     """
-    task = asyncio.ensure_future(worker.transcribe(ticket, upload.take()))
+    task = asyncio.ensure_future(worker.transcribe(ticket, upload.take(), timestamps=timestamps))
     disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         await asyncio.wait({task, disconnected}, return_when=asyncio.FIRST_COMPLETED)

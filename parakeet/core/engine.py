@@ -57,11 +57,13 @@ class Engine(Protocol):
 
     model_name: str
 
-    def transcribe(self, waveforms: Sequence[Waveform]) -> BatchResult:
+    def transcribe(self, waveforms: Sequence[Waveform], timestamps: Sequence[bool] | None = None) -> BatchResult:
         """Transcribe a batch in one padded forward pass.
 
         Args:
             waveforms: B >= 1 waveforms (see `Waveform`), each of length T_i >= 1 samples.
+            timestamps: B flags: which transcripts need word/segment/char timestamps (None: all). An engine
+                may fill them anyway; one that computes them on request saves that time for the others.
 
         Returns:
             Exactly B transcripts, in input order, and the batch's compute time in ms.

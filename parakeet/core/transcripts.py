@@ -6,7 +6,7 @@ and the API's response formats (which serialise them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class Transcript:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """A batch's transcripts (in input order) and where its time went (milliseconds, wall clock)."""
+    """A batch's transcripts (in input order) and its compute time (milliseconds, wall clock)."""
 
     transcripts: list[Transcript]
     compute_ms: float
+    stages_ms: dict[str, float] = field(default_factory=dict)  # where compute_ms went, if the engine says

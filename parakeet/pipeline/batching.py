@@ -68,6 +68,7 @@ class ItemResult:
 class _Item:
     ticket: Ticket
     waveform: Waveform
+    timestamps: bool
     enqueued_at: float
     deadline: float
     future: asyncio.Future[ItemResult]
@@ -192,12 +193,14 @@ class Batcher:
 
     # --- submission ----------------------------------------------------------------------------------
 
-    async def submit(self, ticket: Ticket, waveform: Waveform) -> ItemResult:
+    async def submit(self, ticket: Ticket, waveform: Waveform, *, timestamps: bool = True) -> ItemResult:
         """Queue one decoded waveform and wait for its transcript.
 
         Args:
             ticket: from `admit()` (several submits may share one: the chunks of a long file).
             waveform: float32 mono 16 kHz, shape [T], T >= 1.
+            timestamps: whether its transcript needs word/segment/char timestamps (they cost the GPU thread
+                Python time; see `Engine.transcribe`).
 
         Raises:
             DeadlineExceeded: not started within `request_timeout_s` of queueing (dropped before the GPU).
@@ -208,7 +211,7 @@ class Batcher:
         now = self.clock()
         # The deadline bounds the wait in the queue, from this item's own arrival there (a long file's later
         # chunks arrive later; its upload and decoding do not count).
-        item = _Item(ticket, waveform, now, now + self.config.request_timeout_s, loop.create_future())
+        item = _Item(ticket, waveform, timestamps, now, now + self.config.request_timeout_s, loop.create_future())
         self._waiting.append(item)
         self._wake.set()
         timeout = self.config.request_timeout_s
@@ -356,7 +359,8 @@ class Batcher:
         audio_s = sum(len(w) for w in waveforms) / SAMPLE_RATE_HZ
         self._running_audio_s = audio_s
         try:
-            transcripts, compute_ms = await loop.run_in_executor(self.executor, self._run_split, waveforms)
+            flags = [i.timestamps for i in batch]
+            transcripts, compute_ms = await loop.run_in_executor(self.executor, self._run_split, waveforms, flags)
             if len(transcripts) != len(batch):
                 raise RuntimeError(f"the engine returned {len(transcripts)} transcripts for a batch of {len(batch)}")
         except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep serving
@@ -383,10 +387,10 @@ class Batcher:
             len(batch), audio_s, padded_s, min(queue_ms), max(queue_ms), compute_ms,
         )  # fmt: skip
 
-    def _run_split(self, waveforms: list[Waveform]) -> tuple[list[Transcript], float]:
+    def _run_split(self, waveforms: list[Waveform], timestamps: list[bool]) -> tuple[list[Transcript], float]:
         """On the GPU thread: run the batch; on device OOM split it in halves and retry each."""
         try:
-            out = self.engine.transcribe(waveforms)
+            out = self.engine.transcribe(waveforms, timestamps)
             return list(out.transcripts), out.compute_ms
         except DeviceOutOfMemory:
             if len(waveforms) == 1:
@@ -399,6 +403,6 @@ class Batcher:
                 mid,
                 len(waveforms) - mid,
             )
-            first, ms1 = self._run_split(waveforms[:mid])
-            second, ms2 = self._run_split(waveforms[mid:])
+            first, ms1 = self._run_split(waveforms[:mid], timestamps[:mid])
+            second, ms2 = self._run_split(waveforms[mid:], timestamps[mid:])
             return first + second, ms1 + ms2

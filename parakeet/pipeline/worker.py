@@ -162,12 +162,14 @@ class Worker:
         finally:
             batcher.release(ticket)
 
-    async def transcribe(self, ticket: Ticket, data: bytes) -> Outcome:
+    async def transcribe(self, ticket: Ticket, data: bytes, *, timestamps: bool) -> Outcome:
         """Decode one uploaded file and transcribe it.
 
         Args:
             ticket: from `admitted()`, still held.
             data: the file's bytes, any container `parakeet.pipeline.audio.decode_audio` reads.
+            timestamps: whether the caller needs word/segment/char timestamps (long audio computes them
+                anyway: its chunks are merged by them).
 
         Returns:
             The transcript and its timings.
@@ -181,11 +183,13 @@ class Worker:
         decoded = await self.decoder.decode(data, max_duration_s=self.settings.max_audio_duration_s)
         del data  # the upload's bytes are not needed past decoding: do not hold them while queued
         decode_ms = (time.perf_counter() - t0) * 1000
-        outcome = await self._transcribe_waveform(ticket, decoded, decode_ms)
+        outcome = await self._transcribe_waveform(ticket, decoded, decode_ms, timestamps)
         self.requests_served += 1
         return outcome
 
-    async def _transcribe_waveform(self, ticket: Ticket, decoded: DecodedAudio, decode_ms: float) -> Outcome:
+    async def _transcribe_waveform(
+        self, ticket: Ticket, decoded: DecodedAudio, decode_ms: float, timestamps: bool
+    ) -> Outcome:
         """Up to `long_audio_threshold_s` the waveform is one batch item, as NeMo would run it. Longer audio is
         cut at quiet points into chunks that go through the batcher like any request, at most
         `long_audio_chunks_in_flight` at a time, so short requests interleave with a long one."""
@@ -198,10 +202,11 @@ class Worker:
                 waveform, settings.long_audio_chunk_s, settings.long_audio_context_s, settings.long_audio_search_s
             )
         slots = asyncio.Semaphore(settings.long_audio_chunks_in_flight)
+        timestamps = timestamps or len(chunks) > 1  # merge_transcripts places words by their timestamps
 
         async def one(piece: Waveform) -> ItemResult:
             async with slots:
-                return await batcher.submit(ticket, piece)
+                return await batcher.submit(ticket, piece, timestamps=timestamps)
 
         tasks = [asyncio.ensure_future(one(waveform[c.start : c.end])) for c in chunks]
         try:

@@ -59,6 +59,11 @@ class TranscriptionForm:
     granularities: tuple[str, ...]
     stream: bool
 
+    @property
+    def needs_timestamps(self) -> bool:
+        """Subtitles, verbose_json and the streamed word deltas are built from timestamps; json/text not."""
+        return self.stream or self.response_format in ("srt", "vtt", "verbose_json")
+
 
 def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
     """Validate the OpenAI transcription fields (all but `file`).
@@ -224,7 +229,7 @@ async def create_transcription(request: Request, worker: WorkerDep) -> Response:
             part = form_file(form)
             fields = parse_form(form, accepted_models(worker.settings))
             upload = await read_file(part)
-        outcome = await transcribe_upload(request, worker, ticket, upload)
+        outcome = await transcribe_upload(request, worker, ticket, upload, timestamps=fields.needs_timestamps)
     return render(outcome, fields, timing_headers(outcome, worker.gpu_id))
 
 

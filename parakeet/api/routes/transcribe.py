@@ -46,7 +46,7 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
             part = form_file(form)
             want_timestamps = form_bool(form, "timestamps")
             upload = await read_file(part)
-        outcome = await transcribe_upload(request, worker, ticket, upload)
+        outcome = await transcribe_upload(request, worker, ticket, upload, timestamps=want_timestamps)
     response.headers.update(timing_headers(outcome, worker.gpu_id))
     t = outcome.transcript
     return TranscriptionResponse(
