@@ -90,3 +90,11 @@ def test_layers_import_linter_keeps_the_tree_as_committed() -> None:
     out = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 broken" in out.stdout
+
+
+def test_layers_readme_module_map_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## How it works") :]
+    modules = [p for p in (ROOT / "parakeet").rglob("*.py") if p.name != "__init__.py"]
+    missing = [str(p.relative_to(ROOT)) for p in modules if p.name not in section]
+    assert not missing, f"README 'How it works' does not mention {missing}"
