@@ -227,12 +227,12 @@ def test_decoder_pool_caller_that_leaves_mid_file_does_not_cost_the_decoder(utte
     good = wav_bytes(utterance)
 
     async def body(pool: AudioDecoderPool) -> tuple[int, DecodedAudio, int]:
-        (before,) = [d.proc.pid for d in pool._live]
+        (before,) = [d.pid for d in pool._live]
         task = asyncio.ensure_future(pool.decode(good, max_duration_s=60))
         await asyncio.sleep(0)  # the file is on its way to the decoder
         task.cancel()
         decoded = await pool.decode(good, max_duration_s=60)
-        (after,) = [d.proc.pid for d in pool._live]
+        (after,) = [d.pid for d in pool._live]
         return before, decoded, after
 
     before, decoded, after = asyncio.run(_with_pool(pool, body))
