@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
 from parakeet.core.settings import Settings
 
@@ -57,12 +58,13 @@ def wav_of(tag: int, duration_s: float = 1.0) -> bytes:
 
 
 @asynccontextmanager
-async def app_client(
+async def running_app(
     engine: FakeEngine | None = None, *, load_delay_s: float = 0.0, wait_ready: bool = True, **settings: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client on `server.create_app` serving `engine` (a FakeEngine) in this process, lifespan
-    running (decoder subprocesses, GPU thread, batcher); `settings` are Settings fields. Waits for /health
-    200 unless `wait_ready` is False. No socket: for behaviour whose subject is not a socket or a process."""
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """`server.create_app` serving `engine` (a FakeEngine) in this process with its lifespan running
+    (decoder subprocesses, GPU thread, batcher), and an httpx client on it (ASGITransport: no socket, for
+    behaviour whose subject is not a socket or a process); `settings` are Settings fields. Waits for /health
+    200 unless `wait_ready` is False."""
     from server import create_app
 
     def fatal(message: str) -> None:
@@ -82,7 +84,16 @@ async def app_client(
                     await asyncio.sleep(0.05)
                 else:
                     raise TimeoutError("in-process app not ready after 30 s")
-            yield client
+            yield app, client
+
+
+@asynccontextmanager
+async def app_client(
+    engine: FakeEngine | None = None, *, load_delay_s: float = 0.0, wait_ready: bool = True, **settings: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`running_app`'s client alone."""
+    async with running_app(engine, load_delay_s=load_delay_s, wait_ready=wait_ready, **settings) as (_, client):
+        yield client
 
 
 async def post_wav(client: httpx.AsyncClient, tag: int, duration_s: float = 1.0, route: str = "/transcribe",

@@ -98,6 +98,15 @@ class HealthResponse(BaseModel):
     detail: str | None = Field(None, description="Why the worker is not ready, when it is not.")
 
 
+class ProbeResponse(BaseModel):
+    """Answer of the liveness and readiness probes (NVIDIA NIM's `health.response` shape, plus the pid)."""
+
+    object: str = "health.response"
+    status: str = Field(description='"live"; or "ready", "not_ready" (loading, failed) or "draining".')
+    message: str = Field(description="Why, in words (the model, or what it is waiting for).")
+    worker_pid: int = Field(description="The worker that answered (several workers share one port).")
+
+
 class ErrorDetail(BaseModel):
     message: str = Field(description="What went wrong, naming the limit and the value where there is one.")
     type: str = Field(description="invalid_request_error, service_unavailable_error or server_error.")

@@ -1,17 +1,21 @@
-"""`GET /health`: the worker's state, load and device; 200 when ready, else 503 + Retry-After (same body).
-It reads counters only, so it never waits behind the GPU."""
+"""Health: `GET /health` (the worker's state, load and device; 200 when ready, else 503 + Retry-After, same
+body) and the probes load balancers and Kubernetes call: liveness (`/health/live`, `/healthz`,
+`/v1/health/live`) and readiness (`/health/ready`, `/readyz`, `/v1/health/ready`, NVIDIA NIM's paths).
+They read counters only, so they never wait behind the GPU. Each answers for the one worker the kernel
+handed the connection to."""
 
 from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from parakeet.api.deps import WorkerDep
 from parakeet.api.errors import RETRY_AFTER_LOADING_S
-from parakeet.api.schemas import DeviceInfo, HealthResponse
+from parakeet.api.schemas import DeviceInfo, HealthResponse, ProbeResponse
 
 router = APIRouter()
 
@@ -44,3 +48,33 @@ async def health(worker: WorkerDep) -> JSONResponse:
     )
     headers = {} if worker.ready else {"Retry-After": str(RETRY_AFTER_LOADING_S)}
     return JSONResponse(body.model_dump(), status_code=200 if worker.ready else 503, headers=headers)
+
+
+def _probe(status: str, message: str, code: int, retry_after_s: int | None = None) -> JSONResponse:
+    body = ProbeResponse(status=status, message=message, worker_pid=os.getpid())
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
+    return JSONResponse(body.model_dump(), status_code=code, headers=headers)
+
+
+_PROBE_DOC: dict[int | str, dict[str, Any]] = {200: {"model": ProbeResponse}}
+
+
+@router.get("/health/live", response_model=ProbeResponse, responses=_PROBE_DOC)
+@router.get("/healthz", response_model=ProbeResponse, include_in_schema=False)
+@router.get("/v1/health/live", response_model=ProbeResponse, include_in_schema=False)
+async def live(worker: WorkerDep) -> JSONResponse:
+    """Liveness: 200 whenever the worker's event loop answers, also while the model loads or drains.
+    (Aliases: /healthz, /v1/health/live.)"""
+    return _probe("live", f"worker is live ({worker.phase})", 200)
+
+
+@router.get("/health/ready", response_model=ProbeResponse, responses={503: {"model": ProbeResponse}, **_PROBE_DOC})
+@router.get("/readyz", response_model=ProbeResponse, include_in_schema=False)
+@router.get("/v1/health/ready", response_model=ProbeResponse, include_in_schema=False)
+async def ready(worker: WorkerDep) -> JSONResponse:
+    """Readiness: 200 only when the model is loaded and warm and the worker is not draining; else 503 with
+    Retry-After. (Aliases: /readyz, /v1/health/ready.)"""
+    if worker.ready:
+        return _probe("ready", f"model {worker.settings.model} is ready", 200)
+    status = "draining" if worker.phase == "shutting_down" else "not_ready"
+    return _probe(status, worker.detail or worker.phase, 503, RETRY_AFTER_LOADING_S)
