@@ -20,10 +20,11 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from gpu_lock import GpuClaim, NoFreeGpuError, claim_gpu
 from parakeet.api.errors import install_error_handlers
-from parakeet.api.middleware import RequestIdMiddleware, UploadLimitMiddleware
+from parakeet.api.middleware import ApiKeyMiddleware, RequestIdMiddleware, UploadLimitMiddleware
 from parakeet.api.routes import health, openai, transcribe
 from parakeet.api.schemas import ErrorResponse
 from parakeet.core import errors
@@ -149,6 +150,18 @@ def _lifespan(settings: Settings, factory: EngineFactory, on_fatal: Callable[[st
     return lifespan
 
 
+# Response headers a browser app may read (CORS): the request id, where the time went, and back-off.
+_EXPOSED = ["X-Request-Id", "X-Queue-Ms", "X-Compute-Ms", "X-Batch-Size", "X-Gpu-Id", "Retry-After"]
+
+
+def _api_keys(settings: Settings, on_fatal: Callable[[str], None]) -> list[str]:
+    try:
+        return settings.api_key_list()
+    except errors.InvalidSettings as exc:
+        on_fatal(exc.message)
+        raise
+
+
 def create_app(
     settings: Settings | None = None,
     engine_factory: EngineFactory | None = None,
@@ -178,7 +191,14 @@ def create_app(
         responses={400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
     )
     install_error_handlers(app)
+    # Outermost last: request id -> CORS (preflights need no key) -> API key -> upload cap -> routes.
     app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    if keys := _api_keys(settings, on_fatal):
+        app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=settings.auth_open_path_list())
+    if origins := settings.cors_origin_list():
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"], expose_headers=_EXPOSED
+        )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(transcribe.router)
     app.include_router(health.router)

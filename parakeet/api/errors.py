@@ -22,6 +22,7 @@ RETRY_AFTER_LOADING_S = 10
 
 # exception class -> (HTTP status, envelope type). Checked in order: subclasses before their bases.
 ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
+    (errors.Unauthorized, 401, "invalid_request_error"),
     (errors.UploadTooLarge, 413, "invalid_request_error"),
     (errors.AudioTooLong, 413, "invalid_request_error"),
     (errors.EmptyAudio, 400, "invalid_request_error"),
@@ -52,6 +53,8 @@ def error_response(
     """The one error shape. 429 and 503 always carry Retry-After (seconds; default 10)."""
     body = ErrorResponse.model_validate({"error": {"message": message, "type": type_, "param": param, "code": code}})
     headers = {"X-Request-Id": request_id} if request_id else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     if status in (429, 503):
         headers["Retry-After"] = str(retry_after_s if retry_after_s is not None else RETRY_AFTER_LOADING_S)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)

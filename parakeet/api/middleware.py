@@ -1,10 +1,12 @@
-"""Plain ASGI middleware (BaseHTTPMiddleware would break client-disconnect detection): request ids and
-the upload cap, both applied before the app reads a byte of the body."""
+"""Plain ASGI middleware (BaseHTTPMiddleware would break client-disconnect detection): request ids, API keys
+and the upload cap, all applied before the app reads a byte of the body."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
+from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,3 +70,33 @@ class UploadLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class ApiKeyMiddleware:
+    """Requires `Authorization: Bearer <key>` (what the OpenAI SDK's `api_key` sends) on every path but the
+    open ones, before a byte of the body is read: an unauthenticated upload is refused unread (401 in the
+    error table's shape, `WWW-Authenticate: Bearer`); a WebSocket is closed with 1008 before it is accepted.
+    Each key is compared in constant time (`hmac.compare_digest`), all of them every time."""
+
+    def __init__(self, app: ASGIApp, keys: Sequence[str], open_paths: Sequence[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+        self.open_paths = frozenset(open_paths)
+
+    def _authorized(self, scope: Scope) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        # No early exit: the time taken does not tell which key, or how much of one, matched.
+        matches = [hmac.compare_digest(token.strip(), key) for key in self.keys]
+        return scheme.lower() == b"bearer" and any(matches)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_paths or self._authorized(scope):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008, "reason": "missing or invalid API key"})
+        exc = errors.Unauthorized("missing or invalid API key: send `Authorization: Bearer <key>`")
+        rid = scope.get("state", {}).get("request_id")
+        log.info("request %s -> 401 %s: %s", rid, exc.code, exc.message)
+        response = error_response(401, exc.message, type_="invalid_request_error", code=exc.code, request_id=rid)
+        return await response(scope, receive, send)

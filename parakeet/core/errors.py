@@ -34,6 +34,12 @@ class UploadTooLarge(ParakeetError):
     code = "upload_too_large"
 
 
+class Unauthorized(ParakeetError):
+    """API keys are configured and the request carries none, or not one of them."""
+
+    code = "invalid_api_key"
+
+
 # --- the audio in it ----------------------------------------------------------------------------------
 
 

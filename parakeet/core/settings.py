@@ -96,6 +96,50 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On shutdown, how long admitted requests may take to finish, seconds."
     )
 
+    # --- access ---
+    api_keys: str | None = Field(
+        None,
+        description="Comma-separated API keys, or the path of a file with one key per line ('#' comments); "
+        "when set, requests need `Authorization: Bearer <key>` except on the open paths.",
+    )
+    auth_open_paths: str = Field(
+        "/health,/health/live,/health/ready,/healthz,/readyz,/v1/health/live,/v1/health/ready,/metrics,/v1/metrics",
+        description="Comma-separated paths that need no API key (probes and metrics).",
+    )
+    cors_origins: str | None = Field(
+        None,
+        description="Comma-separated browser origins allowed by CORS (e.g. https://app.example.com); off if unset.",
+    )
+
+    def api_key_list(self) -> list[str]:
+        """The configured API keys (empty: no authentication).
+
+        Raises:
+            InvalidSettings: the value names a file that cannot be read, or holds no key.
+        """
+        if not self.api_keys:
+            return []
+        path = Path(self.api_keys).expanduser()
+        if path.is_file() or self.api_keys.startswith(("/", "./", "~")):
+            try:
+                lines = path.read_text().splitlines()
+            except OSError as exc:
+                raise InvalidSettings(
+                    f"PARAKEET_API_KEYS names {path}, which cannot be read ({exc.strerror})"
+                ) from None
+            keys = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        else:
+            keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if not keys:
+            raise InvalidSettings("PARAKEET_API_KEYS is set but holds no key")
+        return keys
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
+
+    def auth_open_path_list(self) -> list[str]:
+        return [p.strip() for p in self.auth_open_paths.split(",") if p.strip()]
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         """Settings that are each in range but contradict one another."""
