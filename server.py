@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
@@ -29,6 +28,7 @@ from parakeet.api.routes import health, openai, transcribe
 from parakeet.api.schemas import ErrorResponse
 from parakeet.core import errors
 from parakeet.core.engine import Engine, EngineFactory
+from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings, load_settings
 from parakeet.pipeline.worker import Worker
 
@@ -54,21 +54,12 @@ class ParakeetEngineFactory:
 def exit_worker(message: str) -> NoReturn:
     """Log one line and end this worker with uvicorn's STARTUP_FAILURE code (3): the supervisor then stops
     instead of respawning a worker that would fail the same way."""
-    _setup_logging()
+    if not logging.getLogger("parakeet").handlers:  # settings may be what failed: log as text
+        configure_logging()
     log.critical("%s", message)
     for handler in logging.getLogger().handlers + logging.getLogger("parakeet").handlers:
         handler.flush()
     os._exit(3)
-
-
-def _setup_logging() -> None:
-    root = logging.getLogger("parakeet")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
 
 
 def _chain_shutdown_signals(worker: Worker) -> Callable[[], None]:
@@ -131,7 +122,6 @@ async def _load(worker: Worker, factory: EngineFactory, on_fatal: Callable[[str]
 def _lifespan(settings: Settings, factory: EngineFactory, on_fatal: Callable[[str], None]) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        _setup_logging()
         claim = _claim_device(settings, factory, on_fatal)
         worker = Worker(settings, gpu_id=claim.gpu_id if claim else None)
         app.state.worker = worker
@@ -184,6 +174,7 @@ def create_app(
         except errors.InvalidSettings as exc:
             on_fatal(exc.message)
             raise
+    configure_logging(settings.log_format, settings.log_level)
     app = FastAPI(
         title="Parakeet-TDT transcription server",
         version="0.1.0",

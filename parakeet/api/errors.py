@@ -69,12 +69,13 @@ async def _parakeet_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.ParakeetError)
     status, type_ = next(((s, t) for cls, s, t in ERROR_TABLE if isinstance(exc, cls)), (500, "server_error"))
     rid = request_id(request)
+    request.state.error_code = exc.code  # for the request's log line (RequestIdMiddleware)
     message = exc.message
     if status == 500:
         log.error("request %s failed: %s", rid, exc.message, exc_info=exc.__cause__ or exc)
         message = f"{exc.message} (request id {rid})"  # the one thing a user can quote in a bug report
     else:
-        log.info("request %s -> %d %s: %s", rid, status, exc.code, exc.message)
+        log.debug("request %s -> %d %s: %s", rid, status, exc.code, exc.message)
     retry_after_s = getattr(exc, "retry_after_s", None)
     return error_response(
         status, message, type_=type_, code=exc.code, param=exc.param, request_id=rid, retry_after_s=retry_after_s
@@ -108,6 +109,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     rid = request_id(request)
+    request.state.error_code = "internal_error"
     log.error("request %s: unhandled %s", rid, type(exc).__name__, exc_info=exc)
     return error_response(
         500, f"internal error (request id {rid})", type_="server_error", code="internal_error", request_id=rid

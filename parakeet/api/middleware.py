@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -16,8 +18,19 @@ from parakeet.core import errors
 log = logging.getLogger("parakeet.api")
 
 
+# Probes and scrapes arrive every few seconds per load balancer: their lines go to DEBUG, not INFO.
+QUIET_PATHS = frozenset(
+    {"/health", "/health/live", "/health/ready", "/healthz", "/readyz", "/v1/health/live", "/v1/health/ready",
+     "/metrics", "/v1/metrics"}
+)  # fmt: skip
+access_log = logging.getLogger("parakeet.access")
+
+
 class RequestIdMiddleware:
-    """Gives every HTTP request an id (scope state + X-Request-Id response header)."""
+    """Gives every HTTP request an id (scope state + X-Request-Id response header) and logs one line when it
+    is finished: request id, method, path, status, error code, and what the route recorded in
+    `scope["state"]["access"]` (audio seconds, decode/queue/compute ms, batch size, GPU id), total ms and
+    the worker pid. Never audio or transcript text."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -25,16 +38,37 @@ class RequestIdMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
         rid = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        status = 0
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 message["headers"] = [*headers, (b"x-request-id", rid.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            fields = {
+                "request_id": rid,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status or 500,
+                "error_code": state.get("error_code"),
+                **state.get("access", {}),
+                "total_ms": round((time.perf_counter() - t0) * 1000, 2),
+                "worker_pid": os.getpid(),
+            }
+            level = logging.DEBUG if scope["path"] in QUIET_PATHS and status < 500 else logging.INFO
+            if access_log.isEnabledFor(level):
+                text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k != "request_id")
+                access_log.log(level, "request %s %s", rid, text, extra=fields)
 
 
 class UploadLimitMiddleware:
@@ -55,7 +89,8 @@ class UploadLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             exc = self._too_large(f"{int(declared)} bytes")
             rid = scope.get("state", {}).get("request_id")
-            log.info("request %s -> 413 upload_too_large: %s", rid, exc.message)
+            scope.setdefault("state", {})["error_code"] = exc.code
+            log.debug("request %s -> 413 upload_too_large: %s", rid, exc.message)
             response = error_response(413, exc.message, type_="invalid_request_error", code=exc.code, request_id=rid)
             response.headers["Connection"] = "close"
             return await response(scope, receive, send)
@@ -97,6 +132,7 @@ class ApiKeyMiddleware:
             return await send({"type": "websocket.close", "code": 1008, "reason": "missing or invalid API key"})
         exc = errors.Unauthorized("missing or invalid API key: send `Authorization: Bearer <key>`")
         rid = scope.get("state", {}).get("request_id")
-        log.info("request %s -> 401 %s: %s", rid, exc.code, exc.message)
+        scope.setdefault("state", {})["error_code"] = exc.code
+        log.debug("request %s -> 401 %s: %s", rid, exc.code, exc.message)
         response = error_response(401, exc.message, type_="invalid_request_error", code=exc.code, request_id=rid)
         return await response(scope, receive, send)

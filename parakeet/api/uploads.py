@@ -134,3 +134,16 @@ def timing_headers(outcome: Outcome, gpu_id: int | None) -> dict[str, str]:
         "X-Batch-Size": str(outcome.batch_size),
         "X-Gpu-Id": "cpu" if gpu_id is None else str(gpu_id),
     }
+
+
+def record_outcome(request: Request, outcome: Outcome, gpu_id: int | None) -> None:
+    """Put the transcription's numbers (never its text) on the request, for its log line."""
+    request.state.access = {
+        "audio_s": round(outcome.audio.duration_s, 3),
+        "decode_ms": round(outcome.decode_ms, 2),
+        "queue_ms": round(outcome.queue_ms, 2),
+        "compute_ms": round(outcome.compute_ms, 2),
+        "batch_size": outcome.batch_size,
+        "chunks": outcome.chunks,
+        "gpu_id": gpu_id,
+    }

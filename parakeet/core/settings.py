@@ -96,6 +96,14 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On shutdown, how long admitted requests may take to finish, seconds."
     )
 
+    # --- logs ---
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object per line, uvicorn's own lines included."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Level of the server's own logs (probe requests are logged at DEBUG)."
+    )
+
     # --- access ---
     api_keys: str | None = Field(
         None,

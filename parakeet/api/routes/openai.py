@@ -29,6 +29,7 @@ from parakeet.api.uploads import (
     form_text,
     multipart_form,
     read_file,
+    record_outcome,
     timing_headers,
     transcribe_upload,
 )
@@ -230,6 +231,7 @@ async def create_transcription(request: Request, worker: WorkerDep) -> Response:
             fields = parse_form(form, accepted_models(worker.settings))
             upload = await read_file(part)
         outcome = await transcribe_upload(request, worker, ticket, upload, timestamps=fields.needs_timestamps)
+    record_outcome(request, outcome, worker.gpu_id)
     return render(outcome, fields, timing_headers(outcome, worker.gpu_id))
 
 

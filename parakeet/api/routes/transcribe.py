@@ -9,7 +9,15 @@ from fastapi import APIRouter, Request, Response
 from parakeet.api.deps import WorkerDep
 from parakeet.api.errors import request_id
 from parakeet.api.schemas import ErrorResponse, Timestamps, TranscriptionResponse
-from parakeet.api.uploads import form_bool, form_file, multipart_form, read_file, timing_headers, transcribe_upload
+from parakeet.api.uploads import (
+    form_bool,
+    form_file,
+    multipart_form,
+    read_file,
+    record_outcome,
+    timing_headers,
+    transcribe_upload,
+)
 
 router = APIRouter()
 
@@ -47,6 +55,7 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
             want_timestamps = form_bool(form, "timestamps")
             upload = await read_file(part)
         outcome = await transcribe_upload(request, worker, ticket, upload, timestamps=want_timestamps)
+    record_outcome(request, outcome, worker.gpu_id)
     response.headers.update(timing_headers(outcome, worker.gpu_id))
     t = outcome.transcript
     return TranscriptionResponse(
