@@ -22,9 +22,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from gpu_lock import GpuClaim, NoFreeGpuError, claim_gpu
+from parakeet import VERSION
 from parakeet.api.errors import install_error_handlers
 from parakeet.api.middleware import ApiKeyMiddleware, RequestIdMiddleware, UploadLimitMiddleware
-from parakeet.api.routes import health, openai, transcribe
+from parakeet.api.routes import health, metrics, openai, transcribe
 from parakeet.api.schemas import ErrorResponse
 from parakeet.core import errors
 from parakeet.core.engine import Engine, EngineFactory
@@ -177,7 +178,7 @@ def create_app(
     configure_logging(settings.log_format, settings.log_level)
     app = FastAPI(
         title="Parakeet-TDT transcription server",
-        version="0.1.0",
+        version=VERSION,
         lifespan=_lifespan(settings, engine_factory or ParakeetEngineFactory(), on_fatal),
         responses={400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
     )
@@ -193,6 +194,7 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     app.include_router(transcribe.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(openai.router)
     return app
 

@@ -8,3 +8,5 @@
 
 `server.py` at the repository root wires them; import-linter (pyproject.toml) enforces the direction.
 """
+
+VERSION = "0.1.0"  # also FastAPI's version in server.py and pyproject.toml

@@ -16,6 +16,11 @@ if [ "$gpus" -eq 0 ] && [ -z "${PARAKEET_TORCH_THREADS:-}" ]; then
   cores=$(nproc)
   export PARAKEET_TORCH_THREADS=$(( cores / workers > 0 ? cores / workers : 1 ))
 fi
+# Prometheus multiprocess mode: one scrape of /metrics sees every worker. The folder is emptied at each start
+# (a previous run's values must not leak in); workers remove the live gauges of dead workers themselves.
+export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-/tmp/parakeet_metrics_${PARAKEET_PORT:-8000}}
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
 echo "serve: $workers worker(s) on ${PARAKEET_HOST:-0.0.0.0}:${PARAKEET_PORT:-8000}, $gpus GPU(s)," \
   "model ${PARAKEET_MODEL:-nvidia/parakeet-tdt-0.6b-v3}" >&2
 exec .venv/bin/python -m uvicorn server:app \

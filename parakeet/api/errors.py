@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parakeet.api.schemas import ErrorResponse
-from parakeet.core import errors
+from parakeet.core import errors, metrics
 
 log = logging.getLogger("parakeet.api")
 
@@ -70,6 +70,8 @@ async def _parakeet_error(request: Request, exc: Exception) -> JSONResponse:
     status, type_ = next(((s, t) for cls, s, t in ERROR_TABLE if isinstance(exc, cls)), (500, "server_error"))
     rid = request_id(request)
     request.state.error_code = exc.code  # for the request's log line (RequestIdMiddleware)
+    if exc.code in metrics.REJECTION_REASONS:
+        metrics.REJECTED.labels(reason=metrics.REJECTION_REASONS[exc.code]).inc()
     message = exc.message
     if status == 500:
         log.error("request %s failed: %s", rid, exc.message, exc_info=exc.__cause__ or exc)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parakeet.api.errors import error_response
-from parakeet.core import errors
+from parakeet.core import errors, metrics
 
 log = logging.getLogger("parakeet.api")
 
@@ -65,6 +65,9 @@ class RequestIdMiddleware:
                 "total_ms": round((time.perf_counter() - t0) * 1000, 2),
                 "worker_pid": os.getpid(),
             }
+            route = getattr(scope.get("route"), "path", None) or "unmatched"  # the template: bounded labels
+            metrics.REQUESTS.labels(route=route, status=str(fields["status"]), code=fields["error_code"] or "ok").inc()
+            metrics.REQUEST_DURATION.labels(route=route).observe(fields["total_ms"] / 1000)
             level = logging.DEBUG if scope["path"] in QUIET_PATHS and status < 500 else logging.INFO
             if access_log.isEnabledFor(level):
                 text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k != "request_id")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from parakeet.core import metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, Engine, Waveform
 from parakeet.core.errors import DeadlineExceeded, DeviceOutOfMemory, InferenceError, Overloaded, ShuttingDown
 from parakeet.core.settings import Settings
@@ -133,6 +134,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._tickets = 0
         self._running_audio_s = 0.0
+        self._running_items = 0
         self._accepting = True
         self._idle = asyncio.Event()
         self._idle.set()
@@ -149,6 +151,14 @@ class Batcher:
     def queued_audio_s(self) -> float:
         """Audio seconds waiting for or in the GPU."""
         return sum(i.duration_s for i in self._waiting) + self._running_audio_s
+
+    def _publish(self) -> None:
+        """This worker's queue gauges (parakeet_requests_waiting/running, queue audio, backlog seconds)."""
+        metrics.REQUESTS_RUNNING.set(self._running_items)
+        metrics.REQUESTS_WAITING.set(max(0, self._tickets - self._running_items))
+        queued_s = self.queued_audio_s
+        metrics.QUEUE_AUDIO.set(queued_s)
+        metrics.BACKLOG.set(queued_s / (self.stats.rtfx_ewma or 1.0))
 
     def retry_after_s(self) -> int:
         """Seconds until the work ahead is done: queued audio / measured RTFx, at least 1, at most 120."""
@@ -179,6 +189,7 @@ class Batcher:
             )
         self._tickets += 1
         self._idle.clear()
+        self._publish()
         return Ticket()
 
     def release(self, ticket: Ticket) -> None:
@@ -190,6 +201,7 @@ class Batcher:
         if self._tickets == 0:
             self._idle.set()
         self._wake.set()  # a batch waiting for this request to arrive need not wait any longer
+        self._publish()
 
     # --- submission ----------------------------------------------------------------------------------
 
@@ -213,6 +225,7 @@ class Batcher:
         # chunks arrive later; its upload and decoding do not count).
         item = _Item(ticket, waveform, timestamps, now, now + self.config.request_timeout_s, loop.create_future())
         self._waiting.append(item)
+        self._publish()
         self._wake.set()
         timeout = self.config.request_timeout_s
         try:
@@ -358,6 +371,8 @@ class Batcher:
         waveforms = [i.waveform for i in batch]
         audio_s = sum(len(w) for w in waveforms) / SAMPLE_RATE_HZ
         self._running_audio_s = audio_s
+        self._running_items = len(batch)
+        self._publish()
         try:
             flags = [i.timestamps for i in batch]
             transcripts, compute_ms = await loop.run_in_executor(self.executor, self._run_split, waveforms, flags)
@@ -368,16 +383,27 @@ class Batcher:
             log.error("batch of %d failed: %s: %s", len(batch), type(exc).__name__, exc, exc_info=exc)
             for item in batch:
                 if not item.future.done():
-                    error = InferenceError("inference failed for this request's batch")
+                    if isinstance(exc, DeviceOutOfMemory):  # even alone: 503, the request may fit later
+                        error: Exception = DeviceOutOfMemory(
+                            f"the device ran out of memory on this request alone ({exc.message})"
+                        )
+                    else:
+                        error = InferenceError("inference failed for this request's batch")
                     error.__cause__ = exc
                     item.future.set_exception(error)
             return
         finally:
             self._running_audio_s = 0.0
+            self._running_items = 0
+            self._publish()
         self.stats.batches += 1
         self.stats.items += len(batch)
         self.stats.observe(audio_s, compute_ms / 1000, len(batch))
         queue_ms = [(started - i.enqueued_at) * 1000 for i in batch]
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.BATCH_COMPUTE.observe(compute_ms / 1000)
+        for q_ms in queue_ms:
+            metrics.QUEUE_WAIT.observe(q_ms / 1000)
         for item, transcript, q_ms in zip(batch, transcripts, queue_ms, strict=True):
             if not item.future.done():
                 item.future.set_result(ItemResult(transcript, q_ms, compute_ms, len(batch)))

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from parakeet.core import errors
+from parakeet import VERSION
+from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, Waveform
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import Transcript
@@ -78,6 +79,7 @@ class Worker:
     gpu_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
     )
+    _device_refresh: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -86,8 +88,16 @@ class Worker:
     # --- life cycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the audio-decoder subprocesses. Call on the event loop's thread (see AudioDecoderPool.start)."""
+        """Start the audio-decoder subprocesses (call on the event loop's thread: see AudioDecoderPool.start),
+        and publish this worker's first metrics (after dropping those of workers that died uncleanly)."""
         s = self.settings
+        dead = metrics.sweep_dead_workers()
+        if dead:
+            log.info("removed the live metrics of %d dead worker(s): pids %s", len(dead), dead)
+        metrics.WORKER_READY.set(0)
+        metrics.WORKER_DRAINING.set(0)
+        device = "cpu" if self.gpu_id is None else f"cuda:{self.gpu_id}"
+        metrics.BUILD_INFO.labels(version=VERSION, model=s.model, precision=s.precision, device=device).set(1)
         self.decoder = AudioDecoderPool(s.decode_workers, s.decode_timeout_s, s.decode_memory_limit_bytes)
         await self.decoder.start()
 
@@ -120,12 +130,30 @@ class Worker:
         batcher.start()
         self.engine, self.batcher, self.device_info = engine, batcher, device_info
         self.phase, self.detail = "ok", None
+        metrics.WORKER_READY.set(1)
+        self._publish_device(device_info)
+        self._device_refresh = asyncio.get_running_loop().create_task(self._refresh_device())
         log.info("worker ready: model %s on %s", engine.model_name, device_info.name)
+
+    def _publish_device(self, info: DeviceInfo) -> None:
+        if info.memory_used_bytes is not None:
+            metrics.GPU_MEMORY_USED.labels(gpu=str(info.index)).set(info.memory_used_bytes)
+
+    async def _refresh_device(self, every_s: float = 15.0) -> None:
+        """Refresh the device memory gauge now and then, on the GPU thread (between batches)."""
+        loop = asyncio.get_running_loop()
+        while self.engine is not None and self.phase == "ok":
+            await asyncio.sleep(every_s)
+            info = await loop.run_in_executor(self.gpu_executor, self.engine.device_info)
+            self.device_info = info
+            self._publish_device(info)
 
     def begin_shutdown(self) -> None:
         """From the first shutdown signal on: not ready, new requests get 503; admitted ones finish."""
-        if self.phase != "failed":
+        if self.phase not in ("failed", "shutting_down"):
             self.phase, self.detail = "shutting_down", "worker is shutting down"
+            metrics.WORKER_READY.set(0)
+            metrics.WORKER_DRAINING.set(1)
         if self.batcher is not None:
             self.batcher.stop_accepting()
 
@@ -135,9 +163,12 @@ class Worker:
         if self.batcher is not None:
             drained = await self.batcher.drain(self.settings.shutdown_drain_s)
             log.info("shutdown: %s", "all admitted requests answered" if drained else "drain timed out")
+        if self._device_refresh is not None:
+            self._device_refresh.cancel()
         self.gpu_executor.shutdown(wait=True, cancel_futures=True)
         if self.decoder is not None:
             await self.decoder.close()
+        metrics.mark_this_worker_gone()
 
     # --- serving ---------------------------------------------------------------------------------------
 
@@ -183,8 +214,11 @@ class Worker:
         decoded = await self.decoder.decode(data, max_duration_s=self.settings.max_audio_duration_s)
         del data  # the upload's bytes are not needed past decoding: do not hold them while queued
         decode_ms = (time.perf_counter() - t0) * 1000
+        metrics.DECODE.observe(decode_ms / 1000)
         outcome = await self._transcribe_waveform(ticket, decoded, decode_ms, timestamps)
         self.requests_served += 1
+        metrics.AUDIO_DURATION.observe(decoded.duration_s)
+        metrics.AUDIO_PROCESSED.inc(decoded.duration_s)
         return outcome
 
     async def _transcribe_waveform(
