@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from parakeet.core.errors import DeadlineExceeded, InferenceError, Overloaded, ShuttingDown
+from parakeet.core.errors import DeadlineExceeded, DeviceOutOfMemory, InferenceError, Overloaded, ShuttingDown
 from parakeet.pipeline.batching import Batcher, BatcherConfig
 
 from fakes import FakeEngine, tagged_wave
@@ -322,3 +322,15 @@ def test_engine_returning_the_wrong_number_of_transcripts_fails_its_batch_and_th
     assert "returned 1 transcripts for a batch of 2" in str(broken[0].__cause__)
     assert [r.transcript.text for r in ok] == ["3 16000", "4 16000"]
     assert engine.batches == [[1, 2], [3, 4]]
+
+
+def test_device_out_of_memory_on_a_request_alone_is_reported_as_such() -> None:
+    engine = FakeEngine(oom_above=0)  # even a batch of one runs out of memory
+    cfg = BatcherConfig(max_batch_size=2, max_wait_ms=BIG_WAIT_MS)
+
+    async def body(b: Batcher) -> list[Any]:
+        return await asyncio.gather(request(b, 1), request(b, 2), return_exceptions=True)
+
+    out = run_with_batcher(engine, cfg, body)
+    assert [type(e) for e in out] == [DeviceOutOfMemory, DeviceOutOfMemory]  # 503 + Retry-After, not a 500
+    assert "ran out of memory on this request alone" in out[0].message

@@ -273,3 +273,13 @@ def test_error_engine_failure_is_500_with_request_id_and_no_internals(speech_wav
     assert "secret" not in r.text and "illegal memory" not in r.text
     assert engine.batches  # it did reach the engine
     assert health_after == 200  # the worker keeps serving
+
+
+def test_error_device_out_of_memory_alone_is_503_with_retry_after() -> None:
+    async def main() -> httpx.Response:
+        async with app_client(FakeEngine(oom_above=0)) as client:
+            return await client.post("/transcribe", files={"file": ("a.wav", wav_bytes(np.zeros(16000, np.float32)))})
+
+    r = run(main())
+    assert_error(r, 503, "device_out_of_memory", "ran out of memory on this request alone")
+    assert int(r.headers["retry-after"]) >= 1
