@@ -82,3 +82,25 @@ def test_deploy_pod_matches_the_server() -> None:
     assert pod["terminationGracePeriodSeconds"] > UVICORN_GRACEFUL_S + Settings().shutdown_drain_s
     (hpa,) = docs(ROOT / "deploy" / "kubernetes" / "hpa.yaml")
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == metrics.BACKLOG._name
+
+
+def test_deploy_grafana_dashboard_uses_metrics_that_exist() -> None:
+    import json
+    import re
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {m for e in exprs for m in re.findall(r"parakeet_[a-z_]+", e)}
+    series = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exported = {
+        m._name + suffix
+        for m in vars(metrics).values()
+        if isinstance(m, MetricWrapperBase)
+        for suffix in series[m._type]
+    }
+    assert used and used <= exported, used - exported
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for needed in ("requests per second", "p95", "queue", "batch size", "rtfx", "rejections"):
+        assert needed in titles
