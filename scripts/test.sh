@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Set up everything the tests need and run them: espeak-ng (Debian package, speech fixtures),
+# Set up everything the tests need and run them: espeak-ng and haproxy (Debian packages),
 # .venv with requirements-dev.txt, the test models (built by scripts/build_test_models.py when missing).
 # First the layer contracts (import-linter, pyproject.toml), then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v espeak-ng >/dev/null 2>&1; then
-  echo "test: installing espeak-ng (Debian package)" >&2
+# Debian packages the tests use: espeak-ng (speech fixtures), haproxy (tests/test_haproxy.py).
+missing=""
+command -v espeak-ng >/dev/null 2>&1 || missing="$missing espeak-ng"
+{ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || missing="$missing haproxy"
+if [ -n "$missing" ]; then
+  echo "test: installing$missing (Debian packages)" >&2
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
   $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq espeak-ng >/dev/null
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq $missing >/dev/null
 fi
 scripts/setup.sh requirements-dev.txt
 .venv/bin/lint-imports --no-cache

@@ -177,10 +177,13 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def start_server(tmp_dir: Path, env: dict[str, str], workers: int = 1, fake: bool = False) -> ServerProcess:
+def start_server(
+    tmp_dir: Path, env: dict[str, str], workers: int = 1, fake: bool = False, port: int | None = None
+) -> ServerProcess:
     """Start uvicorn with `env` added to a clean PARAKEET_* environment; does not wait for readiness.
     `fake`: serve tests/fakes.py's FakeEngine (FAKE_* variables) instead of a NeMo model."""
-    port = free_port()
+    port = port or free_port()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
     base_env.update(
         {

@@ -1,0 +1,118 @@
+"""deploy/haproxy.cfg for real, on loopback: HAProxy (Debian package, installed by scripts/test.sh) in front
+of two servers with the digits model. A load through it succeeds; SIGTERM one server mid-load and no request
+fails (HAProxy stops sending to it while its admitted requests finish); kill -9 one server and only its
+in-flight requests may fail, the rest go to the other. Bounded in count and time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+import speech
+from helpers import ROOT, ServerProcess, free_port, start_server
+from media import wav_bytes
+
+CONCURRENCY = 4
+
+
+@pytest.fixture(scope="module")
+def clip() -> bytes:
+    return wav_bytes(speech.speak("six one", "en-us", 160))
+
+
+def haproxy(port: int, backends: list[int], log_path: Path) -> subprocess.Popen[bytes]:
+    exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    env = {
+        **os.environ,
+        "PARAKEET_LB_BIND": f"127.0.0.1:{port}",
+        "PARAKEET_SERVER_1": f"127.0.0.1:{backends[0]}",
+        "PARAKEET_SERVER_2": f"127.0.0.1:{backends[1]}",
+    }
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([exe, "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def serve(tmp: Path, model: Path, port: int) -> ServerProcess:
+    server = start_server(tmp, {"PARAKEET_MODEL": str(model)}, port=port)
+    server.wait_ready(timeout_s=120)
+    return server
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, digits_model_path: Path) -> Iterator[tuple[str, list[ServerProcess], list[int]]]:
+    ports = [free_port(), free_port()]
+    servers = [serve(tmp_path / f"s{i}", digits_model_path, p) for i, p in enumerate(ports)]
+    lb_port = free_port()
+    lb = haproxy(lb_port, ports, tmp_path / "haproxy.log")
+    url = f"http://127.0.0.1:{lb_port}"
+    try:
+        ok = 0
+        for _ in range(200):  # both servers checked UP (rise 2 x 500 ms) and the frontend answering
+            try:
+                ok = ok + 1 if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200 else 0
+            except httpx.TransportError:
+                ok = 0
+            if ok >= 6:
+                break
+            time.sleep(0.25)
+        time.sleep(1.5)
+        yield url, servers, ports
+    finally:
+        lb.terminate()
+        lb.wait(10)
+        for s in servers:
+            s.stop()
+
+
+def load(url: str, clip: bytes, n: int, on_progress: dict[int, object] | None = None) -> list[int | str]:
+    """n transcriptions through the load balancer, CONCURRENCY at a time; run `on_progress[k]()` after k."""
+    done: list[int | str] = []
+
+    def one(_: int) -> int | str:
+        try:
+            r = httpx.post(f"{url}/transcribe", files={"file": ("a.wav", clip)}, timeout=60)
+            code: int | str = r.status_code if r.status_code != 200 or r.json()["text"] == "six one" else "bad text"
+        except httpx.HTTPError as exc:
+            code = type(exc).__name__
+        done.append(code)
+        action = (on_progress or {}).pop(len(done), None)
+        if callable(action):
+            action()
+        return code
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_haproxy_config_is_valid() -> None:
+    env = {**os.environ, "PARAKEET_LB_BIND": "127.0.0.1:1", "PARAKEET_SERVER_1": "127.0.0.1:2",
+           "PARAKEET_SERVER_2": "127.0.0.1:3"}  # fmt: skip
+    exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    out = subprocess.run([exe, "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")], env=env, capture_output=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_haproxy_drains_a_server_on_sigterm_without_a_failed_request(cluster, clip: bytes) -> None:  # type: ignore[no-untyped-def]
+    url, servers, _ = cluster
+    assert load(url, clip, 12) == [200] * 12
+    results = load(url, clip, 40, {10: lambda: servers[0].proc.send_signal(signal.SIGTERM)})
+    assert results == [200] * 40, results
+    assert servers[0].proc.wait(60) in (0, -signal.SIGTERM)
+
+
+def test_haproxy_kill_9_loses_at_most_the_in_flight_requests(cluster, clip: bytes) -> None:  # type: ignore[no-untyped-def]
+    url, servers, _ = cluster
+    results = load(url, clip, 40, {10: lambda: servers[1].proc.kill()})
+    failed = [r for r in results if r != 200]
+    assert len(failed) <= CONCURRENCY, results
+    assert results[-10:] == [200] * 10  # once HAProxy saw it gone, everything went to the other server
