@@ -66,3 +66,39 @@ def test_probes_worker_accessor_refuses_an_app_without_its_lifespan() -> None:
     request = Request({"type": "http", "app": app, "headers": []})
     with pytest.raises(RuntimeError, match="serve the app with its lifespan"):
         asyncio.run(get_worker(request))
+
+
+def test_probes_when_the_model_failed_to_load() -> None:
+    """In production the worker then exits (code 3); until it does, it is live and never ready."""
+    from asgi_lifespan import LifespanManager
+
+    from parakeet.core.errors import ModelLoadError
+    from parakeet.core.settings import Settings
+    from server import create_app
+
+    class Failing:
+        def visible_gpus(self) -> int:
+            return 0
+
+        def __call__(self, settings: Settings, gpu_id: int | None) -> FakeEngine:
+            raise ModelLoadError("model file not found: /nowhere.nemo")
+
+    fatal: list[str] = []
+    app = create_app(Settings(device="cpu", decode_workers=1), engine_factory=Failing(), on_fatal=fatal.append)
+
+    async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with LifespanManager(app) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://parakeet.test") as client:
+                for _ in range(100):
+                    if fatal:
+                        break
+                    await asyncio.sleep(0.05)
+                return await client.get("/health/live"), await client.get("/health/ready"), await client.get("/health")
+
+    live, ready, health = run(main())
+    assert fatal == ["model file not found: /nowhere.nemo"]
+    assert live.status_code == 200 and live.json()["status"] == "live"
+    assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
+    assert ready.json()["message"] == "model file not found: /nowhere.nemo"
+    assert health.json()["status"] == "failed"
