@@ -22,6 +22,7 @@ from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_o
 
 from parakeet.core.engine import CPU_DEVICE, SAMPLE_RATE_HZ, DeviceInfo
 from parakeet.core.errors import DeviceOutOfMemory, ModelLoadError
+from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import BatchResult, TimedSpan, Transcript
 
@@ -304,6 +305,7 @@ def build_engine(settings: Settings, device: torch.device) -> ParakeetEngine:
     Raises:
         ModelLoadError: the model could not be loaded.
     """
+    configure_logging(settings.log_format, settings.log_level)  # again: importing NeMo added its own handler
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     if device.type == "cuda":

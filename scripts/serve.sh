@@ -23,6 +23,9 @@ mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
 echo "serve: $workers worker(s) on ${PARAKEET_HOST:-0.0.0.0}:${PARAKEET_PORT:-8000}, $gpus GPU(s)," \
   "model ${PARAKEET_MODEL:-nvidia/parakeet-tdt-0.6b-v3}" >&2
-exec .venv/bin/python -m uvicorn server:app \
+# JSON logs: uvicorn's supervisor (which never imports the app) logs through the same formatter as the workers.
+log_args=()
+[ "${PARAKEET_LOG_FORMAT:-text}" = json ] && log_args=(--log-config scripts/uvicorn-log-json.json)
+exec .venv/bin/python -m uvicorn server:app "${log_args[@]}" \
   --host "${PARAKEET_HOST:-0.0.0.0}" --port "${PARAKEET_PORT:-8000}" \
   --workers "$workers" --timeout-worker-healthcheck 60 --timeout-graceful-shutdown 30 "$@"

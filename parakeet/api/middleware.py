@@ -68,7 +68,7 @@ class RequestIdMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"  # the template: bounded labels
             metrics.REQUESTS.labels(route=route, status=str(fields["status"]), code=fields["error_code"] or "ok").inc()
             metrics.REQUEST_DURATION.labels(route=route).observe(fields["total_ms"] / 1000)
-            level = logging.DEBUG if scope["path"] in QUIET_PATHS and status < 500 else logging.INFO
+            level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
             if access_log.isEnabledFor(level):
                 text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k != "request_id")
                 access_log.log(level, "request %s %s", rid, text, extra=fields)

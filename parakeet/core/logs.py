@@ -12,6 +12,7 @@ from pythonjsonlogger.json import JsonFormatter
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(process)d %(name)s %(message)s"
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+NEMO_LOGGER = "nemo_logger"  # NeMo's own logger (model loading); it installs its own text handler
 
 
 def formatter(log_format: str) -> logging.Formatter:
@@ -25,11 +26,12 @@ def formatter(log_format: str) -> logging.Formatter:
 
 
 def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
-    """Send the `parakeet` loggers to stderr in `log_format` at `level`; in JSON mode uvicorn's loggers too
-    (in text mode uvicorn keeps its own format, as it always printed it). Idempotent."""
+    """Send the `parakeet` loggers to stderr in `log_format` at `level`; in JSON mode uvicorn's and NeMo's
+    loggers too (in text mode they keep their own formats, as they always printed them). NeMo installs its
+    handler when it is imported, after this runs: `inference.build_engine` calls this again then. Idempotent."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(log_format))
-    names = ("parakeet", *UVICORN_LOGGERS) if log_format == "json" else ("parakeet",)
+    names = ("parakeet", *UVICORN_LOGGERS, NEMO_LOGGER) if log_format == "json" else ("parakeet",)
     for name in names:
         logger = logging.getLogger(name)
         logger.handlers = [handler]

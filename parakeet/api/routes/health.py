@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from parakeet.api.deps import WorkerDep
@@ -71,10 +71,11 @@ async def live(worker: WorkerDep) -> JSONResponse:
 @router.get("/health/ready", response_model=ProbeResponse, responses={503: {"model": ProbeResponse}, **_PROBE_DOC})
 @router.get("/readyz", response_model=ProbeResponse, include_in_schema=False)
 @router.get("/v1/health/ready", response_model=ProbeResponse, include_in_schema=False)
-async def ready(worker: WorkerDep) -> JSONResponse:
+async def ready(request: Request, worker: WorkerDep) -> JSONResponse:
     """Readiness: 200 only when the model is loaded and warm and the worker is not draining; else 503 with
     Retry-After. (Aliases: /readyz, /v1/health/ready.)"""
     if worker.ready:
         return _probe("ready", f"model {worker.settings.model} is ready", 200)
     status = "draining" if worker.phase == "shutting_down" else "not_ready"
+    request.state.error_code = "shutting_down" if status == "draining" else "not_ready"  # log line, metrics
     return _probe(status, worker.detail or worker.phase, 503, RETRY_AFTER_LOADING_S)
