@@ -178,10 +178,16 @@ class ServerProcess:
 
 
 def start_server(
-    tmp_dir: Path, env: dict[str, str], workers: int = 1, fake: bool = False, port: int | None = None
+    tmp_dir: Path,
+    env: dict[str, str],
+    workers: int = 1,
+    fake: bool = False,
+    port: int | None = None,
+    healthcheck_timeout_s: int = 60,
 ) -> ServerProcess:
     """Start uvicorn with `env` added to a clean PARAKEET_* environment; does not wait for readiness.
-    `fake`: serve tests/fakes.py's FakeEngine (FAKE_* variables) instead of a NeMo model."""
+    `fake`: serve tests/fakes.py's FakeEngine (FAKE_* variables) instead of a NeMo model.
+    `healthcheck_timeout_s`: uvicorn's --timeout-worker-healthcheck (as serve.sh: 60)."""
     port = port or free_port()
     tmp_dir.mkdir(parents=True, exist_ok=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
@@ -200,7 +206,7 @@ def start_server(
         base_env["FAKE_APP"] = "1"
     app = ["fakes:app", "--app-dir", str(ROOT / "tests")] if fake else ["server:app"]
     cmd = [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--workers", str(workers), "--timeout-worker-healthcheck", "60"]
+    cmd += ["--workers", str(workers), "--timeout-worker-healthcheck", str(healthcheck_timeout_s)]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=base_env, stdout=log_file, stderr=subprocess.STDOUT)
     return ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)

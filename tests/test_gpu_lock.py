@@ -112,9 +112,14 @@ def test_worker_exits_with_one_line_when_every_gpu_is_taken(tmp_path: Path, hold
     holder = Holder(lock_dir, 1)
     holders.append(holder)
     assert holder.gpu_id == 0
-    server = start_server(tmp_path, {"PARAKEET_GPU_COUNT": "1", "PARAKEET_DEVICE": "auto"}, workers=2)
+    # uvicorn's supervisor pings each worker with this timeout; a worker that exits while a ping is out makes
+    # the supervisor wait the whole timeout before it notices (the pipe's other end stays open in the parent),
+    # so keep it short here and wait well past it.
+    server = start_server(
+        tmp_path, {"PARAKEET_GPU_COUNT": "1", "PARAKEET_DEVICE": "auto"}, workers=2, healthcheck_timeout_s=10
+    )
     try:
-        code = server.proc.wait(60)
+        code = server.proc.wait(120)
     finally:
         server.stop()
     log = server.log()
