@@ -14,15 +14,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parakeet.api.errors import error_response
 from parakeet.core import errors, metrics
+from parakeet.core.settings import PROBE_AND_METRICS_PATHS
 
 log = logging.getLogger("parakeet.api")
 
 
-# Probes and scrapes arrive every few seconds per load balancer: their lines go to DEBUG, not INFO.
-QUIET_PATHS = frozenset(
-    {"/health", "/health/live", "/health/ready", "/healthz", "/readyz", "/v1/health/live", "/v1/health/ready",
-     "/metrics", "/v1/metrics"}
-)  # fmt: skip
+QUIET_PATHS = frozenset(PROBE_AND_METRICS_PATHS)  # their request lines go to DEBUG, not INFO
 access_log = logging.getLogger("parakeet.access")
 
 

@@ -120,17 +120,9 @@ def mark_this_worker_gone() -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie awaiting its parent's wait() is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not Path(f"/proc/{pid}/stat").exists() or _state(pid) != "Z"
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return "Z"
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

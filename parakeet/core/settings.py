@@ -18,6 +18,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from parakeet.core.errors import InvalidSettings
 
 DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
+# Health, probes and metrics (parakeet/api/routes/health.py, metrics.py): open without a key by default, and
+# logged at DEBUG (load balancers and scrapers call them every few seconds).
+PROBE_AND_METRICS_PATHS = (
+    "/health", "/health/live", "/health/ready", "/healthz", "/readyz", "/v1/health/live", "/v1/health/ready",
+    "/metrics", "/v1/metrics",
+)  # fmt: skip
 
 
 class Settings(BaseSettings):
@@ -111,7 +117,7 @@ class Settings(BaseSettings):
         "when set, requests need `Authorization: Bearer <key>` except on the open paths.",
     )
     auth_open_paths: str = Field(
-        "/health,/health/live,/health/ready,/healthz,/readyz,/v1/health/live,/v1/health/ready,/metrics,/v1/metrics",
+        ",".join(PROBE_AND_METRICS_PATHS),
         description="Comma-separated paths that need no API key (probes and metrics).",
     )
     cors_origins: str | None = Field(
