@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from bench_servers import start_uvicorn  # noqa: E402
 
 import loadtest  # noqa: E402
 
@@ -59,18 +60,9 @@ def make_clips(kind: str, n: int, folder: Path, seed: int) -> list[Path]:
     return paths
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def serve_and_load(
     model: str, max_batch_size: int, clips: list[Path], args: argparse.Namespace, log_path: Path
 ) -> loadtest.RunResult:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
     env.update(
         {
@@ -85,23 +77,9 @@ def serve_and_load(
             "PARAKEET_GPU_LOCK_DIR": str(log_path.parent / "locks"),
         }
     )
-    cmd = [sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    proc, url = start_uvicorn(["server:app"], env, log_path)
     try:
-        import httpx
-
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: see {log_path}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        runner = loadtest.Runner(f"http://127.0.0.1:{port}", loadtest.load_audio(clips), timeout_s=600, seed=args.seed)
+        runner = loadtest.Runner(url, loadtest.load_audio(clips), timeout_s=600, seed=args.seed)
         return asyncio.run(
             loadtest.run_load(
                 runner,

@@ -36,6 +36,8 @@ from fastapi.responses import JSONResponse
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
+from bench_servers import start_uvicorn  # noqa: E402
+
 CLIP_S = 15.0
 
 
@@ -150,18 +152,7 @@ class Server:
             self.proc.wait()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(name: str, args: argparse.Namespace, tmp: Path) -> Server:
-    import httpx
-
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
     env.update(
         {
@@ -179,23 +170,8 @@ def start(name: str, args: argparse.Namespace, tmp: Path) -> Server:
     else:
         app = ["server:app"]
         env["PARAKEET_MODEL"] = args.model
-    log_path = tmp / f"{name}.log"
-    cmd = [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(name, f"http://127.0.0.1:{port}", proc, log_path)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} server exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise TimeoutError(f"{name} server not ready:\n{log_path.read_text()[-3000:]}")
+    proc, url = start_uvicorn([*app, "--no-access-log"], env, tmp / f"{name}.log", timeout_s=180)
+    return Server(name, url, proc, tmp / f"{name}.log")
 
 
 # --- the client ----------------------------------------------------------------------------------------------
