@@ -20,7 +20,15 @@ import numpy.typing as npt
 import torch
 from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
 
-from parakeet.core.engine import CPU_DEVICE, SAMPLE_RATE_HZ, DeviceInfo
+from parakeet.core.engine import (
+    CPU_DEVICE,
+    SAMPLE_RATE_HZ,
+    DeviceInfo,
+    StepBatchResult,
+    StepRequest,
+    StepResult,
+    VoiceActivityModel,
+)
 from parakeet.core.errors import DeviceOutOfMemory, ModelLoadError
 from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings
@@ -147,7 +155,10 @@ class ParakeetEngine:
         # Window stride (s) x subsampling: 0.01 x 8 = 0.08 s per encoder frame for Parakeet.
         self.window_stride_s = float(model.cfg.preprocessor.window_stride)
         self.subsampling_factor = int(model.cfg.encoder.get("subsampling_factor", 8))
+        hop_samples = round(self.window_stride_s * self.sample_rate_hz)
+        self.encoder_frame_samples = hop_samples * self.subsampling_factor  # Parakeet: 160 x 8 = 1280 (80 ms)
         self.num_parameters = sum(p.numel() for p in model.parameters())
+        self.vad: VoiceActivityModel | None = None  # build_engine attaches Silero VAD
         self.sync_stages = False  # benchmarks: synchronise after the encoder so stages_ms splits true device time
 
     def transcribe(
@@ -264,6 +275,87 @@ class ParakeetEngine:
         }
         return transcripts, stages
 
+    def stream_step(self, requests: Sequence[StepRequest]) -> StepBatchResult:
+        """Advance B streams by one buffered-streaming step (see `_stream_step`).
+
+        Raises:
+            ValueError: an empty batch or window, or a window too short for its `left_frames + commit_frames`.
+            DeviceOutOfMemory: the padded step does not fit on the device.
+        """
+        try:
+            return self._stream_step(requests)
+        except torch.OutOfMemoryError as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise DeviceOutOfMemory(f"out of device memory on a streaming step of {len(requests)}") from exc
+
+    @torch.inference_mode()
+    def _stream_step(self, requests: Sequence[StepRequest]) -> StepBatchResult:
+        """One step of buffered chunked streaming for B streams at once: the pattern of NeMo's
+        `BufferedRNNTPipeline` (nemo/collections/asr/inference/pipelines/buffered_rnnt_pipeline.py; docs/streaming.md).
+
+        Every window [left | chunk | right] goes through the preprocessor and the full-context encoder in one
+        padded batch ([B, W] -> encoder frames [B, T, D]). The chunk frames of each window are decoded by the TDT
+        label-looping computer from the stream's carried decoder state (NeMo's `merge_to_batched_state` /
+        `split_batched_state`: streams may join or leave at any step; a TDT duration that overshoots the chunk
+        is carried as `time_jumps`) and committed; then the right-context frames are decoded speculatively from
+        the new state, for the partial text only.
+
+        Returns:
+            Per stream: all committed tokens, their text, the partial text, the new state, the frames committed.
+        """
+        if not requests:
+            raise ValueError("empty step")
+        lengths = [len(r.window) for r in requests]
+        if min(lengths) < 1:
+            raise ValueError("empty window in step")
+        t0 = time.perf_counter()
+        self.model.eval()
+        batch = np.zeros((len(requests), max(lengths)), dtype=np.float32)
+        for i, r in enumerate(requests):
+            batch[i, : len(r.window)] = r.window
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)  # [B, W]
+        x_lens = torch.tensor(lengths, dtype=torch.int64, device=self.device)
+        feats, feat_lens = self.model.preprocessor(input_signal=x, length=x_lens)  # per-window normalisation
+        enc, enc_lens = self.model.encoder(audio_signal=feats.to(self.dtype), length=feat_lens)  # [B, D, T]
+        enc = enc.transpose(1, 2)  # [B, T, D]
+        n_frames, dim = enc.shape[1], enc.shape[2]
+        available = [int(n) - r.left_frames for n, r in zip(enc_lens.tolist(), requests, strict=True)]
+        commit = [a if r.commit_frames is None else r.commit_frames for a, r in zip(available, requests, strict=True)]
+        for a, c, r in zip(available, commit, requests, strict=True):
+            if c < 0 or c > a or r.left_frames < 0:
+                raise ValueError(f"window of {len(r.window)} samples has {a} frames after {r.left_frames}; asked {c}")
+        left_t = torch.tensor([r.left_frames for r in requests], device=self.device)
+        commit_t = torch.tensor(commit, dtype=torch.int64, device=self.device)
+        idx = (torch.arange(n_frames, device=self.device)[None, :] + left_t[:, None]).clamp(max=n_frames - 1)
+        chunk = enc.gather(1, idx[:, :, None].expand(-1, -1, dim))  # chunk frames first, [B, T, D]
+        computer = self.model.decoding.decoding.decoding_computer
+        states = [r.state for r in requests]
+        prev = None if all(s is None for s in states) else computer.merge_to_batched_state(list(states))
+        hyps, batched_state = computer(x=chunk, out_len=commit_t, prev_batched_state=prev)
+        new_states = computer.split_batched_state(batched_state)
+        spec_lens = [a - c for a, c in zip(available, commit, strict=True)]
+        spec_ids: list[list[int]] = [[] for _ in requests]
+        if any(spec_lens):
+            spec_idx = (idx + commit_t[:, None]).clamp(max=n_frames - 1)
+            spec = enc.gather(1, spec_idx[:, :, None].expand(-1, -1, dim))
+            spec_hyps, _ = computer(
+                x=spec,
+                out_len=torch.tensor(spec_lens, dtype=torch.int64, device=self.device),
+                prev_batched_state=computer.merge_to_batched_state(list(new_states)),
+            )
+            spec_ids = _hyp_ids(spec_hyps)
+        tokenizer = self.model.tokenizer
+        results = []
+        for r, new, spec, state, c in zip(requests, _hyp_ids(hyps), spec_ids, new_states, commit, strict=True):
+            tokens = r.tokens + tuple(new)
+            committed_text = tokenizer.ids_to_text(list(tokens)) if tokens else ""
+            text = tokenizer.ids_to_text(list(tokens) + spec) if spec else committed_text
+            results.append(StepResult(tokens, committed_text, text, state, c))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return StepBatchResult(results, (time.perf_counter() - t0) * 1000.0)
+
     def warmup(self, duration_s: float = 2.0) -> float:
         """Run one batch of seeded noise so that first requests don't pay for lazy init. Returns ms."""
         rng = np.random.default_rng(0)
@@ -282,6 +374,47 @@ class ParakeetEngine:
             memory_used_bytes=int(total - free),
             memory_total_bytes=int(total),
         )
+
+
+def _hyp_ids(hyps: Any) -> list[list[int]]:
+    """Token ids per item of NeMo's `BatchedHyps` (transcript [B, L] padded, current_lengths [B])."""
+    lengths = hyps.current_lengths.tolist()
+    rows = hyps.transcript.tolist()
+    return [row[:n] for row, n in zip(rows, lengths, strict=True)]
+
+
+class SileroVad:
+    """Silero VAD v6 (https://github.com/snakers4/silero-vad, MIT; weights ship in the `silero-vad` wheel) run
+    as a stateless, batched function: implements `parakeet.core.engine.VoiceActivityModel`.
+
+    The packaged TorchScript model keeps one stream's recurrent state inside the module; this wrapper calls its
+    16 kHz network directly, `net(x [B, 64 + 512], state [2, B, 128]) -> (prob [B, 1], state)`, with the
+    64-sample context and the state of each stream passed in and out, as the wheel's own `forward` does
+    (silero_vad/data/silero_vad.jit). CPU, float32.
+    """
+
+    frame_samples = 512
+    context_samples = 64
+
+    def __init__(self) -> None:
+        threads = torch.get_num_threads()
+        import silero_vad  # its import calls torch.set_num_threads(1): put ours back
+
+        torch.set_num_threads(threads)
+        self._net = silero_vad.load_silero_vad(onnx=False)._model
+
+    @torch.inference_mode()
+    def speech_probs(
+        self, frames: Sequence[npt.NDArray[np.float32]], states: Sequence[Any]
+    ) -> tuple[list[float], list[Any]]:
+        """See `VoiceActivityModel.speech_probs`; a state is (context [64] float32 tensor, rnn [2, 1, 128])."""
+        n = len(frames)
+        context = torch.stack([s[0] if s is not None else torch.zeros(self.context_samples) for s in states])
+        rnn = torch.cat([s[1] if s is not None else torch.zeros(2, 1, 128) for s in states], dim=1)
+        x = torch.cat([context, torch.from_numpy(np.stack(frames).astype(np.float32, copy=False))], dim=1)
+        probs, new_rnn = self._net(x, rnn)
+        new_states = [(x[i, -self.context_samples :].clone(), new_rnn[:, i : i + 1].clone()) for i in range(n)]
+        return [float(p) for p in probs[:, 0].tolist()], new_states
 
 
 def _spans(hyp: Any, kind: str) -> tuple[TimedSpan, ...]:
@@ -320,6 +453,7 @@ def build_engine(settings: Settings, device: torch.device) -> ParakeetEngine:
         cuda_graphs=settings.cuda_graphs,
         max_symbols_per_step=settings.max_symbols_per_step,
     )
+    engine.vad = SileroVad()
     log.info(
         "loaded %s on %s (%s, %.1f M parameters) in %.1f s",
         settings.model,

@@ -25,7 +25,7 @@ from gpu_lock import GpuClaim, NoFreeGpuError, claim_gpu
 from parakeet import VERSION
 from parakeet.api.errors import install_error_handlers
 from parakeet.api.middleware import ApiKeyMiddleware, RequestIdMiddleware, UploadLimitMiddleware
-from parakeet.api.routes import health, metrics, openai, transcribe
+from parakeet.api.routes import health, metrics, openai, realtime, streams, transcribe
 from parakeet.api.schemas import ErrorResponse
 from parakeet.core import errors
 from parakeet.core.engine import Engine, EngineFactory
@@ -69,13 +69,26 @@ def _chain_shutdown_signals(worker: Worker) -> Callable[[], None]:
     installs its handlers before the lifespan starts, so ours wraps them. Returns a function that puts the
     previous handlers back (an app served in-process, as in the tests, must not leave its handlers behind)."""
     previous_handlers: dict[int, Any] = {}
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
 
         def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            first = worker.phase != "shutting_down"
             worker.begin_shutdown()
-            if callable(previous):
-                previous(signum, frame)
+            if not callable(previous):
+                return
+            if first and worker.streams is not None and worker.streams.open_streams:
+                # uvicorn would close every WebSocket at once (1012): let open streams send the final of their
+                # current utterance and close with 1001 first (bounded by shutdown_drain_s; a second signal
+                # does not wait).
+                async def then_uvicorn() -> None:
+                    await worker.wait_streams_closed(worker.settings.shutdown_drain_s)
+                    previous(signum, frame)
+
+                loop.call_soon_threadsafe(lambda: loop.create_task(then_uvicorn()))
+                return
+            previous(signum, frame)
 
         try:
             signal.signal(sig, handler)
@@ -196,6 +209,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(openai.router)
+    app.include_router(streams.router)
+    app.include_router(realtime.router)
     return app
 
 

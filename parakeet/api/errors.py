@@ -31,6 +31,7 @@ ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
     (errors.InvalidAudio, 400, "invalid_request_error"),
     (errors.BadRequest, 400, "invalid_request_error"),
     (errors.Overloaded, 429, "rate_limit_error"),
+    (errors.TooManyStreams, 429, "rate_limit_error"),
     (errors.DeadlineExceeded, 503, "service_unavailable_error"),
     (errors.DeviceOutOfMemory, 503, "service_unavailable_error"),
     (errors.ClientDisconnected, 499, "invalid_request_error"),

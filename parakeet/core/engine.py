@@ -2,14 +2,14 @@
 
 `inference.ParakeetEngine` (NeMo on a GPU or the CPU) and the tests' fake engine implement it; the batcher
 and the worker are typed on it. Torch-free on purpose: the HTTP process and the tests import it without
-loading a model. Streaming will add a step method here; keep the contract small.
+loading a model. Keep the contract small.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,75 @@ class DeviceInfo:
 CPU_DEVICE = DeviceInfo(type="cpu", index=None, name="cpu")
 
 
+@dataclass(frozen=True)
+class StepRequest:
+    """One stream's share of a streaming step (`Engine.stream_step`): buffered chunked streaming, as NeMo's
+    `BufferedRNNTPipeline` runs an offline model (docs/streaming.md).
+
+    Attributes:
+        window: float32 16 kHz samples [W], W >= 1: left context | chunk | right context. It starts a whole number
+            of encoder frames (`Engine.encoder_frame_samples`) after the utterance start.
+        left_frames: encoder frames at the window's start that are context only (committed by earlier steps).
+        commit_frames: encoder frames after them to decode and commit; None: every remaining frame (the
+            utterance ends with this window: nothing is speculative).
+        state: the opaque decoder state returned by this stream's previous step; None at the utterance start.
+        tokens: the token ids committed so far in this utterance (the partial text is built from them).
+    """
+
+    window: Waveform
+    left_frames: int
+    commit_frames: int | None
+    state: Any
+    tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step gives one stream.
+
+    Attributes:
+        tokens: every token id committed in the utterance so far (the request's plus this step's).
+        committed_text: the text of `tokens`.
+        text: the partial hypothesis: committed text plus the speculative decoding of the right context.
+        state: the decoder state after the committed frames (pass it to the next step).
+        committed_frames: encoder frames this step committed.
+    """
+
+    tokens: tuple[int, ...]
+    committed_text: str
+    text: str
+    state: Any
+    committed_frames: int
+
+
+@dataclass(frozen=True)
+class StepBatchResult:
+    """The results of one batched step, in request order, and its compute time in ms."""
+
+    results: Sequence[StepResult]
+    compute_ms: float
+
+
+class VoiceActivityModel(Protocol):
+    """A frame-level speech detector (Silero VAD, https://github.com/snakers4/silero-vad): per 512-sample frame at
+    16 kHz (32 ms), the probability that it holds speech. Stateless object: each stream keeps its opaque state.
+    Not thread-safe: the worker calls it from one thread."""
+
+    frame_samples: int
+
+    def speech_probs(self, frames: Sequence[Waveform], states: Sequence[Any]) -> tuple[list[float], list[Any]]:
+        """One frame of each of B streams, batched.
+
+        Args:
+            frames: B float32 arrays of `frame_samples` samples.
+            states: B opaque states from the previous call for that stream (None: stream start).
+
+        Returns:
+            B speech probabilities in [0, 1] and the B new states.
+        """
+        ...
+
+
 class Engine(Protocol):
     """A loaded model on one device. Not thread-safe: the worker calls it from its one GPU thread only.
 
@@ -56,6 +125,8 @@ class Engine(Protocol):
     """
 
     model_name: str
+    encoder_frame_samples: int  # input samples per encoder frame (Parakeet: 10 ms hop x 8 subsampling = 1280)
+    vad: VoiceActivityModel | None  # the speech detector streams use, if the engine has one
 
     def transcribe(self, waveforms: Sequence[Waveform], timestamps: Sequence[bool] | None = None) -> BatchResult:
         """Transcribe a batch in one padded forward pass.
@@ -71,6 +142,22 @@ class Engine(Protocol):
         Raises:
             DeviceOutOfMemory: the padded batch does not fit on the device (the batcher splits and retries).
             Exception: anything else fails this batch only (its requests get 500).
+        """
+        ...
+
+    def stream_step(self, requests: Sequence[StepRequest]) -> StepBatchResult:
+        """Advance B streams by one step in one padded encoder call and two batched decoder calls (commit, then
+        the speculative right context).
+
+        Args:
+            requests: B >= 1 steps (see `StepRequest`); windows may differ in length.
+
+        Returns:
+            B results in request order, and the step's compute time.
+
+        Raises:
+            ValueError: an empty batch or window, or a window shorter than `left_frames + commit_frames`.
+            DeviceOutOfMemory: the padded step does not fit on the device.
         """
         ...
 

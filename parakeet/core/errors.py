@@ -99,6 +99,12 @@ class Overloaded(ParakeetError):
         self.retry_after_s = retry_after_s
 
 
+class TooManyStreams(ParakeetError):
+    """The worker already holds its limit of open streams (WebSocket close code 1013, Try Again Later)."""
+
+    code = "too_many_streams"
+
+
 class DeadlineExceeded(ParakeetError):
     """The request waited in the queue past `request_timeout_s` and was dropped before the GPU."""
 

@@ -77,12 +77,24 @@ BUILD_INFO = Gauge(
     multiprocess_mode="livemax",
 )  # fmt: skip
 
+# Live streams (WebSocket /ws and /v1/realtime; parakeet/pipeline/streaming.py).
+STREAMS_OPEN = Gauge("parakeet_streams_open", "Open live streams.", multiprocess_mode="livesum")
+STREAMS_REFUSED = Counter("parakeet_streams_refused_total", "Streams refused at connect.", ["reason"])
+STREAM_STEP_BATCH = Histogram(
+    "parakeet_stream_step_batch_size", "Streams per streaming step.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+STREAM_STEP_COMPUTE = Histogram(
+    "parakeet_stream_step_seconds", "Engine time per streaming step, s.", buckets=_LATENCY_BUCKETS_S
+)
+STREAM_AUDIO = Counter("parakeet_stream_audio_seconds_total", "Audio received on live streams, s.")
+
 REJECTION_REASONS = {
     "queue_full": "queue_full",
     "deadline_exceeded": "deadline",
     "shutting_down": "shutting_down",
     "device_out_of_memory": "oom",
     "client_closed_request": "client_gone",
+    "too_many_streams": "too_many_streams",
 }
 
 

@@ -22,7 +22,7 @@ DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
 # logged at DEBUG (load balancers and scrapers call them every few seconds).
 PROBE_AND_METRICS_PATHS = (
     "/health", "/health/live", "/health/ready", "/healthz", "/readyz", "/v1/health/live", "/v1/health/ready",
-    "/metrics", "/v1/metrics",
+    "/metrics", "/v1/metrics", "/status",
 )  # fmt: skip
 
 
@@ -101,6 +101,39 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(
         30.0, ge=0, description="On shutdown, how long admitted requests may take to finish, seconds."
     )
+
+    # --- live streams: WebSocket /ws and /v1/realtime (parakeet/pipeline/streaming.py, docs/streaming.md) ---
+    stream_preset: Literal["low-latency", "balanced", "accurate"] = Field(
+        "balanced",
+        description="Partial-result windows (chunk / right context / left context): low-latency 240/160/4000 ms, "
+        "balanced 480/480/4000 ms, accurate 800/1600/9600 ms (NVIDIA's streaming config for this model).",
+    )
+    stream_chunk_ms: float | None = Field(None, gt=0, description="Override the preset's chunk (step), ms.")
+    stream_right_context_ms: float | None = Field(
+        None, ge=0, description="Override the preset's right context (look-ahead), ms."
+    )
+    stream_left_context_ms: float | None = Field(None, ge=0, description="Override the preset's left context, ms.")
+    stream_max_streams: int = Field(64, ge=0, description="Open streams per worker; the next is refused (1013).")
+    stream_max_step_batch: int = Field(64, ge=1, description="Most streams advanced in one batched step.")
+    stream_max_catchup_chunks: int = Field(
+        4, ge=1, description="A stream behind real time commits up to this many chunks in one step."
+    )
+    stream_max_lag_s: float = Field(
+        10.0, gt=0, description="Unprocessed audio per stream before the server stops reading its socket, s."
+    )
+    stream_idle_timeout_s: float = Field(60.0, gt=0, description="A stream silent this long is closed (1008), s.")
+    stream_max_session_s: float = Field(10800.0, gt=0, description="Longest stream, s; then closed (1008).")
+    stream_max_frame_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest WebSocket message, bytes; a larger one closes (1009)."
+    )
+    stream_max_utterance_s: float = Field(
+        180.0, gt=1, description="An utterance with no end this long is finalized as if it had ended, s."
+    )
+    stream_vad_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Speech probability that starts speech (Silero VAD), for /ws?vad=1."
+    )
+    stream_vad_silence_ms: float = Field(500.0, ge=0, description="Silence that ends an utterance, ms, for /ws?vad=1.")
+    stream_vad_prefix_ms: float = Field(300.0, ge=0, description="Audio kept before detected speech, ms.")
 
     # --- logs ---
     log_format: Literal["text", "json"] = Field(

@@ -166,14 +166,22 @@ class Batcher:
         ahead_s = self.queued_audio_s / rtfx + self.config.max_wait_ms / 1000
         return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(ahead_s))))
 
-    def admit(self) -> Ticket:
+    def admit(self, *, reserved: bool = False) -> Ticket:
         """Reserve a place for a request whose upload has not been read yet.
+
+        Args:
+            reserved: the request was admitted earlier in another form (the utterance of an open live stream,
+                which was admitted at connect): no limit applies, not even shutdown (its stream is finalizing).
 
         Raises:
             ShuttingDown: draining for shutdown.
             Overloaded: `max_queue_requests` admitted requests are unanswered, or `max_queue_audio_s` of
                 audio is waiting; carries `retry_after_s`.
         """
+        if reserved:
+            self._tickets += 1
+            self._idle.clear()
+            return Ticket()
         if not self._accepting:
             raise ShuttingDown("the worker is shutting down and takes no new requests; retry on another worker")
         cfg = self.config

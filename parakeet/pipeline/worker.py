@@ -26,6 +26,8 @@ from parakeet.pipeline.audio import DecodedAudio
 from parakeet.pipeline.batching import Batcher, BatcherConfig, ItemResult, Ticket
 from parakeet.pipeline.decoder_pool import AudioDecoderPool
 from parakeet.pipeline.long_audio import Chunk, merge_transcripts, plan_chunks
+from parakeet.pipeline.streaming import Listener, StreamConfig, StreamScheduler, StreamSession
+from parakeet.pipeline.vad import VadParams
 
 log = logging.getLogger("parakeet.worker")
 
@@ -74,10 +76,14 @@ class Worker:
     engine: Engine | None = None
     decoder: AudioDecoderPool | None = None
     batcher: Batcher | None = None
+    streams: StreamScheduler | None = None
     device_info: DeviceInfo | None = None
     requests_served: int = 0
     gpu_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
+    )
+    vad_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
     )
     _device_refresh: asyncio.Task[None] | None = None
 
@@ -128,7 +134,11 @@ class Worker:
         if self.phase != "loading":  # shut down while loading
             return
         batcher.start()
-        self.engine, self.batcher, self.device_info = engine, batcher, device_info
+        streams = StreamScheduler(
+            engine, self.gpu_executor, self.vad_executor, StreamConfig.from_settings(self.settings)
+        )
+        streams.start()
+        self.engine, self.batcher, self.streams, self.device_info = engine, batcher, streams, device_info
         self.phase, self.detail = "ok", None
         metrics.WORKER_READY.set(1)
         self._publish_device(device_info)
@@ -156,16 +166,31 @@ class Worker:
             metrics.WORKER_DRAINING.set(1)
         if self.batcher is not None:
             self.batcher.stop_accepting()
+        if self.streams is not None:
+            self.streams.begin_shutdown()
+
+    async def wait_streams_closed(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for every open stream to finalize and close; True if they all did."""
+        deadline = time.monotonic() + timeout_s
+        while self.streams is not None and self.streams.open_streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.streams is None or not self.streams.open_streams
 
     async def close(self) -> None:
-        """Drain admitted requests (up to `shutdown_drain_s`), then stop the GPU thread and the decoders."""
+        """Let open streams finalize, drain admitted requests (up to `shutdown_drain_s` each), then stop the GPU
+        thread, the VAD thread and the decoders."""
         self.begin_shutdown()
+        if self.streams is not None:
+            if not await self.wait_streams_closed(self.settings.shutdown_drain_s):
+                log.info("shutdown: %d stream(s) still open after the drain time", self.streams.open_streams)
+            self.streams.stop()
         if self.batcher is not None:
             drained = await self.batcher.drain(self.settings.shutdown_drain_s)
             log.info("shutdown: %s", "all admitted requests answered" if drained else "drain timed out")
         if self._device_refresh is not None:
             self._device_refresh.cancel()
         self.gpu_executor.shutdown(wait=True, cancel_futures=True)
+        self.vad_executor.shutdown(wait=True, cancel_futures=True)
         if self.decoder is not None:
             await self.decoder.close()
         metrics.mark_this_worker_gone()
@@ -192,6 +217,38 @@ class Worker:
             yield ticket
         finally:
             batcher.release(ticket)
+
+    def open_stream(self, listener: Listener, *, vad: VadParams | None = None) -> StreamSession:
+        """Admit a live stream (see `StreamScheduler.open`).
+
+        Raises:
+            ShuttingDown, NotReady, TooManyStreams, BadRequest (VAD unavailable).
+        """
+        if self.phase == "shutting_down":
+            raise errors.ShuttingDown("the worker is shutting down; reconnect to another worker")
+        if self.streams is None:
+            raise errors.NotReady(f"the model is not ready yet ({self.detail}); retry shortly")
+        return self.streams.open(listener, vad=vad)
+
+    async def transcribe_waveform(self, waveform: Waveform, *, timestamps: bool) -> Outcome:
+        """Transcribe the audio of a live stream's utterance through the offline batcher (so its text equals
+        `/transcribe` on the same samples). Admitted as part of its stream: no queue limit applies.
+
+        Args:
+            waveform: float32 mono 16 kHz samples [T], T >= 1.
+            timestamps: whether to compute word timestamps.
+
+        Raises:
+            DeadlineExceeded, InferenceError, DeviceOutOfMemory: as for uploads.
+        """
+        if self.batcher is None or self.engine is None:
+            raise errors.NotReady(f"the model is not ready yet ({self.detail}); retry shortly")
+        ticket = self.batcher.admit(reserved=True)
+        try:
+            audio = DecodedAudio(waveform, SAMPLE_RATE_HZ, 1, "stream")
+            return await self._transcribe_waveform(ticket, audio, 0.0, timestamps)
+        finally:
+            self.batcher.release(ticket)
 
     async def transcribe(self, ticket: Ticket, data: bytes, *, timestamps: bool) -> Outcome:
         """Decode one uploaded file and transcribe it.

@@ -1,0 +1,237 @@
+"""What both live-stream protocols (/ws and /v1/realtime) share: an ordered outbox with a latest-wins partial slot,
+reading the socket within the stream limits, and the close codes (RFC 6455 section 7.4.1; docs/streaming.md).
+
+Close codes: 1000 normal; 1001 the worker is shutting down (after the current utterance's final); 1003 too many
+unusable messages; 1008 idle or too long a session; 1009 message too big; 1011 server fault; 1012 shutting down
+at connect; 1013 try again later (too many streams, model loading).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from parakeet.core import errors
+from parakeet.core.settings import Settings
+from parakeet.pipeline.streaming import StreamSession
+
+log = logging.getLogger("parakeet.streams")
+
+NORMAL, GOING_AWAY, UNSUPPORTED, POLICY, TOO_BIG, SERVER_ERROR, RESTART, TRY_LATER = (
+    1000, 1001, 1003, 1008, 1009, 1011, 1012, 1013,
+)  # fmt: skip
+MAX_BAD_MESSAGES = 20  # unusable messages in a row before a 1003 close
+
+
+def refusal_code(exc: errors.ParakeetError) -> int:
+    """The close code for a stream refused at connect."""
+    if isinstance(exc, errors.ShuttingDown):
+        return RESTART
+    if isinstance(exc, errors.TooManyStreams | errors.NotReady):
+        return TRY_LATER
+    return POLICY
+
+
+class StreamClosing(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """End the connection: send `message` (if any) and close with `code`; finalize first if `finalize`."""
+
+    def __init__(self, code: int, message: dict[str, Any] | None = None, *, finalize: bool = False) -> None:
+        super().__init__(code)
+        self.code, self.message, self.finalize = code, message, finalize
+
+
+Message = dict[str, Any]
+
+
+class Outbox:
+    """Messages to one client, sent in order by one task. A pending entry (an awaitable of messages, e.g. a final
+    being transcribed) holds everything queued after it; the partial slot is latest-wins and is sent only when
+    nothing is pending, so a partial of the next utterance never overtakes the final of the previous one."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self._queue: deque[Message | asyncio.Task[list[Message]]] = deque()
+        self._partial: Message | None = None
+        self._changed = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._send_loop())
+
+    def put(self, message: Message) -> None:
+        self._queue.append(message)
+        self._changed.set()
+
+    def put_partial(self, message: Message) -> None:
+        self._partial = message
+        self._changed.set()
+
+    def put_pending(self, messages: Awaitable[list[Message]]) -> None:
+        self._queue.append(asyncio.ensure_future(messages))
+        self._changed.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            if self._queue:
+                head = self._queue[0]
+                out = [head] if isinstance(head, dict) else await head
+                for message in out:
+                    await self.websocket.send_json(message)
+                self._queue.popleft()
+                continue
+            if self._partial is not None:
+                partial, self._partial = self._partial, None
+                await self.websocket.send_json(partial)
+                continue
+            if self._closing:
+                return
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def flush(self, timeout_s: float) -> None:
+        """Send everything queued (pending entries included) within `timeout_s`, then stop."""
+        self._closing = True
+        self._changed.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Drop everything (the client is gone): pending finals are cancelled before they reach the GPU."""
+        for entry in self._queue:
+            if isinstance(entry, asyncio.Task):
+                entry.cancel()
+        self._queue.clear()
+        self._task.cancel()
+
+
+class StreamReader:
+    """Reads one socket within the stream limits: backpressure (`max_lag_s`), idle timeout, session length,
+    message size, shutdown."""
+
+    def __init__(self, websocket: WebSocket, settings: Settings, session: StreamSession) -> None:
+        self.websocket, self.settings, self.session = websocket, settings, session
+        self.deadline = time.monotonic() + settings.stream_max_session_s
+        self.bad_messages = 0
+
+    async def receive(self) -> bytes | str:
+        """The next message's payload.
+
+        Raises:
+            WebSocketDisconnect: the client went away.
+            StreamClosing: a limit was hit, or the worker is shutting down (finalize, then close).
+        """
+        s, closing = self.settings, self.session.scheduler.closing
+        if not self.session._room.is_set():  # backpressure: do not read until the stream has caught up
+            await _first(self.session.wait_for_room(), closing.wait())
+        if closing.is_set():
+            raise StreamClosing(GOING_AWAY, _error("shutting_down", "the worker is shutting down"), finalize=True)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._too_long()
+        receive = asyncio.ensure_future(self.websocket.receive())
+        await _first(receive, closing.wait(), timeout=min(s.stream_idle_timeout_s, left))
+        if not receive.done():
+            receive.cancel()
+            if closing.is_set():
+                raise StreamClosing(GOING_AWAY, _error("shutting_down", "the worker is shutting down"), finalize=True)
+            if time.monotonic() >= self.deadline:
+                raise self._too_long()
+            raise StreamClosing(
+                POLICY,
+                _error(
+                    "idle_timeout", f"no message for {s.stream_idle_timeout_s:g} s (PARAKEET_STREAM_IDLE_TIMEOUT_S)"
+                ),
+                finalize=True,
+            )
+        message = receive.result()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+        payload: bytes | str = message["bytes"] if message.get("bytes") is not None else message.get("text") or ""
+        if len(payload) > s.stream_max_frame_bytes:
+            raise StreamClosing(
+                TOO_BIG,
+                _error(
+                    "message_too_big",
+                    f"a message of {len(payload)} bytes exceeds the limit of {s.stream_max_frame_bytes} bytes "
+                    "(PARAKEET_STREAM_MAX_FRAME_BYTES)",
+                ),
+            )
+        return payload
+
+    def _too_long(self) -> StreamClosing:
+        limit = self.settings.stream_max_session_s
+        message = _error(
+            "session_too_long", f"the stream reached the limit of {limit:g} s (PARAKEET_STREAM_MAX_SESSION_S)"
+        )
+        return StreamClosing(POLICY, message, finalize=True)
+
+    def bad_message(self) -> None:
+        """Count an unusable message; too many in a row close the stream (1003)."""
+        self.bad_messages += 1
+        if self.bad_messages >= MAX_BAD_MESSAGES:
+            raise StreamClosing(UNSUPPORTED, _error("too_many_bad_messages", f"{MAX_BAD_MESSAGES} unusable messages"))
+
+    def good_message(self) -> None:
+        self.bad_messages = 0
+
+
+def _error(code: str, message: str) -> Message:
+    return {"code": code, "message": message}
+
+
+async def _first(*aws: Awaitable[Any], timeout: float | None = None) -> None:
+    """Wait until the first of `aws` finishes (or `timeout`); cancel the others that were created here."""
+    tasks = [a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task, original in zip(tasks, aws, strict=True):
+            if task is not original and not task.done():
+                task.cancel()
+
+
+async def close(websocket: WebSocket, code: int, reason: str = "") -> None:
+    """Close if still open (the client may be gone); a close reason is at most 123 bytes (RFC 6455 5.5)."""
+    if websocket.client_state == WebSocketState.CONNECTED and websocket.application_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await websocket.close(code, reason.encode()[:123].decode(errors="ignore"))
+
+
+async def serve_stream(
+    websocket: WebSocket,
+    outbox: Outbox,
+    close_session: Callable[[], None],
+    loop_body: Callable[[], Awaitable[None]],
+    finalize: Callable[[], None],
+    error_message: Callable[[Message], Message],
+    drain_s: float,
+) -> None:
+    """Run a protocol's read loop until the client leaves or a limit/shutdown ends the stream; then finalize the
+    current utterance if the ending asks for it, flush the outbox, and close with the ending's code."""
+    code, reason = NORMAL, ""
+    try:
+        while True:
+            await loop_body()
+    except WebSocketDisconnect:
+        outbox.cancel()  # the client is gone: drop its queued finals before they reach the GPU
+        close_session()
+        return
+    except StreamClosing as ending:
+        if ending.finalize:
+            finalize()
+        if ending.message is not None:
+            outbox.put(error_message(ending.message))
+        code, reason = ending.code, (ending.message or {}).get("code", "")
+    except Exception:  # noqa: BLE001 - never let one stream's bug escape as a 1006
+        log.exception("stream failed")
+        code, reason = SERVER_ERROR, "internal_error"
+        outbox.put(error_message(_error("internal_error", "the server failed on this stream")))
+    close_session()
+    await outbox.flush(drain_s)
+    await close(websocket, code, reason)
