@@ -95,6 +95,12 @@ class HealthResponse(BaseModel):
     batches: int = Field(0, description="Batches run by this worker.")
     dropped_requests: int = Field(0, description="Requests dropped before the GPU: client gone, or past deadline.")
     failed_batches: int = Field(0, description="Batches that raised (their requests got 500).")
+    streams_open: int = Field(0, description="Open live streams (/ws, /v1/realtime) on this worker.")
+    streams_refused: int = Field(0, description="Streams refused at connect for the stream limit.")
+    stream_steps: int = Field(0, description="Batched streaming steps run.")
+    mean_step_batch: float | None = Field(None, description="Streams per step, over the last 1000 steps.")
+    step_compute_ms_p95: float | None = Field(None, description="Engine time per step, p95 of the last 1000, ms.")
+    max_stream_lag_s: float = Field(0.0, description="The most unprocessed audio of any open stream, seconds.")
     detail: str | None = Field(None, description="Why the worker is not ready, when it is not.")
 
 

@@ -29,6 +29,8 @@ async def health(worker: WorkerDep) -> JSONResponse:
     """This worker's health (each request reaches one worker, chosen by the kernel)."""
     batcher = worker.batcher
     stats = batcher.stats if batcher is not None else None
+    streams = worker.streams
+    step_ms = sorted(streams.stats.compute_ms) if streams else []
     body = HealthResponse(
         status=worker.phase,
         ready=worker.ready,
@@ -44,6 +46,12 @@ async def health(worker: WorkerDep) -> JSONResponse:
         batches=stats.batches if stats else 0,
         dropped_requests=stats.cancelled + stats.expired if stats else 0,
         failed_batches=stats.failed_batches if stats else 0,
+        streams_open=streams.open_streams if streams else 0,
+        streams_refused=streams.stats.refused if streams else 0,
+        stream_steps=streams.stats.steps if streams else 0,
+        mean_step_batch=_mean(streams.stats.batch_sizes) if streams else None,
+        step_compute_ms_p95=round(step_ms[int(0.95 * (len(step_ms) - 1))], 2) if step_ms else None,
+        max_stream_lag_s=round(max((s.lag_s for s in streams.sessions.values()), default=0.0), 3) if streams else 0.0,
         detail=worker.detail,
     )
     headers = {} if worker.ready else {"Retry-After": str(RETRY_AFTER_LOADING_S)}
