@@ -71,3 +71,14 @@ def test_settings_worker_with_bad_settings_stops_with_one_line(tmp_path: Path) -
         "invalid settings: PARAKEET_LONG_AUDIO_SEARCH_S (70) must be less than PARAKEET_LONG_AUDIO_CHUNK_S (60)"
     )
     assert "Traceback" not in log
+
+
+def test_settings_every_knob_is_listed_in_the_readme() -> None:
+    from pathlib import Path
+
+    from parakeet.core.settings import Settings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("## Settings") : readme.index("## How it works")]
+    missing = [name for name in Settings.model_fields if f"`PARAKEET_{name.upper()}`" not in table]
+    assert not missing, f"README 'Settings' does not list {missing}"

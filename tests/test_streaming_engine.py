@@ -156,8 +156,9 @@ def test_segmenter_matches_silero_vad_iterator() -> None:
     pause = np.zeros(int(0.9 * 16000), np.float32)
     w = np.concatenate([pause[:8000], speech.speak("four two seven"), pause, speech.speak("one nine"), pause])
     params = VadParams(threshold=0.5, prefix_padding_ms=300, silence_duration_ms=500)
-    iterator = VADIterator(_silero_reference(), threshold=0.5, sampling_rate=16000, min_silence_duration_ms=500,
-                           speech_pad_ms=300)  # fmt: skip
+    iterator = VADIterator(
+        _silero_reference(), threshold=0.5, sampling_rate=16000, min_silence_duration_ms=500, speech_pad_ms=300
+    )
     vad, seg = SileroVad(), VadSegmenter(params)
     ours, theirs = [], []
     for j in range(len(w) // 512):

@@ -99,7 +99,9 @@ async def until_final(ws: Any, timeout_s: float = 30) -> tuple[list[dict[str, An
             return partials, m
 
 
-async def stream_utterance(server: ServerProcess, pcm: bytes, frame_bytes: int = FRAME_20MS, realtime: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+async def stream_utterance(
+    server: ServerProcess, pcm: bytes, frame_bytes: int = FRAME_20MS, realtime: bool = True
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     async with websockets.connect(ws_url(server, "/ws")) as ws:
         sender = asyncio.ensure_future(send_paced(ws, pcm, frame_bytes, realtime))
         received: list[dict[str, Any]] = []
@@ -125,7 +127,9 @@ def utterances() -> list[bytes]:
 # --- /ws --------------------------------------------------------------------------------------------------
 
 
-def test_ws_final_equals_transcribe_with_partials_before_eos(stream_server: ServerProcess, utterances: list[bytes]) -> None:  # fmt: skip
+def test_ws_final_equals_transcribe_with_partials_before_eos(
+    stream_server: ServerProcess, utterances: list[bytes]
+) -> None:
     for pcm in utterances[:2]:
         partials, final = run(stream_utterance(stream_server, pcm))
         assert final["type"] == "final", final
@@ -142,7 +146,9 @@ def test_ws_final_is_independent_of_frame_size(stream_server: ServerProcess, utt
     assert set(finals.values()) == {transcribe(stream_server, pcm)}, finals
 
 
-def test_ws_keeps_the_connection_for_the_next_utterance_and_reset_discards(stream_server: ServerProcess, utterances: list[bytes]) -> None:  # fmt: skip
+def test_ws_keeps_the_connection_for_the_next_utterance_and_reset_discards(
+    stream_server: ServerProcess, utterances: list[bytes]
+) -> None:
     a, b, c = utterances[0], utterances[1], utterances[2]
 
     async def scenario() -> list[dict[str, Any]]:
@@ -161,7 +167,9 @@ def test_ws_keeps_the_connection_for_the_next_utterance_and_reset_discards(strea
     assert second["text"] == transcribe(stream_server, c)
 
 
-def test_ws_bad_text_frame_is_an_error_event_and_the_stream_goes_on(stream_server: ServerProcess, utterances: list[bytes]) -> None:  # fmt: skip
+def test_ws_bad_text_frame_is_an_error_event_and_the_stream_goes_on(
+    stream_server: ServerProcess, utterances: list[bytes]
+) -> None:
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
         async with websockets.connect(ws_url(stream_server, "/ws")) as ws:
             await ws.send('{"hello": 1}')
@@ -181,7 +189,14 @@ def test_ws_eos_without_audio_gives_an_empty_final(stream_server: ServerProcess)
             await ws.send(b"__CTRL__:EOS")
             return (await until_final(ws))[1]
 
-    assert run(scenario()) == {"type": "final", "text": "", "audio_s": 0.0, "final_ms": 0.0, "queue_ms": 0.0, "compute_ms": 0.0}  # fmt: skip
+    assert run(scenario()) == {
+        "type": "final",
+        "text": "",
+        "audio_s": 0.0,
+        "final_ms": 0.0,
+        "queue_ms": 0.0,
+        "compute_ms": 0.0,
+    }
 
 
 async def messages_until_closed(ws: Any, timeout_s: float = 20) -> tuple[int | None, list[dict[str, Any]]]:
@@ -218,7 +233,9 @@ def test_ws_idle_stream_closes_1008_after_its_final(stream_server: ServerProcess
     assert messages[-1]["code"] == "idle_timeout"
 
 
-def test_ws_streams_over_the_limit_are_refused_1013_and_disconnects_free_their_place(stream_server: ServerProcess) -> None:  # fmt: skip
+def test_ws_streams_over_the_limit_are_refused_1013_and_disconnects_free_their_place(
+    stream_server: ServerProcess,
+) -> None:
     async def scenario() -> tuple[int | None, list[dict[str, Any]], int]:
         sockets = [await websockets.connect(ws_url(stream_server, "/ws")) for _ in range(MAX_STREAMS)]
         for ws in sockets:
@@ -331,7 +348,10 @@ def realtime_client(server: ServerProcess) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
 
-MANUAL = {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None}}}  # fmt: skip
+MANUAL = {
+    "type": "transcription",
+    "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None}},
+}
 
 
 def to_24k(pcm16k: bytes) -> bytes:
@@ -339,7 +359,9 @@ def to_24k(pcm16k: bytes) -> bytes:
     return pcm16(soxr.resample(x, 16000, 24000, quality="HQ"))
 
 
-def test_realtime_manual_commit_equals_audio_transcriptions(stream_server: ServerProcess, utterances: list[bytes]) -> None:  # fmt: skip
+def test_realtime_manual_commit_equals_audio_transcriptions(
+    stream_server: ServerProcess, utterances: list[bytes]
+) -> None:
     pcm24 = to_24k(utterances[0])
 
     async def scenario() -> list[Any]:
@@ -366,8 +388,12 @@ def test_realtime_manual_commit_equals_audio_transcriptions(stream_server: Serve
     assert completed.item_id == committed.item_id
     assert completed.transcript == transcribe(stream_server, pcm24, 24000, "/v1/audio/transcriptions")
     assert completed.usage.type == "duration" and completed.usage.seconds == pytest.approx(len(pcm24) / 48000, abs=0.01)
-    assert types.index("input_audio_buffer.committed") < types.index("conversation.item.added") < types.index(
-        "conversation.item.input_audio_transcription.completed") < types.index("conversation.item.done")  # fmt: skip
+    assert (
+        types.index("input_audio_buffer.committed")
+        < types.index("conversation.item.added")
+        < types.index("conversation.item.input_audio_transcription.completed")
+        < types.index("conversation.item.done")
+    )
 
 
 def test_realtime_server_vad_gives_one_item_per_utterance(stream_server: ServerProcess) -> None:
@@ -414,7 +440,9 @@ def test_realtime_server_vad_gives_one_item_per_utterance(stream_server: ServerP
     assert all(d.item_id in {c.item_id for c in completed} for d in deltas)
 
 
-def test_realtime_bad_events_get_error_events_and_the_session_goes_on(stream_server: ServerProcess, utterances: list[bytes]) -> None:  # fmt: skip
+def test_realtime_bad_events_get_error_events_and_the_session_goes_on(
+    stream_server: ServerProcess, utterances: list[bytes]
+) -> None:
     pcm24 = to_24k(utterances[2])
 
     async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -461,7 +489,14 @@ def test_realtime_bad_events_get_error_events_and_the_session_goes_on(stream_ser
     errors, completed = run(scenario())
     assert all(e["type"] == "error" for e in errors), errors
     codes = [e["error"]["code"] for e in errors]
-    assert codes == ["invalid_json", "unknown_event", "invalid_base64", "input_audio_buffer_commit_empty", "invalid_value", "invalid_message"]  # fmt: skip
+    assert codes == [
+        "invalid_json",
+        "unknown_event",
+        "invalid_base64",
+        "input_audio_buffer_commit_empty",
+        "invalid_value",
+        "invalid_message",
+    ]
     assert errors[1]["error"]["event_id"] == "evt_1"
     assert "at least 100ms" in errors[3]["error"]["message"] and "5.00ms" in errors[3]["error"]["message"]
     assert "44100" in errors[4]["error"]["message"]
@@ -503,7 +538,9 @@ def test_realtime_beta_session_update_and_g711_ulaw(stream_server: ServerProcess
     assert jiwer.wer("four two seven one nine", completed["transcript"]) <= 0.2
 
 
-def test_sigterm_finalizes_open_streams_then_closes_1001(tmp_path: Path, digits_model_path: Path, utterances: list[bytes]) -> None:  # fmt: skip
+def test_sigterm_finalizes_open_streams_then_closes_1001(
+    tmp_path: Path, digits_model_path: Path, utterances: list[bytes]
+) -> None:
     server = start_server(tmp_path, {"PARAKEET_MODEL": str(digits_model_path)}, workers=1)
     try:
         server.wait_ready(timeout_s=120)
