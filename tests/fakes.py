@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo
+from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, StepBatchResult, StepRequest, StepResult
 from parakeet.core.errors import DeviceOutOfMemory
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import BatchResult, TimedSpan, Transcript
@@ -39,6 +39,8 @@ class FakeEngine:
     """Records every batch it runs; can be gated, slowed, poisoned, and made to run out of memory."""
 
     model_name: str = "fake"
+    encoder_frame_samples: int = 1280
+    vad: None = None
     delay_s: float = 0.0
     per_item_s: float = 0.0
     fail_tag: int | None = None  # a batch containing this tag raises RuntimeError
@@ -65,6 +67,14 @@ class FakeEngine:
             text = f"{tag} {len(w)}"  # one "word" spanning the clip, so long-audio merging has timestamps
             texts.append(Transcript(text, 1, len(w) // 1280, words=(TimedSpan(text, 0.0, len(w) / SAMPLE_RATE_HZ),)))
         return BatchResult(texts[: len(texts) - self.short_by], (time.perf_counter() - t0) * 1000)
+
+    def stream_step(self, requests: list[StepRequest]) -> StepBatchResult:
+        """Commits what it is asked to; its partial text counts the window's samples (no model behind it)."""
+        results = []
+        for r in requests:
+            frames = r.commit_frames if r.commit_frames is not None else len(r.window) // 1280 - r.left_frames
+            results.append(StepResult(r.tokens, "", f"{len(r.window)}", None, frames))
+        return StepBatchResult(results, 0.1)
 
     def warmup(self, duration_s: float = 2.0) -> float:
         return 1.0

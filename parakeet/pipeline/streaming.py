@@ -86,10 +86,12 @@ class Utterance:
 
 @dataclass(frozen=True)
 class Partial:
-    """New partial text of the current utterance: `text` (committed + speculative) and `committed_text`."""
+    """New partial text of the current utterance: `text` (committed + speculative), `committed_text`, and
+    `audio_s`: the utterance audio the text covers (committed frames + right context), seconds."""
 
     text: str
     committed_text: str
+    audio_s: float
 
 
 @dataclass(frozen=True)
@@ -295,7 +297,9 @@ class StreamSession:
         self.steps += 1
         if result.text != self._text:
             self._text = result.text
-            self.listener(Partial(result.text, result.committed_text))
+            s = self.scheduler
+            covered = min((self._frames + s.right_frames) * s.frame_samples, self._audio.end - (self._start or 0))
+            self.listener(Partial(result.text, result.committed_text, covered / SAMPLE_RATE_HZ))
         self._update_room()
 
     def _vad_frame(self) -> Waveform | None:

@@ -3,7 +3,7 @@
 
 Client -> server: binary frames of PCM16LE mono 16 kHz audio of any size (an odd trailing byte carries over to the
 next frame); a frame (binary or text) exactly equal to `__CTRL__:EOS` ends the utterance and asks for its final at
-once, `__CTRL__:RESET` discards it. Server -> client: `{"type": "partial", "text"}` when the text changes,
+once, `__CTRL__:RESET` discards it. Server -> client: `{"type": "partial", "text", "audio_s"}` when the text changes,
 `{"type": "final", "text", "audio_s", "final_ms", "queue_ms", "compute_ms"[, "words"]}` per utterance, and
 `{"type": "error", "code", "message"}`. Query: `vad=1` ends utterances at pauses too; `timestamps=1` adds words.
 """
@@ -80,7 +80,7 @@ async def ws_stream(websocket: WebSocket, vad: bool = False, timestamps: bool = 
 
     def on_event(event: StreamEvent) -> None:
         if isinstance(event, Partial):
-            outbox.put_partial({"type": "partial", "text": event.text})
+            outbox.put_partial({"type": "partial", "text": event.text, "audio_s": round(event.audio_s, 3)})
         elif isinstance(event, UtteranceEnded):
             finalize(event.utterance)
         elif isinstance(event, StepFailed):
