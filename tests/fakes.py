@@ -11,13 +11,21 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, StepBatchResult, StepRequest, StepResult
+from parakeet.core.engine import (
+    SAMPLE_RATE_HZ,
+    DeviceInfo,
+    StepBatchResult,
+    StepRequest,
+    StepResult,
+    VoiceActivityModel,
+)
 from parakeet.core.errors import DeviceOutOfMemory
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import BatchResult, TimedSpan, Transcript
@@ -40,7 +48,7 @@ class FakeEngine:
 
     model_name: str = "fake"
     encoder_frame_samples: int = 1280
-    vad: None = None
+    vad: VoiceActivityModel | None = None
     delay_s: float = 0.0
     per_item_s: float = 0.0
     fail_tag: int | None = None  # a batch containing this tag raises RuntimeError
@@ -50,7 +58,9 @@ class FakeEngine:
     batches: list[list[int]] = field(default_factory=list)  # tags per batch, in run order
     timestamps_asked: list[list[bool]] = field(default_factory=list)  # the timestamp flags of each call
 
-    def transcribe(self, waveforms: list[npt.NDArray[np.float32]], timestamps: list[bool] | None = None) -> BatchResult:
+    def transcribe(
+        self, waveforms: Sequence[npt.NDArray[np.float32]], timestamps: Sequence[bool] | None = None
+    ) -> BatchResult:
         t0 = time.perf_counter()
         self.timestamps_asked.append(list(timestamps) if timestamps is not None else [True] * len(waveforms))
         if self.gate is not None:
@@ -68,7 +78,7 @@ class FakeEngine:
             texts.append(Transcript(text, 1, len(w) // 1280, words=(TimedSpan(text, 0.0, len(w) / SAMPLE_RATE_HZ),)))
         return BatchResult(texts[: len(texts) - self.short_by], (time.perf_counter() - t0) * 1000)
 
-    def stream_step(self, requests: list[StepRequest]) -> StepBatchResult:
+    def stream_step(self, requests: Sequence[StepRequest]) -> StepBatchResult:
         """Commits what it is asked to; its partial text counts the window's samples (no model behind it)."""
         results = []
         for r in requests:
