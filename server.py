@@ -34,6 +34,7 @@ from parakeet.core.settings import Settings, load_settings
 from parakeet.pipeline.worker import Worker
 
 log = logging.getLogger("parakeet.server")
+_background: set[asyncio.Task[None]] = set()  # tasks started from signal handlers (the loop keeps weak refs)
 
 
 class ParakeetEngineFactory:
@@ -86,7 +87,12 @@ def _chain_shutdown_signals(worker: Worker) -> Callable[[], None]:
                     await worker.wait_streams_closed(worker.settings.shutdown_drain_s)
                     previous(signum, frame)
 
-                loop.call_soon_threadsafe(lambda: loop.create_task(then_uvicorn()))
+                def schedule() -> None:
+                    task = loop.create_task(then_uvicorn())
+                    _background.add(task)
+                    task.add_done_callback(_background.discard)
+
+                loop.call_soon_threadsafe(schedule)
                 return
             previous(signum, frame)
 
