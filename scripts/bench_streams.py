@@ -270,6 +270,7 @@ def main() -> int:
     ap.add_argument("--http-rps", type=float, default=0.0, help="open-loop HTTP requests/s beside the streams")
     ap.add_argument("--torch-threads", type=int, default=None)
     ap.add_argument("--utterances", type=int, default=24)
+    ap.add_argument("--turn-utterances", type=int, default=1, help="digit utterances (0.3 s apart) per EOS turn")
     ap.add_argument("--out", type=Path, default=None, help="write the stage summaries as JSON")
     args = ap.parse_args()
 
@@ -291,8 +292,10 @@ def main() -> int:
               f"left {left_ms:g} ms); log {log_path}")  # fmt: skip
         utterances = []
         for i in tqdm(range(args.utterances), desc="synthesizing + offline references"):
-            u = speech.random_utterance(9_000_000 + i)
-            pcm = pcm16(np.concatenate([u.waveform, np.zeros(4800, np.float32)]))  # 0.3 s of silence after each
+            parts = []
+            for j in range(args.turn_utterances):  # each followed by 0.3 s of silence
+                parts += [speech.random_utterance(9_000_000 + i * 100 + j).waveform, np.zeros(4800, np.float32)]
+            pcm = pcm16(np.concatenate(parts))
             buf = io.BytesIO()
             sf.write(buf, np.frombuffer(pcm, "<i2"), 16000, format="WAV", subtype="PCM_16")
             offline = httpx.post(f"{base}/transcribe", files={"file": ("u.wav", buf.getvalue())}, timeout=60).json()[

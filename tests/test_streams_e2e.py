@@ -562,3 +562,32 @@ def test_sigterm_finalizes_open_streams_then_closes_1001(
         assert "Application shutdown complete" in server.log()
     finally:
         server.stop()
+
+
+def test_session_length_limit_and_api_keys(tmp_path: Path, digits_model_path: Path, utterances: list[bytes]) -> None:
+    """With API keys a socket needs the key (the SDK sends `Authorization: Bearer`); a stream past
+    PARAKEET_STREAM_MAX_SESSION_S gets the final of its open utterance, then 1008."""
+    env = {"PARAKEET_MODEL": str(digits_model_path), "PARAKEET_STREAM_MAX_SESSION_S": "2", "PARAKEET_API_KEYS": "k1"}
+    server = start_server(tmp_path, env, workers=1)
+    try:
+        server.wait_ready(timeout_s=120)
+        pcm = utterances[1] + utterances[2]  # about 3.5 s: the stream outlives its 2 s limit while sending
+
+        async def scenario() -> tuple[int | None, list[dict[str, Any]]]:
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await websockets.connect(ws_url(server, "/ws"))
+            assert refused.value.response.status_code == 403  # closed before the handshake: 1008 in ASGI terms
+            headers = {"Authorization": "Bearer k1"}
+            async with websockets.connect(ws_url(server, "/ws"), additional_headers=headers) as ws:
+                sender = asyncio.ensure_future(send_paced(ws, pcm))
+                code, messages = await messages_until_closed(ws)
+                sender.cancel()
+                return code, messages
+
+        code, messages = run(scenario())
+        assert code == 1008
+        assert messages[-1]["code"] == "session_too_long" and "2 s" in messages[-1]["message"]
+        finals = [m for m in messages if m["type"] == "final"]
+        assert len(finals) == 1 and 1.5 <= finals[0]["audio_s"] <= 3.6 and finals[0]["text"]
+    finally:
+        server.stop()
