@@ -282,11 +282,15 @@ class RealtimeConnection:
             x = self.resampler.resample_chunk(x)
         self.session.append(x)
 
+    def flush_resampler(self) -> None:
+        """The resampler's delayed tail belongs to the item being committed; the next item starts afresh."""
+        if self.resampler is not None and self.session is not None:
+            self.session.append(self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        self.resampler = None
+
     def manual_commit(self) -> None:
         assert self.session is not None
-        if self.resampler is not None:  # the resampler's delayed tail belongs to this item
-            self.session.append(self.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-            self.resampler = None
+        self.flush_resampler()
         utterance = self.session.end_utterance()
         got_ms = 0.0 if utterance is None else utterance.duration_s * 1000
         if utterance is None or got_ms < MIN_COMMIT_MS:
@@ -388,8 +392,7 @@ async def realtime(websocket: WebSocket) -> None:
 
     def finalize() -> None:
         assert conn.session is not None
-        if conn.resampler is not None:
-            conn.session.append(conn.resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        conn.flush_resampler()
         utterance = conn.session.end_utterance()
         if utterance is not None and utterance.duration_s * 1000 >= MIN_COMMIT_MS:
             conn.commit(utterance)
