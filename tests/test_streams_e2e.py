@@ -591,3 +591,18 @@ def test_session_length_limit_and_api_keys(tmp_path: Path, digits_model_path: Pa
         assert len(finals) == 1 and 1.5 <= finals[0]["audio_s"] <= 3.6 and finals[0]["text"]
     finally:
         server.stop()
+
+
+def test_stream_metrics_are_scraped(stream_server: ServerProcess, utterances: list[bytes]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    run(stream_utterance(stream_server, utterances[1], 32000, realtime=False))
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(httpx.get(stream_server.url + "/metrics").text)
+        for s in family.samples
+    }
+    assert samples["parakeet_stream_step_batch_size_count"] >= 1
+    assert samples["parakeet_stream_step_seconds_count"] == samples["parakeet_stream_step_batch_size_count"]
+    assert samples["parakeet_stream_audio_seconds_total"] >= len(utterances[1]) / 32000
+    assert samples["parakeet_streams_open"] == 0

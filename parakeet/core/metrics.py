@@ -94,7 +94,6 @@ REJECTION_REASONS = {
     "shutting_down": "shutting_down",
     "device_out_of_memory": "oom",
     "client_closed_request": "client_gone",
-    "too_many_streams": "too_many_streams",
 }
 
 
