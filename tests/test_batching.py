@@ -334,3 +334,42 @@ def test_device_out_of_memory_on_a_request_alone_is_reported_as_such() -> None:
     out = run_with_batcher(engine, cfg, body)
     assert [type(e) for e in out] == [DeviceOutOfMemory, DeviceOutOfMemory]  # 503 + Retry-After, not a 500
     assert "ran out of memory on this request alone" in out[0].message
+
+
+def test_priority_item_jumps_older_waiting_items() -> None:
+    """A live stream's final (priority) goes into the next batch ahead of uploads that queued before it."""
+    engine = FakeEngine(gate=threading.Event())
+    cfg = BatcherConfig(max_batch_size=1, max_wait_ms=0)
+
+    async def body(b: Batcher) -> None:
+        first = asyncio.ensure_future(request(b, 0))
+        while not engine.timestamps_asked:  # batch [0] is on the GPU thread, held by the gate
+            await asyncio.sleep(0.01)
+        ordinary = [asyncio.ensure_future(request(b, i)) for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        ticket = b.admit(reserved=True)
+        final = asyncio.ensure_future(b.submit(ticket, tagged_wave(3, 1.0), priority=True))
+        await asyncio.sleep(0.05)
+        assert engine.gate is not None
+        engine.gate.set()
+        await asyncio.gather(first, final, *ordinary)
+        b.release(ticket)
+
+    run_with_batcher(engine, cfg, body)
+    assert engine.batches == [[0], [3], [1], [2]]
+
+
+def test_reserved_admission_ignores_the_queue_limits_but_counts() -> None:
+    cfg = BatcherConfig(max_queue_requests=1)
+
+    async def body(b: Batcher) -> int:
+        upload = b.admit()
+        with pytest.raises(Overloaded):
+            b.admit()
+        final = b.admit(reserved=True)  # the utterance of a stream admitted at connect
+        held = b.queued_requests
+        b.release(upload)
+        b.release(final)
+        return held
+
+    assert run_with_batcher(FakeEngine(), cfg, body) == 2

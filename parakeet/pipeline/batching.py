@@ -73,6 +73,7 @@ class _Item:
     enqueued_at: float
     deadline: float
     future: asyncio.Future[ItemResult]
+    priority: bool = False  # a live stream's final: its batch is formed around it before older offline items
     started: bool = False  # taken into a batch: from then on it runs to completion, deadline or not
 
     @property
@@ -213,7 +214,9 @@ class Batcher:
 
     # --- submission ----------------------------------------------------------------------------------
 
-    async def submit(self, ticket: Ticket, waveform: Waveform, *, timestamps: bool = True) -> ItemResult:
+    async def submit(
+        self, ticket: Ticket, waveform: Waveform, *, timestamps: bool = True, priority: bool = False
+    ) -> ItemResult:
         """Queue one decoded waveform and wait for its transcript.
 
         Args:
@@ -221,6 +224,8 @@ class Batcher:
             waveform: float32 mono 16 kHz, shape [T], T >= 1.
             timestamps: whether its transcript needs word/segment/char timestamps (they cost the GPU thread
                 Python time; see `Engine.transcribe`).
+            priority: the next batch forms around the oldest priority item, ahead of older ordinary ones (a
+                live stream's final: a speaker waits for it).
 
         Raises:
             DeadlineExceeded: not started within `request_timeout_s` of queueing (dropped before the GPU).
@@ -231,7 +236,9 @@ class Batcher:
         now = self.clock()
         # The deadline bounds the wait in the queue, from this item's own arrival there (a long file's later
         # chunks arrive later; its upload and decoding do not count).
-        item = _Item(ticket, waveform, timestamps, now, now + self.config.request_timeout_s, loop.create_future())
+        item = _Item(
+            ticket, waveform, timestamps, now, now + self.config.request_timeout_s, loop.create_future(), priority
+        )
         self._waiting.append(item)
         self._publish()
         self._wake.set()
@@ -342,12 +349,13 @@ class Batcher:
         self._waiting = keep
 
     def _take_batch(self) -> list[_Item]:
-        """The oldest item plus its nearest neighbours in length, within the count and padded-audio caps."""
+        """The oldest item (the oldest priority item, if any) plus its nearest neighbours in length, within the
+        count and padded-audio caps."""
         self._purge()
         if not self._waiting:
             return []
         cfg = self.config
-        oldest = self._waiting[0]
+        oldest = next((i for i in self._waiting if i.priority), self._waiting[0])
         by_len = sorted(self._waiting, key=lambda i: len(i.waveform))
         lengths = [len(i.waveform) for i in by_len]
         pos = by_len.index(oldest)

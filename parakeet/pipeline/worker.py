@@ -232,7 +232,8 @@ class Worker:
 
     async def transcribe_waveform(self, waveform: Waveform, *, timestamps: bool) -> Outcome:
         """Transcribe the audio of a live stream's utterance through the offline batcher (so its text equals
-        `/transcribe` on the same samples). Admitted as part of its stream: no queue limit applies.
+        `/transcribe` on the same samples). Admitted as part of its stream: no queue limit applies; its batch
+        is formed ahead of older uploads (a speaker is waiting).
 
         Args:
             waveform: float32 mono 16 kHz samples [T], T >= 1.
@@ -246,7 +247,7 @@ class Worker:
         ticket = self.batcher.admit(reserved=True)
         try:
             audio = DecodedAudio(waveform, SAMPLE_RATE_HZ, 1, "stream")
-            return await self._transcribe_waveform(ticket, audio, 0.0, timestamps)
+            return await self._transcribe_waveform(ticket, audio, 0.0, timestamps, priority=True)
         finally:
             self.batcher.release(ticket)
 
@@ -279,7 +280,7 @@ class Worker:
         return outcome
 
     async def _transcribe_waveform(
-        self, ticket: Ticket, decoded: DecodedAudio, decode_ms: float, timestamps: bool
+        self, ticket: Ticket, decoded: DecodedAudio, decode_ms: float, timestamps: bool, *, priority: bool = False
     ) -> Outcome:
         """Up to `long_audio_threshold_s` the waveform is one batch item, as NeMo would run it. Longer audio is
         cut at quiet points into chunks that go through the batcher like any request, at most
@@ -297,7 +298,7 @@ class Worker:
 
         async def one(piece: Waveform) -> ItemResult:
             async with slots:
-                return await batcher.submit(ticket, piece, timestamps=timestamps)
+                return await batcher.submit(ticket, piece, timestamps=timestamps, priority=priority)
 
         tasks = [asyncio.ensure_future(one(waveform[c.start : c.end])) for c in chunks]
         try:
