@@ -57,6 +57,7 @@ class FakeEngine:
     gate: threading.Event | None = None  # when set, each batch waits for it
     batches: list[list[int]] = field(default_factory=list)  # tags per batch, in run order
     timestamps_asked: list[list[bool]] = field(default_factory=list)  # the timestamp flags of each call
+    steps: list[list[StepRequest]] = field(default_factory=list)  # the requests of each streaming step
 
     def transcribe(
         self, waveforms: Sequence[npt.NDArray[np.float32]], timestamps: Sequence[bool] | None = None
@@ -79,7 +80,11 @@ class FakeEngine:
         return BatchResult(texts[: len(texts) - self.short_by], (time.perf_counter() - t0) * 1000)
 
     def stream_step(self, requests: Sequence[StepRequest]) -> StepBatchResult:
-        """Commits what it is asked to; its partial text counts the window's samples (no model behind it)."""
+        """Commits what it is asked to; its partial text counts the window's samples (no model behind it).
+        Records each step's requests; waits for `gate` like `transcribe`."""
+        self.steps.append(list(requests))
+        if self.gate is not None:
+            self.gate.wait(30)
         results = []
         for r in requests:
             frames = r.commit_frames if r.commit_frames is not None else len(r.window) // 1280 - r.left_frames
