@@ -28,6 +28,7 @@ NORMAL, GOING_AWAY, UNSUPPORTED, POLICY, TOO_BIG, SERVER_ERROR, RESTART, TRY_LAT
     1000, 1001, 1003, 1008, 1009, 1011, 1012, 1013,
 )  # fmt: skip
 MAX_BAD_MESSAGES = 20  # unusable messages in a row before a 1003 close
+MAX_UNSENT_MESSAGES = 256  # messages queued for a client that does not read them before a 1008 close
 
 
 def refusal_code(exc: errors.ParakeetError) -> int:
@@ -42,9 +43,11 @@ def refusal_code(exc: errors.ParakeetError) -> int:
 class StreamClosing(Exception):  # noqa: N818 - a control-flow signal, not an error
     """End the connection: send `message` (if any) and close with `code`; finalize first if `finalize`."""
 
-    def __init__(self, code: int, message: dict[str, Any] | None = None, *, finalize: bool = False) -> None:
+    def __init__(
+        self, code: int, message: dict[str, Any] | None = None, *, finalize: bool = False, flush: bool = True
+    ) -> None:
         super().__init__(code)
-        self.code, self.message, self.finalize = code, message, finalize
+        self.code, self.message, self.finalize, self.flush = code, message, finalize, flush
 
 
 Message = dict[str, Any]
@@ -62,6 +65,11 @@ class Outbox:
         self._changed = asyncio.Event()
         self._closing = False
         self._task = asyncio.get_running_loop().create_task(self._send_loop())
+
+    @property
+    def unsent(self) -> int:
+        """Messages (and pending finals) queued for the client, not sent yet."""
+        return len(self._queue)
 
     def put(self, message: Message) -> None:
         self._queue.append(message)
@@ -114,8 +122,8 @@ class StreamReader:
     """Reads one socket within the stream limits: backpressure (`max_lag_s`), idle timeout, session length,
     message size, shutdown."""
 
-    def __init__(self, websocket: WebSocket, settings: Settings, session: StreamSession) -> None:
-        self.websocket, self.settings, self.session = websocket, settings, session
+    def __init__(self, websocket: WebSocket, settings: Settings, session: StreamSession, outbox: Outbox) -> None:
+        self.websocket, self.settings, self.session, self.outbox = websocket, settings, session, outbox
         self.deadline = time.monotonic() + settings.stream_max_session_s
         self.bad_messages = 0
 
@@ -127,6 +135,9 @@ class StreamReader:
             StreamClosing: a limit was hit, or the worker is shutting down (finalize, then close).
         """
         s, closing = self.settings, self.session.scheduler.closing
+        if self.outbox.unsent > MAX_UNSENT_MESSAGES:  # the client sends but does not read: its backlog would grow
+            why = f"{self.outbox.unsent} messages wait for the client to read them, the limit is {MAX_UNSENT_MESSAGES}"
+            raise StreamClosing(POLICY, _error("client_not_reading", why), flush=False)
         if not self.session._room.is_set():  # backpressure: do not read until the stream has caught up
             await _first(self.session.wait_for_room(), closing.wait())
         if closing.is_set():
@@ -225,9 +236,14 @@ async def serve_stream(
     except StreamClosing as ending:
         if ending.finalize:
             finalize()
+        code, reason = ending.code, (ending.message or {}).get("code", "")
+        if not ending.flush:  # a client that does not read would hold the flush for the whole drain time
+            outbox.cancel()
+            close_session()
+            await close(websocket, code, reason)
+            return
         if ending.message is not None:
             outbox.put(error_message(ending.message))
-        code, reason = ending.code, (ending.message or {}).get("code", "")
     except Exception:  # noqa: BLE001 - never let one stream's bug escape as a 1006
         log.exception("stream failed")
         code, reason = SERVER_ERROR, "internal_error"

@@ -166,7 +166,7 @@ class RealtimeConnection:
             self.session.close()
         self.session = self.worker.open_stream(self.on_event, vad=self.vad_params())
         if self.reader is None:
-            self.reader = wsx.StreamReader(self.websocket, self.worker.settings, self.session)
+            self.reader = wsx.StreamReader(self.websocket, self.worker.settings, self.session, self.outbox)
         self.reader.session = self.session
         fmt = self.config["audio"]["input"]["format"]
         self.rate, self.encoding = _input_rate(fmt), fmt["type"]

@@ -96,7 +96,7 @@ async def ws_stream(websocket: WebSocket, vad: bool = False, timestamps: bool = 
         await outbox.flush(5.0)
         await wsx.close(websocket, wsx.refusal_code(exc), exc.code)
         return
-    reader = wsx.StreamReader(websocket, settings, session)
+    reader = wsx.StreamReader(websocket, settings, session, outbox)
     carry = b""
 
     async def step() -> None:
