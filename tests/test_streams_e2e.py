@@ -606,3 +606,42 @@ def test_stream_metrics_are_scraped(stream_server: ServerProcess, utterances: li
     assert samples["parakeet_stream_step_seconds_count"] == samples["parakeet_stream_step_batch_size_count"]
     assert samples["parakeet_stream_audio_seconds_total"] >= len(utterances[1]) / 32000
     assert samples["parakeet_streams_open"] == 0
+
+
+def test_realtime_deltas_stream_whole_words_of_the_item_while_it_is_spoken(stream_server: ServerProcess) -> None:
+    words = "four two seven one nine three eight zero five six"
+    pcm24 = to_24k(pcm16(speech.speak(words)))
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        events: list[Any] = []
+        async with realtime_client(stream_server).realtime.connect(
+            model="parakeet-tdt-0.6b-v3", extra_query={"intent": "transcription"}
+        ) as conn:
+            await conn.session.update(session=MANUAL)  # type: ignore[arg-type]
+
+            async def collect() -> None:
+                async for event in conn:
+                    events.append(event)
+                    if event.type == "conversation.item.done":
+                        return
+
+            collector = asyncio.ensure_future(collect())
+            t0 = time.monotonic()
+            for i in range(0, len(pcm24), 960):  # 20 ms events at real time
+                await conn.input_audio_buffer.append(audio=base64.b64encode(pcm24[i : i + 960]).decode())
+                await asyncio.sleep(max(0.0, t0 + (i + 960) / 48000 - time.monotonic()))
+            await asyncio.sleep(0.3)
+            spoken = len(events)
+            await conn.input_audio_buffer.commit()
+            await asyncio.wait_for(collector, 30)
+        return events[:spoken], events[spoken:]
+
+    before, after = run(scenario())
+    deltas = [e for e in before if e.type == "conversation.item.input_audio_transcription.delta"]
+    completed = next(e for e in after if e.type == "conversation.item.input_audio_transcription.completed")
+    print("deltas while speaking:", [d.delta for d in deltas], "completed:", completed.transcript)
+    assert deltas, "no delta while the item was being spoken"
+    assert {d.item_id for d in deltas} == {completed.item_id}
+    streamed = "".join(d.delta for d in deltas).split()
+    assert streamed and set(streamed) <= set(speech.DIGIT_WORDS)  # whole words only, never a cut-off one
+    assert completed.transcript == transcribe(stream_server, pcm24, 24000, "/v1/audio/transcriptions")
