@@ -31,6 +31,7 @@ from parakeet.core import errors
 from parakeet.core.engine import Engine, EngineFactory
 from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings, load_settings
+from parakeet.pipeline.fetch import UrlPolicy
 from parakeet.pipeline.worker import Worker
 
 log = logging.getLogger("parakeet.server")
@@ -201,6 +202,11 @@ def create_app(
         lifespan=_lifespan(settings, engine_factory or ParakeetEngineFactory(), on_fatal),
         responses={400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
     )
+    try:
+        app.state.url_policy = UrlPolicy.from_settings(settings)
+    except errors.InvalidSettings as exc:
+        on_fatal(exc.message)
+        raise
     install_error_handlers(app)
     # Outermost last: request id -> CORS (preflights need no key) -> API key -> upload cap -> routes.
     app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)

@@ -34,6 +34,26 @@ class UploadTooLarge(ParakeetError):
     code = "upload_too_large"
 
 
+class UrlRefused(ParakeetError):
+    """An `audio_url` this server will not fetch: URL input off, a scheme other than http(s), a host not allowed,
+    an address inside a private, loopback, link-local or metadata network (checked after DNS resolution and on
+    every redirect), or too many redirects."""
+
+    code = "url_refused"
+
+
+class UrlFetchFailed(ParakeetError):
+    """The `audio_url` could not be fetched: unreachable, or it answered with an HTTP error status."""
+
+    code = "url_fetch_failed"
+
+
+class UrlTimeout(ParakeetError):
+    """Fetching the `audio_url` took longer than its connect or total time limit."""
+
+    code = "url_timeout"
+
+
 class Unauthorized(ParakeetError):
     """API keys are configured and the request carries none, or not one of them."""
 

@@ -66,6 +66,22 @@ class Settings(BaseSettings):
         description="Address-space cap (RLIMIT_AS) of each decoder subprocess, bytes; unset for none.",
     )
 
+    # --- audio by URL (JSON `audio_url`; parakeet/pipeline/fetch.py) ---
+    url_input: bool = Field(False, description="Accept `audio_url` in JSON requests (the server fetches it).")
+    url_allowed_hosts: str | None = Field(
+        None, description="Comma-separated host names `audio_url` may name (unset: any public host)."
+    )
+    url_allowed_networks: str | None = Field(
+        None,
+        description="Comma-separated CIDR networks exempt from the private-address refusal (e.g. an internal "
+        "object store, 10.0.5.0/24); unset: none.",
+    )
+    url_connect_timeout_s: float = Field(5.0, gt=0, description="Connect limit per `audio_url` hop, s.")
+    url_timeout_s: float = Field(
+        60.0, gt=0, description="Total limit on fetching an `audio_url`, redirects included, s."
+    )
+    url_max_redirects: int = Field(3, ge=0, description="Most redirects an `audio_url` may take.")
+
     # --- long audio (parakeet/pipeline/long_audio.py) ---
     long_audio_threshold_s: float = Field(
         180.0, gt=0, description="Audio longer than this is transcribed in chunks, never with full attention."

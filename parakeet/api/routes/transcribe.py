@@ -1,4 +1,5 @@
-"""`POST /transcribe`: one multipart upload (`file`, optional `timestamps`) -> the transcript and its timings."""
+"""`POST /transcribe`: one multipart upload (`file`, optional `timestamps`), or a JSON body with the audio as base64
+or a URL (parakeet.api.json_input) -> the transcript and its timings."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from fastapi import APIRouter, Request, Response
 
 from parakeet.api.deps import WorkerDep
 from parakeet.api.errors import request_id
+from parakeet.api.json_input import is_json, read_json_audio
 from parakeet.api.schemas import ErrorResponse, Timestamps, TranscriptionResponse
 from parakeet.api.uploads import (
+    UploadedFile,
     form_bool,
     form_file,
     multipart_form,
@@ -18,6 +21,7 @@ from parakeet.api.uploads import (
     timing_headers,
     transcribe_upload,
 )
+from parakeet.core import errors
 
 router = APIRouter()
 
@@ -32,9 +36,28 @@ _MULTIPART_BODY = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "timestamps": {"type": "boolean", "default": False},
+                        "include_timestamps": {"type": "boolean", "description": "alias of timestamps"},
+                        "should_chunk": {
+                            "type": "boolean",
+                            "description": "accepted, ignored: long audio is "
+                            "always chunked past PARAKEET_LONG_AUDIO_THRESHOLD_S",
+                        },
                     },
                 }
-            }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": 'exactly one of audio_base64, audio_url; or the same wrapped as {"input": {...}}',
+                    "properties": {
+                        "audio_base64": {"type": "string", "description": "standard or URL-safe, data: prefix ok"},
+                        "audio_url": {"type": "string", "description": "http(s); needs PARAKEET_URL_INPUT=true"},
+                        "timestamps": {"type": "boolean", "default": False},
+                        "timestamp": {"type": "boolean", "description": "alias of timestamps"},
+                        "include_timestamps": {"type": "boolean", "description": "alias of timestamps"},
+                    },
+                }
+            },
         },
     }
 }
@@ -47,14 +70,26 @@ _MULTIPART_BODY = {
     openapi_extra=_MULTIPART_BODY,
 )
 async def transcribe(request: Request, response: Response, worker: WorkerDep) -> TranscriptionResponse:
-    """Transcribe one uploaded audio file (multipart field `file`; optional `timestamps=true`)."""
+    """Transcribe one audio file: multipart field `file` (optional `timestamps=true`), or a JSON body with
+    `audio_base64` or `audio_url` (README "JSON and URL input")."""
     t0 = time.perf_counter()
     with worker.admitted() as ticket:  # 429/503 before a byte of the upload is read
-        async with multipart_form(request) as form:
-            part = form_file(form)
-            want_timestamps = form_bool(form, "timestamps")
-            upload = await read_file(part)
-        outcome = await transcribe_upload(request, worker, ticket, upload, timestamps=want_timestamps)
+        if is_json(request):
+            settings = worker.settings
+            body = await read_json_audio(request, request.app.state.url_policy, settings.max_upload_bytes)
+            upload, want_timestamps, field = UploadedFile(body.data), body.timestamps, body.field
+        else:
+            field = "file"
+            async with multipart_form(request) as form:
+                part = form_file(form)
+                want_timestamps = form_bool(form, "timestamps") or form_bool(form, "include_timestamps")
+                form_bool(form, "should_chunk")  # accepted (checked), ignored: long audio is always chunked
+                upload = await read_file(part)
+        try:
+            outcome = await transcribe_upload(request, worker, ticket, upload, timestamps=want_timestamps)
+        except errors.AudioError as exc:
+            exc.param = field  # the JSON field the audio came in
+            raise
     record_outcome(request, outcome, worker.gpu_id)
     response.headers.update(timing_headers(outcome, worker.gpu_id))
     t = outcome.transcript

@@ -1,0 +1,160 @@
+"""Fetching audio from a URL (JSON `audio_url`) without letting the URL reach inside the network (SSRF).
+
+Every hop (the URL and each redirect) is checked before it is fetched: http or https only; the host on the
+allowlist when there is one; the host resolved here and EVERY address it resolves to outside private, loopback,
+link-local, multicast, reserved and cloud-metadata networks (unless on `url_allowed_networks`). The request then
+goes to the checked address itself (the Host header and TLS SNI keep the name), so a second DNS answer cannot
+swap in another address between check and connect (DNS rebinding). Redirects are followed by hand, at most
+`url_max_redirects`; the download stops at the upload cap; a connect and a total time limit apply.
+The rules follow OWASP's SSRF prevention cheat sheet
+(https://cheatsheetseries.owasp.org/cheatsheets/Server_Side_Request_Forgery_Prevention_Cheat_Sheet.html).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+import httpx
+
+from parakeet.core import errors
+from parakeet.core.settings import Settings
+
+REDIRECTS = {301, 302, 303, 307, 308}
+# Cloud metadata endpoints that are not inside the private ranges below (AWS IPv6 IMDS).
+METADATA = (ipaddress.ip_network("fd00:ec2::254/128"),)
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """Where `audio_url` may point (see the module docstring; README "JSON and URL input")."""
+
+    enabled: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    connect_timeout_s: float = 5.0
+    timeout_s: float = 60.0
+    max_redirects: int = 3
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> UrlPolicy:
+        """Raises: InvalidSettings: a network in PARAKEET_URL_ALLOWED_NETWORKS does not parse."""
+        hosts = tuple(h.strip().lower() for h in (s.url_allowed_hosts or "").split(",") if h.strip())
+        try:
+            nets = tuple(
+                ipaddress.ip_network(n.strip()) for n in (s.url_allowed_networks or "").split(",") if n.strip()
+            )
+        except ValueError as exc:
+            raise errors.InvalidSettings(f"PARAKEET_URL_ALLOWED_NETWORKS: {exc}") from None
+        return cls(s.url_input, hosts, nets, s.url_connect_timeout_s, s.url_timeout_s, s.url_max_redirects)
+
+
+def _refused(message: str) -> errors.UrlRefused:
+    return errors.UrlRefused(message, param="audio_url")
+
+
+def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
+        or ip.is_unspecified or any(ip in net for net in METADATA)
+    )  # fmt: skip
+
+
+async def _checked_address(url: httpx.URL, policy: UrlPolicy) -> str:
+    """The address to connect to for `url`, after every check (raises UrlRefused / UrlFetchFailed)."""
+    if url.scheme not in ("http", "https"):
+        raise _refused(f"audio_url must be http or https, got {url.scheme or 'no scheme'!r}")
+    host = url.host.lower()
+    if not host:
+        raise _refused("audio_url has no host")
+    if policy.allowed_hosts and host not in policy.allowed_hosts:
+        raise _refused(f"audio_url host {host!r} is not on the allowed list (PARAKEET_URL_ALLOWED_HOSTS)")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise errors.UrlFetchFailed(f"audio_url host {host!r} does not resolve ({exc})", param="audio_url") from None
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    for ip in addresses:
+        if _forbidden(ip) and not any(ip in net for net in policy.allowed_networks):
+            raise _refused(
+                f"audio_url host {host!r} resolves to {ip}, inside a private, loopback, link-local or metadata "
+                "network; such URLs are refused (PARAKEET_URL_ALLOWED_NETWORKS exempts networks)"
+            )
+    return str(addresses[0])
+
+
+async def fetch_audio(url: str, policy: UrlPolicy, max_bytes: int) -> bytes:
+    """Download `url` under `policy`, at most `max_bytes`.
+
+    Raises:
+        UrlRefused (400): off, bad scheme, host not allowed, private address, too many redirects.
+        UploadTooLarge (413): the body passes `max_bytes` (the download stops there).
+        UrlFetchFailed (422): unresolvable, unreachable, or an HTTP error status.
+        UrlTimeout (504): over the connect or total time limit.
+    """
+    if not policy.enabled:
+        raise _refused("audio_url input is off on this server (PARAKEET_URL_INPUT=true turns it on)")
+    try:
+        target = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise _refused(f"audio_url is not a valid URL ({exc})") from None
+    timeout = httpx.Timeout(policy.timeout_s, connect=policy.connect_timeout_s)
+    try:
+        async with (
+            asyncio.timeout(policy.timeout_s),
+            httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client,
+        ):
+            for _ in range(policy.max_redirects + 1):
+                address = await _checked_address(target, policy)
+                pinned = target.copy_with(host=address)
+                headers = {"Host": target.netloc.decode("ascii"), "Accept": "audio/*, video/*, */*"}
+                extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+                async with client.stream("GET", pinned, headers=headers, extensions=extensions) as response:
+                    if response.status_code in REDIRECTS and "location" in response.headers:
+                        target = target.join(response.headers["location"])
+                        continue
+                    if response.status_code >= 400:
+                        raise errors.UrlFetchFailed(
+                            f"audio_url host {target.host!r} answered HTTP {response.status_code}", param="audio_url"
+                        )
+                    return await _read_capped(response, max_bytes, target.host)
+    except TimeoutError:
+        raise errors.UrlTimeout(
+            f"fetching audio_url from {target.host!r} took longer than the limit of {policy.timeout_s:g} s "
+            "(PARAKEET_URL_TIMEOUT_S)",
+            param="audio_url",
+        ) from None
+    except httpx.TimeoutException:
+        raise errors.UrlTimeout(
+            f"audio_url host {target.host!r} did not connect or answer within the limits "
+            f"({policy.connect_timeout_s:g} s to connect, {policy.timeout_s:g} s in all)",
+            param="audio_url",
+        ) from None
+    except httpx.HTTPError as exc:
+        raise errors.UrlFetchFailed(f"audio_url host {target.host!r} could not be fetched ({type(exc).__name__})",
+                                    param="audio_url") from None  # fmt: skip
+    raise _refused(f"audio_url took more than {policy.max_redirects} redirects (PARAKEET_URL_MAX_REDIRECTS)")
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int, host: str) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise errors.UploadTooLarge(
+            f"audio_url body from {host!r} is {int(declared)} bytes, over the limit of {max_bytes} bytes",
+            param="audio_url",
+        )
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise errors.UploadTooLarge(
+                f"audio_url body from {host!r} passed the limit of {max_bytes} bytes (download stopped)",
+                param="audio_url",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
