@@ -197,4 +197,6 @@ def test_openai_queue_full_raises_rate_limit_error_with_retry_after() -> None:
     error = run(main())
     assert error.status_code == 429 and error.body["code"] == "queue_full"  # type: ignore[index]
     assert 1 <= int(error.response.headers["retry-after"]) <= 120
+    # the SDK reads retry-after-ms first (openai-python _base_client.py): the same delay, in ms
+    assert int(error.response.headers["retry-after-ms"]) == 1000 * int(error.response.headers["retry-after"])
     assert engine.batches == [[5]]  # the refused request never reached the engine

@@ -54,13 +54,17 @@ def error_response(
     request_id: str | None = None,
     retry_after_s: int | None = None,
 ) -> JSONResponse:
-    """The one error shape. 429 and 503 always carry Retry-After (seconds; default 10)."""
+    """The one error shape. 429 and 503 always carry Retry-After (seconds; default 10) and the same delay as
+    `retry-after-ms`, which the openai SDK reads first (openai-python `_base_client.py`,
+    `_parse_retry_after_header`)."""
     body = ErrorResponse.model_validate({"error": {"message": message, "type": type_, "param": param, "code": code}})
     headers = {"X-Request-Id": request_id} if request_id else {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status in (429, 503):
-        headers["Retry-After"] = str(retry_after_s if retry_after_s is not None else RETRY_AFTER_LOADING_S)
+        delay_s = retry_after_s if retry_after_s is not None else RETRY_AFTER_LOADING_S
+        headers["Retry-After"] = str(delay_s)
+        headers["retry-after-ms"] = str(delay_s * 1000)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 

@@ -107,7 +107,7 @@ async def transcribe_upload(
         ParakeetError subclasses: whatever the pipeline raised.
     """
     task = asyncio.ensure_future(worker.transcribe(ticket, upload.take(), timestamps=timestamps))
-    disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
+    disconnected = asyncio.ensure_future(wait_for_disconnect(request))
     try:
         await asyncio.wait({task, disconnected}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -120,7 +120,7 @@ async def transcribe_upload(
     return task.result()
 
 
-async def _wait_for_disconnect(request: Request) -> None:
+async def wait_for_disconnect(request: Request) -> None:
     """Return when the client closes the connection (the body has been read: receive() now waits for it)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass

@@ -75,7 +75,9 @@ def plan_chunks(waveform: npt.NDArray[np.float32], chunk_s: float, context_s: fl
     ]
 
 
-def _kept(spans: Sequence[TimedSpan], chunk: Chunk) -> list[TimedSpan]:
+def kept_spans(spans: Sequence[TimedSpan], chunk: Chunk) -> list[TimedSpan]:
+    """The spans (words, segments, characters) a chunk keeps, shifted to file time: those whose centre lies
+    between its cuts."""
     out = []
     for span in spans:
         shifted = span.shifted(chunk.offset_s)
@@ -92,9 +94,9 @@ def merge_transcripts(chunks: Sequence[Chunk], transcripts: Sequence[Transcript]
         return transcripts[0]
     words, segments, chars = [], [], []
     for chunk, t in zip(chunks, transcripts, strict=True):
-        words += _kept(t.words, chunk)
-        segments += _kept(t.segments, chunk)
-        chars += _kept(t.chars, chunk)
+        words += kept_spans(t.words, chunk)
+        segments += kept_spans(t.segments, chunk)
+        chars += kept_spans(t.chars, chunk)
     return Transcript(
         text=" ".join(w.text for w in words),
         num_tokens=len(chars),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,11 +21,11 @@ from parakeet import VERSION
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, Waveform
 from parakeet.core.settings import Settings
-from parakeet.core.transcripts import Transcript
+from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.audio import DecodedAudio
 from parakeet.pipeline.batching import Batcher, BatcherConfig, ItemResult, Ticket
 from parakeet.pipeline.decoder_pool import AudioDecoderPool
-from parakeet.pipeline.long_audio import Chunk, merge_transcripts, plan_chunks
+from parakeet.pipeline.long_audio import Chunk, kept_spans, merge_transcripts, plan_chunks
 from parakeet.pipeline.streaming import Listener, StreamConfig, StreamScheduler, StreamSession
 from parakeet.pipeline.vad import VadParams
 
@@ -33,6 +33,9 @@ log = logging.getLogger("parakeet.worker")
 
 WARMUP_AUDIO_S = 2.0
 Phase = Literal["loading", "ok", "shutting_down", "failed"]
+# Called with the words of each chunk, in file order and file time, as soon as it and all chunks before it are
+# transcribed (one call for audio up to the long-audio threshold): streamed responses send them on at once.
+WordsCallback = Callable[[Sequence[TimedSpan]], None]
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,9 @@ class Worker:
         finally:
             self.batcher.release(ticket)
 
-    async def transcribe(self, ticket: Ticket, data: bytes, *, timestamps: bool) -> Outcome:
+    async def transcribe(
+        self, ticket: Ticket, data: bytes, *, timestamps: bool, on_words: WordsCallback | None = None
+    ) -> Outcome:
         """Decode one uploaded file and transcribe it.
 
         Args:
@@ -259,6 +264,7 @@ class Worker:
             data: the file's bytes, any container `parakeet.pipeline.audio.decode_audio` reads.
             timestamps: whether the caller needs word/segment/char timestamps (long audio computes them
                 anyway: its chunks are merged by them).
+            on_words: called with each chunk's words in order as they are ready (needs `timestamps`).
 
         Returns:
             The transcript and its timings.
@@ -273,14 +279,21 @@ class Worker:
         del data  # the upload's bytes are not needed past decoding: do not hold them while queued
         decode_ms = (time.perf_counter() - t0) * 1000
         metrics.DECODE.observe(decode_ms / 1000)
-        outcome = await self._transcribe_waveform(ticket, decoded, decode_ms, timestamps)
+        outcome = await self._transcribe_waveform(ticket, decoded, decode_ms, timestamps, on_words=on_words)
         self.requests_served += 1
         metrics.AUDIO_DURATION.observe(decoded.duration_s)
         metrics.AUDIO_PROCESSED.inc(decoded.duration_s)
         return outcome
 
     async def _transcribe_waveform(
-        self, ticket: Ticket, decoded: DecodedAudio, decode_ms: float, timestamps: bool, *, priority: bool = False
+        self,
+        ticket: Ticket,
+        decoded: DecodedAudio,
+        decode_ms: float,
+        timestamps: bool,
+        *,
+        priority: bool = False,
+        on_words: WordsCallback | None = None,
     ) -> Outcome:
         """Up to `long_audio_threshold_s` the waveform is one batch item, as NeMo would run it. Longer audio is
         cut at quiet points into chunks that go through the batcher like any request, at most
@@ -301,8 +314,12 @@ class Worker:
                 return await batcher.submit(ticket, piece, timestamps=timestamps, priority=priority)
 
         tasks = [asyncio.ensure_future(one(waveform[c.start : c.end])) for c in chunks]
+        results: list[ItemResult] = []
         try:
-            results = await asyncio.gather(*tasks)
+            for chunk, task in zip(chunks, tasks, strict=True):  # all run at once; answered in file order
+                results.append(await task)
+                if on_words is not None:
+                    on_words(kept_spans(results[-1].transcript.words, chunk))
         except BaseException:
             for task in tasks:  # one chunk failed: its siblings must not go on to the GPU for nothing
                 task.cancel()

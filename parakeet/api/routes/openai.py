@@ -10,10 +10,12 @@ formats outcomes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from starlette.datastructures import FormData
 
 from parakeet.api.deps import WorkerDep
 from parakeet.api.uploads import (
+    UploadedFile,
     form_bool,
     form_file,
     form_text,
@@ -32,18 +35,26 @@ from parakeet.api.uploads import (
     record_outcome,
     timing_headers,
     transcribe_upload,
+    wait_for_disconnect,
 )
 from parakeet.core import errors
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import TimedSpan, Transcript
-from parakeet.pipeline.worker import Outcome
+from parakeet.pipeline.batching import Ticket
+from parakeet.pipeline.worker import Outcome, Worker
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
-# Model names that existing OpenAI client code sends; all are served by the one loaded model.
-MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "parakeet-tdt-0.6b-v3")
+# Model names that existing OpenAI client code sends; all are served by the one loaded model (openai-python
+# `AudioModel`, late 2026). The diarizing model is not among them: its output format does not exist here.
+MODEL_ALIASES = ("whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "parakeet-tdt-0.6b-v3")
+# Dated snapshots of those, e.g. gpt-4o-mini-transcribe-2025-12-15.
+DATED_ALIAS = re.compile(r"(gpt-transcribe|gpt-4o-transcribe|gpt-4o-mini-transcribe)-\d{4}-\d{2}-\d{2}")
+# Fields of OpenAI's request this model cannot honour; accepted (checked to be text) and ignored (README).
+IGNORED_FIELDS = ("prompt", "chunking_strategy", "keywords", "languages", "known_speaker_names",
+                  "known_speaker_references", "include")  # fmt: skip
 
 
 def served_model_id(model: str) -> str:
@@ -75,7 +86,7 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
     model = form_text(form, "model")
     if not model:
         raise errors.BadRequest("missing form field 'model'", param="model")
-    if model not in accepted_models:
+    if model not in accepted_models and not DATED_ALIAS.fullmatch(model):
         raise errors.BadRequest(
             f"model {model[:80]!r} is not served here; use one of {', '.join(sorted(accepted_models))}",
             param="model",
@@ -99,7 +110,11 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
         raise errors.BadRequest(
             f"language must be an ISO-639-1 code such as 'en', got {language[:40]!r}", param="language"
         )
-    form_text(form, "prompt")  # accepted and ignored: greedy TDT decoding takes no prompt
+    for name in IGNORED_FIELDS:  # greedy TDT decoding takes no prompt, keywords or speakers
+        for key in (name, f"{name}[]"):
+            for value in form.getlist(key):
+                if not isinstance(value, str):
+                    raise errors.BadRequest(f"form field '{name}' must be text, not a file", param=name)
     granularities: list[str] = []
     for key in ("timestamp_granularities[]", "timestamp_granularities"):
         for value in form.getlist(key):
@@ -189,21 +204,76 @@ def verbose_json(outcome: Outcome, form: TranscriptionForm) -> dict[str, Any]:
     return body
 
 
-async def _sse(outcome: Outcome) -> AsyncIterator[bytes]:
-    """`transcript.text.delta` per word (per text if there are no word timestamps), then `.done`."""
-    t = outcome.transcript
-    pieces = [w.text for w in t.words] or ([t.text] if t.text else [])
-    for i, piece in enumerate(pieces):
-        delta = piece if i == 0 else " " + piece
-        yield f"data: {json.dumps({'type': 'transcript.text.delta', 'delta': delta})}\n\n".encode()
-    done = {"type": "transcript.text.done", "text": t.text, "usage": usage(outcome)}
-    yield f"data: {json.dumps(done)}\n\n".encode()
+def _event(body: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+async def _start_stream(
+    request: Request, worker: Worker, ticket: Ticket, upload: UploadedFile, held: ExitStack
+) -> Response:
+    """`stream=true`: `transcript.text.delta` per word, sent as each chunk of the audio is transcribed (the first
+    delta of a long file comes after its first chunk, not after the whole file), then `transcript.text.done`
+    (without `usage`: the spec types it as token usage only). Errors before the first delta are ordinary error
+    responses; later ones end the stream with an `error` event. `held` (the worker ticket) is released when
+    the stream ends."""
+    words: asyncio.Queue[Sequence[TimedSpan]] = asyncio.Queue()
+    task = asyncio.ensure_future(worker.transcribe(ticket, upload.take(), timestamps=True, on_words=words.put_nowait))
+    first = asyncio.ensure_future(words.get())
+    gone = asyncio.ensure_future(wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, first, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not first.done():
+        first.cancel()
+        if not task.done():  # the client left before anything was ready
+            task.cancel()
+            held.close()
+            raise errors.ClientDisconnected("the client closed the connection before its transcript was ready")
+        held.close()
+        task.result()  # raises the pipeline's error as an ordinary error response
+        raise RuntimeError("transcription finished without reporting its words")  # not reached: on_words ran
+
+    async def next_words() -> Sequence[TimedSpan] | None:
+        """The next chunk's words, or None once the transcription has ended (its task then holds the outcome)."""
+        while True:
+            if not words.empty():
+                return words.get_nowait()
+            if task.done():
+                return None
+            getter = asyncio.ensure_future(words.get())
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                return getter.result()
+            getter.cancel()
+
+    async def events() -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            batch: Sequence[TimedSpan] | None = first.result()
+            while batch is not None:
+                for word in batch:
+                    yield _event(
+                        {"type": "transcript.text.delta", "delta": word.text if sent == 0 else " " + word.text}
+                    )
+                    sent += 1
+                batch = await next_words()
+            outcome = await task
+            record_outcome(request, outcome, worker.gpu_id)
+            yield _event({"type": "transcript.text.done", "text": outcome.transcript.text})
+        except errors.ParakeetError as exc:
+            yield _event({"type": "error", "error": {"message": exc.message, "type": "server_error", "code": exc.code}})
+        finally:
+            if not task.done():
+                task.cancel()  # the client left mid-stream: queued chunks are dropped before the GPU
+            held.close()
+
+    headers = {"X-Gpu-Id": "cpu" if worker.gpu_id is None else str(worker.gpu_id)}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str]) -> Response:
     t = outcome.transcript
-    if form.stream:
-        return StreamingResponse(_sse(outcome), media_type="text/event-stream", headers=headers)
     if form.response_format == "json":
         return JSONResponse({"text": t.text, "usage": usage(outcome)}, headers=headers)
     if form.response_format == "text":
@@ -225,11 +295,14 @@ def accepted_models(settings: Settings) -> set[str]:
 @router.post("/audio/transcriptions")
 async def create_transcription(request: Request, worker: WorkerDep) -> Response:
     """OpenAI `audio.transcriptions.create`: multipart `file`, `model`, and the optional fields."""
-    with worker.admitted() as ticket:  # 429/503 before a byte of the upload is read
+    with ExitStack() as held:
+        ticket = held.enter_context(worker.admitted())  # 429/503 before a byte of the upload is read
         async with multipart_form(request) as form:
             part = form_file(form)
             fields = parse_form(form, accepted_models(worker.settings))
             upload = await read_file(part)
+        if fields.stream:  # the ticket is held until the stream ends
+            return await _start_stream(request, worker, ticket, upload, held.pop_all())
         outcome = await transcribe_upload(request, worker, ticket, upload, timestamps=fields.needs_timestamps)
     record_outcome(request, outcome, worker.gpu_id)
     return render(outcome, fields, timing_headers(outcome, worker.gpu_id))
