@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     )
     url_max_redirects: int = Field(3, ge=0, description="Most redirects an `audio_url` may take.")
 
+    # --- subtitles (SRT/VTT on /v1/audio/transcriptions; parakeet/api/subtitles.py) ---
+    subtitle_max_line_chars: int = Field(42, ge=10, description="Characters per subtitle line.")
+    subtitle_max_lines: int = Field(2, ge=1, description="Lines per subtitle cue.")
+    subtitle_max_cue_s: float = Field(7.0, gt=0, description="Longest subtitle cue, seconds.")
+
     # --- long audio (parakeet/pipeline/long_audio.py) ---
     long_audio_threshold_s: float = Field(
         180.0, gt=0, description="Audio longer than this is transcribed in chunks, never with full attention."

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.datastructures import FormData
 
 from parakeet.api.deps import WorkerDep
+from parakeet.api.subtitles import Cue, CueLimits, cues, fallback_cues, to_srt, to_vtt
 from parakeet.api.uploads import (
     UploadedFile,
     form_bool,
@@ -148,24 +149,10 @@ def segments_of(t: Transcript, duration_s: float) -> list[TimedSpan]:
     return [TimedSpan(t.text, 0.0, round(duration_s, 3))] if t.text else []
 
 
-def _clock(seconds: float, sep: str) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
-def to_srt(segments: list[TimedSpan]) -> str:
-    return "".join(
-        f"{i}\n{_clock(s.start_s, ',')} --> {_clock(s.end_s, ',')}\n{s.text}\n\n" for i, s in enumerate(segments, 1)
-    )
-
-
-def to_vtt(segments: list[TimedSpan]) -> str:
-    return "WEBVTT\n\n" + "".join(
-        f"{_clock(s.start_s, '.')} --> {_clock(s.end_s, '.')}\n{s.text}\n\n" for s in segments
-    )
+def subtitle_cues(outcome: Outcome, limits: CueLimits) -> list[Cue]:
+    """SRT/VTT cues from the word timestamps (parakeet/api/subtitles.py); NeMo's segments if there are none."""
+    t = outcome.transcript
+    return cues(t.words, limits) if t.words else fallback_cues(segments_of(t, outcome.audio.duration_s), limits)
 
 
 def usage(outcome: Outcome) -> dict[str, Any]:
@@ -272,18 +259,16 @@ async def _start_stream(
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
-def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str]) -> Response:
+def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str], limits: CueLimits) -> Response:
     t = outcome.transcript
     if form.response_format == "json":
         return JSONResponse({"text": t.text, "usage": usage(outcome)}, headers=headers)
     if form.response_format == "text":
         return PlainTextResponse(t.text + "\n", headers=headers)
     if form.response_format == "srt":
-        return PlainTextResponse(to_srt(segments_of(t, outcome.audio.duration_s)), headers=headers)
+        return PlainTextResponse(to_srt(subtitle_cues(outcome, limits)), headers=headers)
     if form.response_format == "vtt":
-        return PlainTextResponse(
-            to_vtt(segments_of(t, outcome.audio.duration_s)), media_type="text/vtt", headers=headers
-        )
+        return PlainTextResponse(to_vtt(subtitle_cues(outcome, limits)), media_type="text/vtt", headers=headers)
     return JSONResponse(verbose_json(outcome, form), headers=headers)
 
 
@@ -305,7 +290,9 @@ async def create_transcription(request: Request, worker: WorkerDep) -> Response:
             return await _start_stream(request, worker, ticket, upload, held.pop_all())
         outcome = await transcribe_upload(request, worker, ticket, upload, timestamps=fields.needs_timestamps)
     record_outcome(request, outcome, worker.gpu_id)
-    return render(outcome, fields, timing_headers(outcome, worker.gpu_id))
+    s = worker.settings
+    limits = CueLimits(s.subtitle_max_line_chars, s.subtitle_max_lines, s.subtitle_max_cue_s)
+    return render(outcome, fields, timing_headers(outcome, worker.gpu_id), limits)
 
 
 @router.post("/audio/translations")
