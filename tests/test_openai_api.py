@@ -78,7 +78,7 @@ def test_openai_text(client: openai.OpenAI, placed: PlacedFile) -> None:
 def test_openai_srt_parses_and_covers_the_speech(client: openai.OpenAI, placed: PlacedFile) -> None:
     body = create(client, placed.wav, response_format="srt")
     subs = list(srt.parse(body))
-    assert subs and " ".join(s.content for s in subs) == placed.text
+    assert subs and " ".join(s.content for s in subs).split() == placed.text.split()  # cues wrap into lines
     assert subs[0].start.total_seconds() <= placed.spans[0][1] + 0.3
     assert subs[-1].end.total_seconds() >= placed.spans[-1][2] - 0.3
 
@@ -87,7 +87,7 @@ def test_openai_vtt_parses(client: openai.OpenAI, placed: PlacedFile) -> None:
     body = create(client, placed.wav, response_format="vtt")
     assert body.startswith("WEBVTT\n\n")
     captions = webvtt.from_buffer(io.StringIO(body)).captions
-    assert " ".join(c.text for c in captions) == placed.text
+    assert " ".join(c.text for c in captions).split() == placed.text.split()
     assert captions[-1].end_in_seconds <= placed.duration_s + 0.1
 
 
