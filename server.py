@@ -27,6 +27,7 @@ from parakeet.api.errors import install_error_handlers
 from parakeet.api.middleware import ApiKeyMiddleware, RequestIdMiddleware, UploadLimitMiddleware
 from parakeet.api.routes import health, metrics, openai, realtime, streams, transcribe
 from parakeet.api.schemas import ErrorResponse
+from parakeet.api.wyoming import WyomingServer
 from parakeet.core import errors
 from parakeet.core.engine import Engine, EngineFactory
 from parakeet.core.logs import configure_logging
@@ -140,6 +141,19 @@ async def _load(worker: Worker, factory: EngineFactory, on_fatal: Callable[[str]
         on_fatal(worker.detail or "model load failed")
 
 
+async def _start_wyoming(settings: Settings, worker: Worker, on_fatal: Callable[[str], None]) -> WyomingServer | None:
+    """The Wyoming listener when PARAKEET_WYOMING_PORT is set (a port that cannot be bound is fatal)."""
+    if settings.wyoming_port is None:
+        return None
+    server = WyomingServer(worker, settings.wyoming_host, settings.wyoming_port)
+    try:
+        await server.start()
+    except OSError as exc:
+        on_fatal(f"cannot listen for Wyoming on {settings.wyoming_host}:{settings.wyoming_port}: {exc.strerror}")
+        raise
+    return server
+
+
 def _lifespan(settings: Settings, factory: EngineFactory, on_fatal: Callable[[str], None]) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -147,12 +161,15 @@ def _lifespan(settings: Settings, factory: EngineFactory, on_fatal: Callable[[st
         worker = Worker(settings, gpu_id=claim.gpu_id if claim else None)
         app.state.worker = worker
         await worker.start()
+        wyoming = await _start_wyoming(settings, worker, on_fatal)
         loader = asyncio.create_task(_load(worker, factory, on_fatal))
         restore_signals = _chain_shutdown_signals(worker)
         try:
             yield
         finally:
             loader.cancel()
+            if wyoming is not None:
+                await wyoming.stop()
             await worker.close()
             restore_signals()
             if claim is not None:

@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     stream_vad_silence_ms: float = Field(500.0, ge=0, description="Silence that ends an utterance, ms, for /ws?vad=1.")
     stream_vad_prefix_ms: float = Field(300.0, ge=0, description="Audio kept before detected speech, ms.")
 
+    # --- Wyoming (Home Assistant's voice pipeline; parakeet/api/wyoming.py) ---
+    wyoming_port: int | None = Field(
+        None, ge=1, le=65535, description="TCP port of the Wyoming listener (every worker shares it); off if unset."
+    )
+    wyoming_host: str = Field("0.0.0.0", description="Address the Wyoming listener binds.")
+
     # --- logs ---
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one JSON object per line, uvicorn's own lines included."
