@@ -10,8 +10,10 @@ thread per device.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,10 +161,14 @@ class ParakeetEngine:
         self.encoder_frame_samples = hop_samples * self.subsampling_factor  # Parakeet: 160 x 8 = 1280 (80 ms)
         self.num_parameters = sum(p.numel() for p in model.parameters())
         self.vad: VoiceActivityModel | None = None  # build_engine attaches Silero VAD
+        self._conf_decoding: Any = None
         self.sync_stages = False  # benchmarks: synchronise after the encoder so stages_ms splits true device time
 
     def transcribe(
-        self, waveforms: Sequence[npt.NDArray[np.float32]], timestamps: Sequence[bool] | None = None
+        self,
+        waveforms: Sequence[npt.NDArray[np.float32]],
+        timestamps: Sequence[bool] | None = None,
+        confidence: Sequence[bool] | None = None,
     ) -> BatchResult:
         """Transcribe a batch of waveforms in one padded forward pass (see `_transcribe`).
 
@@ -172,7 +178,7 @@ class ParakeetEngine:
                 the caller can split the batch and retry).
         """
         try:
-            return self._transcribe(waveforms, timestamps)
+            return self._transcribe(waveforms, timestamps, confidence)
         except torch.OutOfMemoryError as exc:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -183,7 +189,10 @@ class ParakeetEngine:
 
     @torch.inference_mode()
     def _transcribe(
-        self, waveforms: Sequence[npt.NDArray[np.float32]], timestamps: Sequence[bool] | None
+        self,
+        waveforms: Sequence[npt.NDArray[np.float32]],
+        timestamps: Sequence[bool] | None,
+        confidence: Sequence[bool] | None = None,
     ) -> BatchResult:
         """Transcribe a batch of waveforms in one padded forward pass.
 
@@ -208,8 +217,9 @@ class ParakeetEngine:
         if min(lengths) < 1:
             raise ValueError("empty waveform in batch")
         want = [True] * len(waveforms) if timestamps is None else list(timestamps)
-        if len(want) != len(waveforms):
-            raise ValueError(f"{len(want)} timestamp flags for a batch of {len(waveforms)}")
+        conf = [False] * len(waveforms) if confidence is None else list(confidence)
+        if len(want) != len(waveforms) or len(conf) != len(waveforms):
+            raise ValueError(f"{len(want)} timestamp and {len(conf)} confidence flags for a batch of {len(waveforms)}")
         t0 = time.perf_counter()
         # NeMo's transcribe() leaves the modules in train mode (dropout on): re-assert eval every batch.
         self.model.eval()
@@ -224,14 +234,18 @@ class ParakeetEngine:
         if self.sync_stages and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t_enc = time.perf_counter()
-        transcripts, stages_ms = self.decode_encoded(enc, enc_lens, want)
+        transcripts, stages_ms = self.decode_encoded(enc, enc_lens, want, conf)
         t_end = time.perf_counter()
         stages_ms["features_encoder"] = (t_enc - t0) * 1000
         return BatchResult(transcripts, (t_end - t0) * 1000.0, stages_ms)
 
     @torch.inference_mode()
     def decode_encoded(
-        self, enc: torch.Tensor, enc_lens: torch.Tensor, timestamps: Sequence[bool]
+        self,
+        enc: torch.Tensor,
+        enc_lens: torch.Tensor,
+        timestamps: Sequence[bool],
+        confidence: Sequence[bool] | None = None,
     ) -> tuple[list[Transcript], dict[str, float]]:
         """TDT greedy decoding of encoder output, timestamps where asked for, and the transcript records.
 
@@ -239,31 +253,36 @@ class ParakeetEngine:
             enc: encoder output, [B, D, T_enc] in the engine's dtype, on its device.
             enc_lens: valid encoder frames per item, [B] int64.
             timestamps: B flags (see `_transcribe`).
+            confidence: B flags (see `_transcribe`); a batch with any runs the confidence-keeping decoder.
 
         Returns:
             The transcripts and host ms spent in "decoding", "timestamps" and "records" (the GPU thread's
             Python time after the encoder; on a GPU the device is synchronised at the end of "records").
         """
         t0 = time.perf_counter()
+        conf = list(confidence) if confidence is not None else [False] * len(timestamps)
+        timestamps = [w or c for w, c in zip(timestamps, conf, strict=True)]  # confidence sits on words and chars
         # What `rnnt_decoder_predictions_tensor(..., return_hypotheses=True)` does for greedy decoding
         # (nemo/collections/asr/parts/submodules/rnnt_decoding.py), with timestamps only where asked for.
-        decoding = self.model.decoding
+        decoding = self.model.decoding if not any(conf) else self._confidence_decoding()
         hyps = decoding.decode_hypothesis(decoding.decoding(encoder_output=enc, encoded_lengths=enc_lens)[0])
         t_dec = time.perf_counter()
         timed = [decoding.compute_rnnt_timestamps(h, "all") for h, w in zip(hyps, timestamps, strict=True) if w]
         if timed:
             process_timestamp_outputs(timed, self.subsampling_factor, self.window_stride_s)  # in place
+        if any(conf):  # after timestamps, as NeMo orders it: word confidence follows the decoded words
+            decoding.compute_confidence([h for h, c in zip(hyps, conf, strict=True) if c])
         t_ts = time.perf_counter()
         transcripts = [
             Transcript(
                 text=h.text if isinstance(h.text, str) else "",
                 num_tokens=len(h.y_sequence) if h.y_sequence is not None else 0,
                 encoder_frames=int(n),
-                words=_spans(h, "word") if w else (),
+                words=_with_confidence(_spans(h, "word"), h.word_confidence) if c else _spans(h, "word") if w else (),
                 segments=_spans(h, "segment") if w else (),
-                chars=_spans(h, "char") if w else (),
+                chars=self._token_scores(h) if c else _spans(h, "char") if w else (),
             )
-            for h, n, w in zip(hyps, enc_lens.tolist(), timestamps, strict=True)
+            for h, n, w, c in zip(hyps, enc_lens.tolist(), timestamps, conf, strict=True)
         ]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -356,6 +375,46 @@ class ParakeetEngine:
             torch.cuda.synchronize(self.device)
         return StepBatchResult(results, (time.perf_counter() - t0) * 1000.0)
 
+    def _confidence_decoding(self) -> Any:
+        """A second decoding object over the same decoder and joint (no weights copied) that keeps confidence:
+        NeMo's `ConfidenceConfig` with `max_prob` at alpha 1 (the greedy token's probability p, normalised over
+        the V token classes as (pV - 1) / (V - 1)), blank frames excluded, a word's confidence the minimum of its
+        tokens' (NeMo's default aggregation). Built on first use; its greedy path and text are the default's.
+        Source: nemo/collections/asr/parts/utils/asr_confidence_utils.py (ConfidenceConfig, the measure bank)."""
+        if self._conf_decoding is None:
+            from omegaconf import OmegaConf, open_dict
+
+            cfg: Any = OmegaConf.create(OmegaConf.to_container(self.model.decoding.cfg, resolve=True))
+            with open_dict(cfg):
+                cfg.confidence_cfg = {
+                    "preserve_frame_confidence": True, "preserve_token_confidence": True,
+                    "preserve_word_confidence": True, "exclude_blank": True, "aggregation": "min",
+                    "method_cfg": {"name": "max_prob", "alpha": 1.0},
+                }  # fmt: skip
+            kind = type(self.model.decoding)
+            self._conf_decoding = kind(
+                cfg, decoder=self.model.decoder, joint=self.model.joint, tokenizer=self.model.tokenizer
+            )
+        return self._conf_decoding
+
+    def _token_scores(self, hyp: Any) -> tuple[TimedSpan, ...]:
+        """The hypothesis' tokens (its "char" timestamps, spelled as the tokenizer's pieces) with their confidence c
+        and log-probability log(p), p = (c (V - 1) + 1) / V inverting the max_prob normalisation (V: token classes
+        with blank)."""
+        chars = _spans(hyp, "char")
+        scores = [float(c) for c in (hyp.token_confidence or [])]
+        ids = [int(i) for i in (hyp.y_sequence.tolist() if hasattr(hyp.y_sequence, "tolist") else hyp.y_sequence)]
+        pieces = self.model.tokenizer.ids_to_tokens(ids) if ids else []
+        if not len(scores) == len(chars) == len(pieces):
+            return chars
+        v = int(self.model.joint.num_classes_with_blank)
+        return tuple(  # the token as the tokenizer spells it (SentencePiece marks a word start with U+2581)
+            replace(
+                span, text=piece, confidence=round(c, 4), logprob=round(math.log(max((c * (v - 1) + 1) / v, 1e-12)), 4)
+            )
+            for span, c, piece in zip(chars, scores, pieces, strict=True)
+        )
+
     def warmup(self, duration_s: float = 2.0) -> float:
         """Run one batch of seeded noise so that first requests don't pay for lazy init. Returns ms."""
         rng = np.random.default_rng(0)
@@ -415,6 +474,14 @@ class SileroVad:
         probs, new_rnn = self._net(x, rnn)
         new_states = [(x[i, -self.context_samples :].clone(), new_rnn[:, i : i + 1].clone()) for i in range(n)]
         return [float(p) for p in probs[:, 0].tolist()], new_states
+
+
+def _with_confidence(spans: tuple[TimedSpan, ...], scores: Any) -> tuple[TimedSpan, ...]:
+    """Words with NeMo's word confidence, when it has one per word (else the words as they are)."""
+    values = [float(c) for c in (scores or [])]
+    if len(values) != len(spans):
+        return spans
+    return tuple(replace(span, confidence=round(c, 4)) for span, c in zip(spans, values, strict=True))
 
 
 def _spans(hyp: Any, kind: str) -> tuple[TimedSpan, ...]:

@@ -60,7 +60,10 @@ class FakeEngine:
     steps: list[list[StepRequest]] = field(default_factory=list)  # the requests of each streaming step
 
     def transcribe(
-        self, waveforms: Sequence[npt.NDArray[np.float32]], timestamps: Sequence[bool] | None = None
+        self,
+        waveforms: Sequence[npt.NDArray[np.float32]],
+        timestamps: Sequence[bool] | None = None,
+        confidence: Sequence[bool] | None = None,
     ) -> BatchResult:
         t0 = time.perf_counter()
         self.timestamps_asked.append(list(timestamps) if timestamps is not None else [True] * len(waveforms))

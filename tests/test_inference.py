@@ -71,7 +71,7 @@ def test_engine_timestamps_only_where_asked_and_text_unchanged(
         else:
             assert partial.words == partial.segments == partial.chars == ()
     assert set(some.stages_ms) == {"features_encoder", "decoding", "timestamps", "records"}
-    with pytest.raises(ValueError, match="3 timestamp flags for a batch of 4"):
+    with pytest.raises(ValueError, match="3 timestamp and 4 confidence flags for a batch of 4"):
         digits_engine.transcribe(waves, [True] * 3)
 
 
@@ -128,3 +128,36 @@ def test_load_offline_hub_names_model_and_ways_out(monkeypatch: pytest.MonkeyPat
 
 def test_speech_fixture_voices_are_distinct_from_training() -> None:
     assert not set(speech.HELD_OUT_VOICES) & set(speech.TRAIN_VOICES)
+
+
+def test_engine_confidence_is_in_range_only_where_asked_and_leaves_the_text(
+    digits_engine: ParakeetEngine, digit_utterances: list[Any]
+) -> None:
+    waves = [u.waveform for u in digit_utterances[:6]]
+    plain = digits_engine.transcribe(waves)
+    scored = digits_engine.transcribe(waves, confidence=[True, False, True, False, True, False])
+    assert [t.text for t in scored.transcripts] == [t.text for t in plain.transcripts]
+    for i, t in enumerate(scored.transcripts):
+        words = [w.confidence for w in t.words]
+        tokens = [c.logprob for c in t.chars]
+        if i % 2 == 0:
+            assert words and all(c is not None and 0.0 <= c <= 1.0 for c in words), words
+            assert tokens and all(lp is not None and lp <= 0.0 for lp in tokens), tokens
+            assert [w.text for w in t.words] == [w.text for w in plain.transcripts[i].words]
+        else:
+            assert set(words) == {None} and set(tokens) == {None}
+
+
+def test_engine_confidence_is_lower_for_the_same_words_in_noise(
+    digits_engine: ParakeetEngine, digit_utterances: list[Any]
+) -> None:
+    rng = np.random.default_rng(4)
+    clean, noisy = [], []
+    for u in digit_utterances[:8]:
+        w = u.waveform
+        loud = (w + 0.25 * float(np.abs(w).max()) * rng.standard_normal(len(w))).astype(np.float32)
+        a, b = digits_engine.transcribe([w, loud], confidence=[True, True]).transcripts
+        clean += [x.confidence for x in a.words]
+        noisy += [x.confidence for x in b.words]
+    print(f"mean word confidence: clean {np.mean(clean):.3f}, noisy {np.mean(noisy):.3f}")
+    assert np.mean(clean) > np.mean(noisy)

@@ -104,3 +104,49 @@ def test_long_audio_streams_each_chunk_as_it_finishes(tmp_path: Path) -> None:
     deltas = [e["delta"] for e in events if e["type"] == "transcript.text.delta"]
     assert events[-1]["type"] == "transcript.text.done"
     assert "".join(deltas) == events[-1]["text"] and len(deltas) >= total - 1
+
+
+# --- confidence and logprobs ---------------------------------------------------------------------------------
+
+
+def test_transcribe_confidence_on_request(digits_server: ServerProcess, spoken: bytes) -> None:
+    url = f"{digits_server.url}/transcribe"
+    plain = httpx.post(url, files={"file": ("a.wav", spoken)}, timeout=60).json()
+    scored = httpx.post(url, files={"file": ("a.wav", spoken)}, data={"confidence": "true"}, timeout=60).json()
+    assert scored["text"] == plain["text"] == "four two seven one nine"
+    words = scored["timestamps"]["word"]
+    assert [w["word"] for w in words] == plain["text"].split()
+    assert all(0.0 <= w["confidence"] <= 1.0 for w in words)
+    assert all(c["logprob"] <= 0.0 for c in scored["timestamps"]["char"])
+
+
+def test_openai_logprobs_parse_with_the_sdk(client: openai.OpenAI, spoken: bytes) -> None:
+    result = client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.wav", spoken), include=["logprobs"])
+    assert result.logprobs, result
+    assert "".join(lp.token or "" for lp in result.logprobs).strip() == result.text == "four two seven one nine"
+    assert all(lp.logprob is not None and lp.logprob <= 0.0 for lp in result.logprobs)
+    assert all(bytes(int(b) for b in lp.bytes or []).decode() == lp.token for lp in result.logprobs)
+    verbose = client.audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=("a.wav", spoken), include=["logprobs"], response_format="verbose_json",
+        timestamp_granularities=["word"],
+    )  # fmt: skip
+    assert all(0.0 <= w.model_extra["confidence"] <= 1.0 for w in verbose.words or [])  # type: ignore[index]
+
+
+def test_openai_logprobs_in_the_stream_done_event(digits_server: ServerProcess, spoken: bytes) -> None:
+    r = httpx.post(
+        f"{digits_server.url}/v1/audio/transcriptions",
+        files={"file": ("a.wav", spoken)},
+        data={"model": "gpt-4o-transcribe", "stream": "true", "include[]": "logprobs"},
+        timeout=60,
+    )
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    done = TranscriptionTextDoneEvent.model_validate(events[-1], strict=True)
+    assert done.logprobs and "".join(lp.token or "" for lp in done.logprobs).strip() == done.text
+
+
+def test_openai_logprobs_with_a_subtitle_format_is_refused(client: openai.OpenAI, spoken: bytes) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=("a.wav", spoken), include=["logprobs"],
+                                           response_format="srt")  # fmt: skip
+    assert info.value.body["param"] == "include"  # type: ignore[index]

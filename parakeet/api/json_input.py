@@ -31,6 +31,7 @@ class AudioRequest(BaseModel):
     timestamps: bool | None = None
     timestamp: bool | None = None  # serverless handlers' name
     include_timestamps: bool | None = None  # other servers' name
+    confidence: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class JsonAudio:
     data: bytes
     field: str
     timestamps: bool
+    confidence: bool = False
 
 
 def is_json(request: Request) -> bool:
@@ -113,6 +115,6 @@ async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -
         raise errors.BadRequest(f"send exactly one of audio_base64 and audio_url (got {which})", param="audio_base64")
     timestamps = bool(req.timestamps or req.timestamp or req.include_timestamps)
     if req.audio_base64 is not None:
-        return JsonAudio(decode_base64(req.audio_base64, max_bytes), "audio_base64", timestamps)
+        return JsonAudio(decode_base64(req.audio_base64, max_bytes), "audio_base64", timestamps, bool(req.confidence))
     assert req.audio_url is not None
-    return JsonAudio(await fetch_audio(req.audio_url, policy, max_bytes), "audio_url", timestamps)
+    return JsonAudio(await fetch_audio(req.audio_url, policy, max_bytes), "audio_url", timestamps, bool(req.confidence))

@@ -15,6 +15,7 @@ class WordTime(BaseModel):
     word: str
     start: float = Field(description="Seconds from the start of the audio.")
     end: float
+    confidence: float | None = Field(None, description="With confidence=true: NeMo's word confidence, 0 to 1.")
 
 
 class SegmentTime(BaseModel):
@@ -27,6 +28,8 @@ class CharTime(BaseModel):
     char: str = Field(description="A character or subword token, as the model emits it.")
     start: float
     end: float
+    confidence: float | None = Field(None, description="With confidence=true: the token's confidence, 0 to 1.")
+    logprob: float | None = Field(None, description="With confidence=true: the token's log-probability.")
 
 
 class Timestamps(BaseModel):
@@ -39,9 +42,12 @@ class Timestamps(BaseModel):
     @classmethod
     def of(cls, t: Transcript) -> Timestamps:
         return cls(
-            word=[WordTime(word=w.text, start=w.start_s, end=w.end_s) for w in t.words],
+            word=[WordTime(word=w.text, start=w.start_s, end=w.end_s, confidence=w.confidence) for w in t.words],
             segment=[SegmentTime(segment=s.text, start=s.start_s, end=s.end_s) for s in t.segments],
-            char=[CharTime(char=c.text, start=c.start_s, end=c.end_s) for c in t.chars],
+            char=[
+                CharTime(char=c.text, start=c.start_s, end=c.end_s, confidence=c.confidence, logprob=c.logprob)
+                for c in t.chars
+            ],
         )
 
 

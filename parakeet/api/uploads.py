@@ -97,7 +97,13 @@ def form_bool(form: FormData, name: str) -> bool:
 
 
 async def transcribe_upload(
-    request: Request, worker: Worker, ticket: Ticket, upload: UploadedFile, *, timestamps: bool
+    request: Request,
+    worker: Worker,
+    ticket: Ticket,
+    upload: UploadedFile,
+    *,
+    timestamps: bool,
+    confidence: bool = False,
 ) -> Outcome:
     """`worker.transcribe` on the upload (`timestamps`: whether the response needs them); if the client goes
     away first, the work is cancelled (queued items are dropped before the GPU).
@@ -106,7 +112,7 @@ async def transcribe_upload(
         ClientDisconnected: the client closed the connection before the transcript was ready.
         ParakeetError subclasses: whatever the pipeline raised.
     """
-    task = asyncio.ensure_future(worker.transcribe(ticket, upload.take(), timestamps=timestamps))
+    task = asyncio.ensure_future(worker.transcribe(ticket, upload.take(), timestamps=timestamps, confidence=confidence))
     disconnected = asyncio.ensure_future(wait_for_disconnect(request))
     try:
         await asyncio.wait({task, disconnected}, return_when=asyncio.FIRST_COMPLETED)

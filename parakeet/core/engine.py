@@ -128,13 +128,20 @@ class Engine(Protocol):
     encoder_frame_samples: int  # input samples per encoder frame (Parakeet: 10 ms hop x 8 subsampling = 1280)
     vad: VoiceActivityModel | None  # the speech detector streams use, if the engine has one
 
-    def transcribe(self, waveforms: Sequence[Waveform], timestamps: Sequence[bool] | None = None) -> BatchResult:
+    def transcribe(
+        self,
+        waveforms: Sequence[Waveform],
+        timestamps: Sequence[bool] | None = None,
+        confidence: Sequence[bool] | None = None,
+    ) -> BatchResult:
         """Transcribe a batch in one padded forward pass.
 
         Args:
             waveforms: B >= 1 waveforms (see `Waveform`), each of length T_i >= 1 samples.
             timestamps: B flags: which transcripts need word/segment/char timestamps (None: all). An engine
                 may fill them anyway; one that computes them on request saves that time for the others.
+            confidence: B flags: which transcripts need word and token confidence (and token log-probabilities)
+                on their words and chars; they imply timestamps. None: none. The text never changes.
 
         Returns:
             Exactly B transcripts, in input order, and the batch's compute time in ms.

@@ -6,19 +6,24 @@ and the API's response formats (which serialise them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
 class TimedSpan:
-    """A word, segment or character (subword token) with its start and end in seconds from the clip start."""
+    """A word, segment or character (subword token) with its start and end in seconds from the clip start.
+
+    `confidence` (words and tokens, when asked for): NeMo's greedy-decoding confidence in [0, 1] (README
+    "Confidence"). `logprob` (tokens): the natural log of the token's probability under the joint network."""
 
     text: str
     start_s: float
     end_s: float
+    confidence: float | None = None
+    logprob: float | None = None
 
     def shifted(self, offset_s: float) -> TimedSpan:
-        return TimedSpan(self.text, self.start_s + offset_s, self.end_s + offset_s)
+        return replace(self, start_s=self.start_s + offset_s, end_s=self.end_s + offset_s)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ class _Item:
     deadline: float
     future: asyncio.Future[ItemResult]
     priority: bool = False  # a live stream's final: its batch is formed around it before older offline items
+    confidence: bool = False  # word/token confidence and log-probabilities wanted
     started: bool = False  # taken into a batch: from then on it runs to completion, deadline or not
 
     @property
@@ -215,7 +216,13 @@ class Batcher:
     # --- submission ----------------------------------------------------------------------------------
 
     async def submit(
-        self, ticket: Ticket, waveform: Waveform, *, timestamps: bool = True, priority: bool = False
+        self,
+        ticket: Ticket,
+        waveform: Waveform,
+        *,
+        timestamps: bool = True,
+        priority: bool = False,
+        confidence: bool = False,
     ) -> ItemResult:
         """Queue one decoded waveform and wait for its transcript.
 
@@ -226,6 +233,7 @@ class Batcher:
                 Python time; see `Engine.transcribe`).
             priority: the next batch forms around the oldest priority item, ahead of older ordinary ones (a
                 live stream's final: a speaker waits for it).
+            confidence: whether its transcript needs word/token confidence (`Engine.transcribe`).
 
         Raises:
             DeadlineExceeded: not started within `request_timeout_s` of queueing (dropped before the GPU).
@@ -237,8 +245,9 @@ class Batcher:
         # The deadline bounds the wait in the queue, from this item's own arrival there (a long file's later
         # chunks arrive later; its upload and decoding do not count).
         item = _Item(
-            ticket, waveform, timestamps, now, now + self.config.request_timeout_s, loop.create_future(), priority
-        )
+            ticket, waveform, timestamps, now, now + self.config.request_timeout_s, loop.create_future(), priority,
+            confidence,
+        )  # fmt: skip
         self._waiting.append(item)
         self._publish()
         self._wake.set()
@@ -391,7 +400,8 @@ class Batcher:
         self._publish()
         try:
             flags = [i.timestamps for i in batch]
-            transcripts, compute_ms = await loop.run_in_executor(self.executor, self._run_split, waveforms, flags)
+            conf = [i.confidence for i in batch]
+            transcripts, compute_ms = await loop.run_in_executor(self.executor, self._run_split, waveforms, flags, conf)
             if len(transcripts) != len(batch):
                 raise RuntimeError(f"the engine returned {len(transcripts)} transcripts for a batch of {len(batch)}")
         except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep serving
@@ -429,10 +439,12 @@ class Batcher:
             len(batch), audio_s, padded_s, min(queue_ms), max(queue_ms), compute_ms,
         )  # fmt: skip
 
-    def _run_split(self, waveforms: list[Waveform], timestamps: list[bool]) -> tuple[list[Transcript], float]:
+    def _run_split(
+        self, waveforms: list[Waveform], timestamps: list[bool], confidence: list[bool]
+    ) -> tuple[list[Transcript], float]:
         """On the GPU thread: run the batch; on device OOM split it in halves and retry each."""
         try:
-            out = self.engine.transcribe(waveforms, timestamps)
+            out = self.engine.transcribe(waveforms, timestamps, confidence if any(confidence) else None)
             return list(out.transcripts), out.compute_ms
         except DeviceOutOfMemory:
             if len(waveforms) == 1:
@@ -445,6 +457,6 @@ class Batcher:
                 mid,
                 len(waveforms) - mid,
             )
-            first, ms1 = self._run_split(waveforms[:mid], timestamps[:mid])
-            second, ms2 = self._run_split(waveforms[mid:], timestamps[mid:])
+            first, ms1 = self._run_split(waveforms[:mid], timestamps[:mid], confidence[:mid])
+            second, ms2 = self._run_split(waveforms[mid:], timestamps[mid:], confidence[mid:])
             return first + second, ms1 + ms2

@@ -255,7 +255,13 @@ class Worker:
             self.batcher.release(ticket)
 
     async def transcribe(
-        self, ticket: Ticket, data: bytes, *, timestamps: bool, on_words: WordsCallback | None = None
+        self,
+        ticket: Ticket,
+        data: bytes,
+        *,
+        timestamps: bool,
+        on_words: WordsCallback | None = None,
+        confidence: bool = False,
     ) -> Outcome:
         """Decode one uploaded file and transcribe it.
 
@@ -265,6 +271,8 @@ class Worker:
             timestamps: whether the caller needs word/segment/char timestamps (long audio computes them
                 anyway: its chunks are merged by them).
             on_words: called with each chunk's words in order as they are ready (needs `timestamps`).
+            confidence: word and token confidence and token log-probabilities on words and chars (implies
+                timestamps; the text is unchanged).
 
         Returns:
             The transcript and its timings.
@@ -279,7 +287,9 @@ class Worker:
         del data  # the upload's bytes are not needed past decoding: do not hold them while queued
         decode_ms = (time.perf_counter() - t0) * 1000
         metrics.DECODE.observe(decode_ms / 1000)
-        outcome = await self._transcribe_waveform(ticket, decoded, decode_ms, timestamps, on_words=on_words)
+        outcome = await self._transcribe_waveform(
+            ticket, decoded, decode_ms, timestamps or confidence, on_words=on_words, confidence=confidence
+        )
         self.requests_served += 1
         metrics.AUDIO_DURATION.observe(decoded.duration_s)
         metrics.AUDIO_PROCESSED.inc(decoded.duration_s)
@@ -294,6 +304,7 @@ class Worker:
         *,
         priority: bool = False,
         on_words: WordsCallback | None = None,
+        confidence: bool = False,
     ) -> Outcome:
         """Up to `long_audio_threshold_s` the waveform is one batch item, as NeMo would run it. Longer audio is
         cut at quiet points into chunks that go through the batcher like any request, at most
@@ -311,7 +322,9 @@ class Worker:
 
         async def one(piece: Waveform) -> ItemResult:
             async with slots:
-                return await batcher.submit(ticket, piece, timestamps=timestamps, priority=priority)
+                return await batcher.submit(
+                    ticket, piece, timestamps=timestamps, priority=priority, confidence=confidence
+                )
 
         tasks = [asyncio.ensure_future(one(waveform[c.start : c.end])) for c in chunks]
         results: list[ItemResult] = []

@@ -55,7 +55,8 @@ MODEL_ALIASES = ("whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt-4o-min
 DATED_ALIAS = re.compile(r"(gpt-transcribe|gpt-4o-transcribe|gpt-4o-mini-transcribe)-\d{4}-\d{2}-\d{2}")
 # Fields of OpenAI's request this model cannot honour; accepted (checked to be text) and ignored (README).
 IGNORED_FIELDS = ("prompt", "chunking_strategy", "keywords", "languages", "known_speaker_names",
-                  "known_speaker_references", "include")  # fmt: skip
+                  "known_speaker_references")  # fmt: skip
+INCLUDE = ("logprobs",)
 
 
 def served_model_id(model: str) -> str:
@@ -71,6 +72,7 @@ class TranscriptionForm:
     temperature: float
     granularities: tuple[str, ...]
     stream: bool
+    logprobs: bool = False  # include[]=logprobs: token log-probabilities (and word confidence in verbose_json)
 
     @property
     def needs_timestamps(self) -> bool:
@@ -130,12 +132,20 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
             f"timestamp_granularities requires response_format 'verbose_json', got {fmt!r}",
             param="timestamp_granularities",
         )
+    include = [v for key in ("include[]", "include") for v in form.getlist(key)]
+    for value in include:
+        if not isinstance(value, str) or value not in INCLUDE:
+            raise errors.BadRequest(f"include must be 'logprobs', got {str(value)[:40]!r}", param="include")
+    if include and fmt not in ("json", "verbose_json"):
+        raise errors.BadRequest(
+            f"include[]=logprobs needs response_format json or verbose_json, got {fmt!r}", param="include"
+        )
     stream = form_bool(form, "stream")
     if stream and fmt not in ("json", "text"):
         raise errors.BadRequest(f"stream is supported with response_format json or text, not {fmt!r}", param="stream")
     return TranscriptionForm(
         model, language.strip().lower() if language else None, fmt, temperature, tuple(dict.fromkeys(granularities)),
-        stream,
+        stream, bool(include),
     )  # fmt: skip
 
 
@@ -153,6 +163,18 @@ def subtitle_cues(outcome: Outcome, limits: CueLimits) -> list[Cue]:
     """SRT/VTT cues from the word timestamps (parakeet/api/subtitles.py); NeMo's segments if there are none."""
     t = outcome.transcript
     return cues(t.words, limits) if t.words else fallback_cues(segments_of(t, outcome.audio.duration_s), limits)
+
+
+def logprobs(t: Transcript) -> list[dict[str, Any]]:
+    """OpenAI's `logprobs` ({token, logprob, bytes} per token) from the tokens' log-probabilities (README
+    "Confidence"); SentencePiece's word marker becomes a space, as OpenAI's tokens carry it."""
+    out = []
+    for c in t.chars:
+        token = c.text.replace("▁", " ")
+        out.append(
+            {"token": token, "logprob": c.logprob if c.logprob is not None else 0.0, "bytes": list(token.encode())}
+        )
+    return out
 
 
 def usage(outcome: Outcome) -> dict[str, Any]:
@@ -186,7 +208,11 @@ def verbose_json(outcome: Outcome, form: TranscriptionForm) -> dict[str, Any]:
             for i, s in enumerate(segments_of(t, outcome.audio.duration_s))
         ]
     if "word" in form.granularities:
-        body["words"] = [{"word": w.text, "start": w.start_s, "end": w.end_s} for w in t.words]
+        body["words"] = [
+            {"word": w.text, "start": w.start_s, "end": w.end_s}
+            | ({"confidence": w.confidence} if form.logprobs and w.confidence is not None else {})
+            for w in t.words
+        ]
     body["usage"] = usage(outcome)
     return body
 
@@ -196,7 +222,7 @@ def _event(body: dict[str, Any]) -> bytes:
 
 
 async def _start_stream(
-    request: Request, worker: Worker, ticket: Ticket, upload: UploadedFile, held: ExitStack
+    request: Request, worker: Worker, ticket: Ticket, upload: UploadedFile, held: ExitStack, with_logprobs: bool
 ) -> Response:
     """`stream=true`: `transcript.text.delta` per word, sent as each chunk of the audio is transcribed (the first
     delta of a long file comes after its first chunk, not after the whole file), then `transcript.text.done`
@@ -204,7 +230,9 @@ async def _start_stream(
     responses; later ones end the stream with an `error` event. `held` (the worker ticket) is released when
     the stream ends."""
     words: asyncio.Queue[Sequence[TimedSpan]] = asyncio.Queue()
-    task = asyncio.ensure_future(worker.transcribe(ticket, upload.take(), timestamps=True, on_words=words.put_nowait))
+    task = asyncio.ensure_future(
+        worker.transcribe(ticket, upload.take(), timestamps=True, on_words=words.put_nowait, confidence=with_logprobs)
+    )
     first = asyncio.ensure_future(words.get())
     gone = asyncio.ensure_future(wait_for_disconnect(request))
     try:
@@ -247,7 +275,10 @@ async def _start_stream(
                 batch = await next_words()
             outcome = await task
             record_outcome(request, outcome, worker.gpu_id)
-            yield _event({"type": "transcript.text.done", "text": outcome.transcript.text})
+            done: dict[str, Any] = {"type": "transcript.text.done", "text": outcome.transcript.text}
+            if with_logprobs:
+                done["logprobs"] = logprobs(outcome.transcript)
+            yield _event(done)
         except errors.ParakeetError as exc:
             yield _event({"type": "error", "error": {"message": exc.message, "type": "server_error", "code": exc.code}})
         finally:
@@ -262,7 +293,8 @@ async def _start_stream(
 def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str], limits: CueLimits) -> Response:
     t = outcome.transcript
     if form.response_format == "json":
-        return JSONResponse({"text": t.text, "usage": usage(outcome)}, headers=headers)
+        body = {"text": t.text, "usage": usage(outcome)} | ({"logprobs": logprobs(t)} if form.logprobs else {})
+        return JSONResponse(body, headers=headers)
     if form.response_format == "text":
         return PlainTextResponse(t.text + "\n", headers=headers)
     if form.response_format == "srt":
@@ -287,8 +319,10 @@ async def create_transcription(request: Request, worker: WorkerDep) -> Response:
             fields = parse_form(form, accepted_models(worker.settings))
             upload = await read_file(part)
         if fields.stream:  # the ticket is held until the stream ends
-            return await _start_stream(request, worker, ticket, upload, held.pop_all())
-        outcome = await transcribe_upload(request, worker, ticket, upload, timestamps=fields.needs_timestamps)
+            return await _start_stream(request, worker, ticket, upload, held.pop_all(), fields.logprobs)
+        outcome = await transcribe_upload(
+            request, worker, ticket, upload, timestamps=fields.needs_timestamps, confidence=fields.logprobs
+        )
     record_outcome(request, outcome, worker.gpu_id)
     s = worker.settings
     limits = CueLimits(s.subtitle_max_line_chars, s.subtitle_max_lines, s.subtitle_max_cue_s)

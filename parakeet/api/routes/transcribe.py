@@ -37,6 +37,7 @@ _MULTIPART_BODY = {
                         "file": {"type": "string", "format": "binary"},
                         "timestamps": {"type": "boolean", "default": False},
                         "include_timestamps": {"type": "boolean", "description": "alias of timestamps"},
+                        "confidence": {"type": "boolean", "description": "word/token confidence and logprobs"},
                         "should_chunk": {
                             "type": "boolean",
                             "description": "accepted, ignored: long audio is "
@@ -78,15 +79,19 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
             settings = worker.settings
             body = await read_json_audio(request, request.app.state.url_policy, settings.max_upload_bytes)
             upload, want_timestamps, field = UploadedFile(body.data), body.timestamps, body.field
+            want_confidence = body.confidence
         else:
             field = "file"
             async with multipart_form(request) as form:
                 part = form_file(form)
                 want_timestamps = form_bool(form, "timestamps") or form_bool(form, "include_timestamps")
+                want_confidence = form_bool(form, "confidence")
                 form_bool(form, "should_chunk")  # accepted (checked), ignored: long audio is always chunked
                 upload = await read_file(part)
         try:
-            outcome = await transcribe_upload(request, worker, ticket, upload, timestamps=want_timestamps)
+            outcome = await transcribe_upload(
+                request, worker, ticket, upload, timestamps=want_timestamps, confidence=want_confidence
+            )
         except errors.AudioError as exc:
             exc.param = field  # the JSON field the audio came in
             raise
@@ -107,5 +112,5 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
         chunks=outcome.chunks,
         source_sample_rate_hz=outcome.audio.source_sample_rate_hz,
         source_channels=outcome.audio.source_channels,
-        timestamps=Timestamps.of(t) if want_timestamps else None,
+        timestamps=Timestamps.of(t) if want_timestamps or want_confidence else None,
     )
