@@ -169,8 +169,11 @@ def test_e2e_worker_stops_with_one_message_when_hub_is_unavailable(
     env = {**env, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     server = start_server(tmp_path, {"PARAKEET_MODEL": "nvidia/parakeet-tdt-0.6b-v3", "PARAKEET_DEVICE": "cpu", **env})
     try:
-        time.sleep(1.0)
-        decoders = child_pids(server.proc.pid)  # single-process uvicorn: the worker is server.proc
+        decoders: list[int] = []  # single-process uvicorn: the worker is server.proc; its decoders start at once,
+        deadline = time.monotonic() + 30  # the model load (NeMo import, then the hub) fails seconds later
+        while not decoders and server.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            decoders = child_pids(server.proc.pid)
         assert server.proc.wait(90) == 3  # uvicorn's STARTUP_FAILURE
     finally:
         server.stop()
