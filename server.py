@@ -226,7 +226,13 @@ def create_app(
         raise
     install_error_handlers(app)
     # Outermost last: request id -> CORS (preflights need no key) -> API key -> upload cap -> routes.
-    app.add_middleware(UploadLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        UploadLimitMiddleware,
+        max_upload_bytes=settings.max_upload_bytes,
+        body_idle_timeout_s=settings.body_idle_timeout_s,
+        body_min_rate_bytes_s=settings.body_min_rate_bytes_s,
+        body_grace_s=settings.body_grace_s,
+    )
     if keys := _api_keys(settings, on_fatal):
         app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=settings.auth_open_path_list())
     if origins := settings.cors_origin_list():

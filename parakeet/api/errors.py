@@ -24,6 +24,7 @@ RETRY_AFTER_LOADING_S = 10
 ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
     (errors.Unauthorized, 401, "invalid_request_error"),
     (errors.UploadTooLarge, 413, "invalid_request_error"),
+    (errors.BodyTimeout, 408, "invalid_request_error"),
     (errors.AudioTooLong, 413, "invalid_request_error"),
     (errors.EmptyAudio, 400, "invalid_request_error"),
     (errors.UnsupportedAudio, 415, "invalid_request_error"),

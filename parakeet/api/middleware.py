@@ -3,6 +3,7 @@ and the upload cap, all applied before the app reads a byte of the body."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -73,11 +74,21 @@ class RequestIdMiddleware:
 
 class UploadLimitMiddleware:
     """Caps request bodies at `max_upload_bytes`: 413 from Content-Length before a byte of the body is read
-    (uvicorn sends `100 Continue` only on the first receive), and a running count for chunked uploads."""
+    (uvicorn sends `100 Continue` only on the first receive), and a running count for chunked uploads. Also
+    bounds the time a body may take (slow-upload defence): 408 when no byte arrives for `body_idle_timeout_s`,
+    or when, after `body_grace_s`, the body has arrived slower than `body_min_rate_bytes_s` on average."""
 
-    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_upload_bytes: int,
+        body_idle_timeout_s: float = 30.0,
+        body_min_rate_bytes_s: float = 1024.0,
+        body_grace_s: float = 10.0,
+    ) -> None:
         self.app = app
         self.max_bytes = max_upload_bytes
+        self.idle_s, self.min_rate, self.grace_s = body_idle_timeout_s, body_min_rate_bytes_s, body_grace_s
 
     def _too_large(self, size: str) -> errors.UploadTooLarge:
         return errors.UploadTooLarge(f"request body of {size} exceeds the upload limit of {self.max_bytes} bytes")
@@ -94,14 +105,29 @@ class UploadLimitMiddleware:
             response = error_response(413, exc.message, type_="invalid_request_error", code=exc.code, request_id=rid)
             response.headers["Connection"] = "close"
             return await response(scope, receive, send)
-        received = 0
+        received, started, body_done = 0, time.monotonic(), False
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body, receive() waits for the disconnect: no limit applies
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_s)
+            except TimeoutError:
+                raise errors.BodyTimeout(
+                    f"the request body sent nothing for {self.idle_s:g} s (limit PARAKEET_BODY_IDLE_TIMEOUT_S) "
+                    f"after {received} bytes"
+                ) from None
             received += len(message.get("body", b""))
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if received > self.max_bytes:
                 raise self._too_large(f"more than {received} bytes")
+            elapsed = time.monotonic() - started
+            if not body_done and elapsed > self.grace_s and received / elapsed < self.min_rate:
+                raise errors.BodyTimeout(
+                    f"the request body arrives at {received / elapsed:.0f} bytes/s, below the minimum of "
+                    f"{self.min_rate:g} bytes/s after {self.grace_s:g} s (PARAKEET_BODY_MIN_RATE_BYTES_S)"
+                )
             return message
 
         await self.app(scope, counting_receive, send)

@@ -34,6 +34,13 @@ class UploadTooLarge(ParakeetError):
     code = "upload_too_large"
 
 
+class BodyTimeout(ParakeetError):
+    """The request body stalled past `body_idle_timeout_s`, or arrived slower than `body_min_rate_bytes_s` after
+    the grace period (slow-upload defence; its admission slot is freed at once)."""
+
+    code = "request_timeout"
+
+
 class UrlRefused(ParakeetError):
     """An `audio_url` this server will not fetch: URL input off, a scheme other than http(s), a host not allowed,
     an address inside a private, loopback, link-local or metadata network (checked after DNS resolution and on
@@ -123,6 +130,12 @@ class TooManyStreams(ParakeetError):
     """The worker already holds its limit of open streams (WebSocket close code 1013, Try Again Later)."""
 
     code = "too_many_streams"
+
+
+class UploadsFull(Overloaded):
+    """`max_uploads_in_progress` request bodies are being received; refused before this one is read."""
+
+    code = "uploads_full"
 
 
 class DeadlineExceeded(ParakeetError):

@@ -94,6 +94,8 @@ REJECTION_REASONS = {
     "shutting_down": "shutting_down",
     "device_out_of_memory": "oom",
     "client_closed_request": "client_gone",
+    "request_timeout": "slow_body",
+    "uploads_full": "uploads_full",
 }
 
 

@@ -119,6 +119,16 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest a request may wait in the queue before a 503, seconds."
     )
+    max_uploads_in_progress: int = Field(
+        512, ge=1, description="Request bodies being received per worker (not yet in the GPU queue); past it 429."
+    )
+    body_idle_timeout_s: float = Field(
+        30.0, gt=0, description="A request body that sends nothing for this long is cut off with 408, s."
+    )
+    body_min_rate_bytes_s: float = Field(
+        1024.0, ge=0, description="Slowest accepted body rate after the grace period, bytes/s; slower: 408."
+    )
+    body_grace_s: float = Field(10.0, ge=0, description="Time a body may take before the minimum rate applies, s.")
     shutdown_drain_s: float = Field(
         30.0, ge=0, description="On shutdown, how long admitted requests may take to finish, seconds."
     )

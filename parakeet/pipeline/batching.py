@@ -180,10 +180,20 @@ class Batcher:
             Overloaded: `max_queue_requests` admitted requests are unanswered, or `max_queue_audio_s` of
                 audio is waiting; carries `retry_after_s`.
         """
-        if reserved:
-            self._tickets += 1
-            self._idle.clear()
-            return Ticket()
+        if not reserved:
+            self.check_admission()
+        self._tickets += 1
+        self._idle.clear()
+        self._publish()
+        return Ticket()
+
+    def check_admission(self) -> None:
+        """Raise what `admit()` would raise now, without taking a place (a request about to upload its body
+        is refused at once when the queue is already full, and costs the client no upload).
+
+        Raises:
+            ShuttingDown, Overloaded: as `admit()`.
+        """
         if not self._accepting:
             raise ShuttingDown("the worker is shutting down and takes no new requests; retry on another worker")
         cfg = self.config
@@ -197,10 +207,6 @@ class Batcher:
                 f"server busy: {self.queued_audio_s:.0f} s of audio queued, the limit is {cfg.max_queue_audio_s:g} s",
                 retry_after_s=self.retry_after_s(),
             )
-        self._tickets += 1
-        self._idle.clear()
-        self._publish()
-        return Ticket()
 
     def release(self, ticket: Ticket) -> None:
         """Give the ticket's place back (idempotent)."""

@@ -82,6 +82,7 @@ class Worker:
     streams: StreamScheduler | None = None
     device_info: DeviceInfo | None = None
     requests_served: int = 0
+    uploads_in_progress: int = 0
     gpu_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
     )
@@ -201,20 +202,49 @@ class Worker:
     # --- serving ---------------------------------------------------------------------------------------
 
     @contextmanager
+    def receiving(self) -> Iterator[None]:
+        """A place for one request body being received (or one `audio_url` being fetched), held until the block
+        exits. Separate from the GPU queue (`admitted()`), so that slow or stalled uploads cannot take the places
+        of requests that are ready: uploads in progress are capped by `max_uploads_in_progress` instead. A GPU
+        queue that is already full refuses here, before the body is read.
+
+        Raises:
+            ShuttingDown, NotReady, Overloaded: as `admitted()`, checked now without taking a place.
+            UploadsFull: `max_uploads_in_progress` bodies are being received (429 with Retry-After).
+        """
+        batcher = self._serving_batcher()
+        batcher.check_admission()
+        limit = self.settings.max_uploads_in_progress
+        if self.uploads_in_progress >= limit:
+            raise errors.UploadsFull(
+                f"server busy: {self.uploads_in_progress} uploads in progress, the limit is {limit} "
+                "(PARAKEET_MAX_UPLOADS_IN_PROGRESS)",
+                retry_after_s=max(1, batcher.retry_after_s()),
+            )
+        self.uploads_in_progress += 1
+        try:
+            yield
+        finally:
+            self.uploads_in_progress -= 1
+
+    def _serving_batcher(self) -> Batcher:
+        if self.phase == "shutting_down":
+            raise errors.ShuttingDown("the worker is shutting down; retry on another worker")
+        if self.batcher is None or self.decoder is None or self.engine is None:
+            raise errors.NotReady(f"the model is not ready yet ({self.detail}); retry shortly")
+        return self.batcher
+
+    @contextmanager
     def admitted(self) -> Iterator[Ticket]:
-        """A place in this worker for one request, held until the block exits. Enter it BEFORE reading the
-        upload, so that a full worker refuses at once and costs the client no upload.
+        """A place in this worker's GPU queue for one request, held until the block exits: enter it once the
+        audio is in hand (after `receiving()`), before decoding it.
 
         Raises:
             ShuttingDown: draining for shutdown.
             NotReady: the model is loading (or failed to load).
             Overloaded: the queue is full (carries `retry_after_s`).
         """
-        if self.phase == "shutting_down":
-            raise errors.ShuttingDown("the worker is shutting down; retry on another worker")
-        if self.batcher is None or self.decoder is None or self.engine is None:
-            raise errors.NotReady(f"the model is not ready yet ({self.detail}); retry shortly")
-        batcher = self.batcher
+        batcher = self._serving_batcher()
         ticket = batcher.admit()
         try:
             yield ticket

@@ -312,12 +312,13 @@ def accepted_models(settings: Settings) -> set[str]:
 @router.post("/audio/transcriptions")
 async def create_transcription(request: Request, worker: WorkerDep) -> Response:
     """OpenAI `audio.transcriptions.create`: multipart `file`, `model`, and the optional fields."""
-    with ExitStack() as held:
-        ticket = held.enter_context(worker.admitted())  # 429/503 before a byte of the upload is read
+    with worker.receiving():  # 429/503 before a byte of the upload is read when the worker is full
         async with multipart_form(request) as form:
             part = form_file(form)
             fields = parse_form(form, accepted_models(worker.settings))
             upload = await read_file(part)
+    with ExitStack() as held:
+        ticket = held.enter_context(worker.admitted())  # the GPU queue: taken once the audio is in hand
         if fields.stream:  # the ticket is held until the stream ends
             return await _start_stream(request, worker, ticket, upload, held.pop_all(), fields.logprobs)
         outcome = await transcribe_upload(

@@ -74,7 +74,7 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
     """Transcribe one audio file: multipart field `file` (optional `timestamps=true`), or a JSON body with
     `audio_base64` or `audio_url` (README "JSON and URL input")."""
     t0 = time.perf_counter()
-    with worker.admitted() as ticket:  # 429/503 before a byte of the upload is read
+    with worker.receiving():  # 429/503 before a byte of the upload is read when the worker is full
         if is_json(request):
             settings = worker.settings
             body = await read_json_audio(request, request.app.state.url_policy, settings.max_upload_bytes)
@@ -88,6 +88,7 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
                 want_confidence = form_bool(form, "confidence")
                 form_bool(form, "should_chunk")  # accepted (checked), ignored: long audio is always chunked
                 upload = await read_file(part)
+    with worker.admitted() as ticket:  # the GPU queue: taken once the audio is in hand
         try:
             outcome = await transcribe_upload(
                 request, worker, ticket, upload, timestamps=want_timestamps, confidence=want_confidence

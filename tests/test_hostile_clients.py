@@ -1,0 +1,127 @@
+"""Hostile clients on the wire, against a real uvicorn worker on loopback (fake engine): slow and stalled uploads
+cannot lock others out (uploads in progress have their own cap, separate from the GPU queue) and are cut off with
+408; too many uploads at once get 429 before their bodies are read. Bounded in count and time."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import ServerProcess, running_fake_server, wav_of
+
+HEAD = (
+    b"POST /transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    b"Content-Length: 100000\r\n\r\n"
+)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    body = await reader.readexactly(length)
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def open_upload(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+    writer.write(HEAD + b"--b\r\n")
+    await writer.drain()
+    return reader, writer
+
+
+@pytest.fixture(scope="module")
+def patient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Default queue (128) and upload cap (512); body limits long enough that trickles stay open during the test."""
+    env = {"PARAKEET_BODY_GRACE_S": "60", "PARAKEET_BODY_IDLE_TIMEOUT_S": "60"}
+    with running_fake_server(tmp_path_factory.mktemp("patient"), env) as server:
+        yield server
+
+
+def test_140_trickling_uploads_do_not_lock_out_a_normal_request(patient_server: ServerProcess) -> None:
+    """The denial of service of issue 13: 140 connections that send headers and then a byte a second used to take
+    all 128 places of the GPU queue. Uploads now wait in their own (larger) pool."""
+    url = patient_server.url
+
+    async def main() -> tuple[int, int, dict[str, int]]:
+        conns = [await open_upload(url) for _ in range(140)]
+        try:
+            for _ in range(2):  # keep trickling: one byte per connection per second
+                for _, writer in conns:
+                    writer.write(b"x")
+                await asyncio.sleep(1.0)
+            async with httpx.AsyncClient(timeout=30) as client:
+                health = await client.get(f"{url}/health")
+                normal = await client.post(f"{url}/transcribe", files={"file": ("a.wav", wav_of(3))})
+            return health.status_code, normal.status_code, health.json()
+        finally:
+            for _, writer in conns:
+                writer.close()
+
+    health_status, normal_status, health = asyncio.run(main())
+    assert (health_status, normal_status) == (200, 200)
+    assert health["uploads_in_progress"] == 140 and health["queued_requests"] == 0
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {
+        "PARAKEET_BODY_IDLE_TIMEOUT_S": "1", "PARAKEET_BODY_GRACE_S": "1", "PARAKEET_BODY_MIN_RATE_BYTES_S": "500",
+        "PARAKEET_MAX_UPLOADS_IN_PROGRESS": "3",
+    }  # fmt: skip
+    with running_fake_server(tmp_path_factory.mktemp("strict"), env) as server:
+        yield server
+
+
+def test_a_stalled_body_gets_408_and_frees_its_place(strict_server: ServerProcess) -> None:
+    async def main() -> tuple[int, bytes, int]:
+        reader, writer = await open_upload(strict_server.url)
+        status, body = await asyncio.wait_for(read_response(reader), 30)  # the server cuts it off, not the test
+        writer.close()
+        async with httpx.AsyncClient(timeout=30) as client:
+            health = (await client.get(f"{strict_server.url}/health")).json()
+        return status, body, health["uploads_in_progress"]
+
+    status, body, uploading = asyncio.run(main())
+    assert status == 408 and b'"code":"request_timeout"' in body and b"sent nothing for 1 s" in body
+    assert uploading == 0
+
+
+def test_a_body_slower_than_the_minimum_rate_gets_408(strict_server: ServerProcess) -> None:
+    async def main() -> tuple[int, bytes]:
+        reader, writer = await open_upload(strict_server.url)
+        response = asyncio.ensure_future(read_response(reader))
+        for _ in range(100):  # 10 bytes/s, under the 500 bytes/s minimum, never idle for 1 s
+            if response.done():
+                break
+            writer.write(b"y")
+            await asyncio.sleep(0.1)
+        result = await asyncio.wait_for(response, 30)
+        writer.close()
+        return result
+
+    status, body = asyncio.run(main())
+    assert status == 408 and b"below the minimum of 500 bytes/s" in body
+
+
+def test_uploads_over_the_cap_get_429_before_their_bodies_are_read(strict_server: ServerProcess) -> None:
+    async def main() -> tuple[int, bytes]:
+        held = [await open_upload(strict_server.url) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        reader, writer = await open_upload(strict_server.url)
+        result = await asyncio.wait_for(read_response(reader), 30)
+        for _, w in [*held, (reader, writer)]:
+            w.close()
+        return result
+
+    status, body = asyncio.run(main())
+    assert status == 429 and b'"code":"uploads_full"' in body and b"the limit is 3" in body
+
+
+def test_upload_limits_do_not_touch_a_normal_upload(strict_server: ServerProcess, tmp_path: Path) -> None:
+    r = httpx.post(f"{strict_server.url}/transcribe", files={"file": ("a.wav", wav_of(9, 20.0))}, timeout=30)
+    assert r.status_code == 200, r.text
