@@ -41,6 +41,7 @@ ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
     (errors.ClientDisconnected, 499, "invalid_request_error"),
     (errors.NotReady, 503, "service_unavailable_error"),
     (errors.ShuttingDown, 503, "service_unavailable_error"),
+    (errors.InsufficientStorage, 507, "server_error"),
     (errors.InferenceError, 500, "server_error"),
 ]
 

@@ -6,6 +6,7 @@ pipeline itself is `parakeet.pipeline.worker`.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -32,9 +33,17 @@ async def multipart_form(request: Request) -> AsyncIterator[FormData]:
 
     Raises:
         HTTPException(400): not multipart, or over a limit (the error table turns it into `invalid_request`).
+        InsufficientStorage: the disk under the spool (TMPDIR; parts over 1 MB are spooled there) is full (507).
     """
-    async with request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=MAX_TEXT_FIELD_BYTES) as form:
-        yield form
+    try:
+        async with request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=MAX_TEXT_FIELD_BYTES) as form:
+            yield form
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise errors.InsufficientStorage(
+            "no space left on the disk that holds uploads being received; retry later or on another worker"
+        ) from None
 
 
 @dataclass

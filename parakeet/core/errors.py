@@ -154,6 +154,12 @@ class ClientDisconnected(ParakeetError):
     code = "client_closed_request"
 
 
+class InsufficientStorage(ParakeetError):
+    """The disk under the upload spool is full (ENOSPC while receiving a body); the worker lives on."""
+
+    code = "insufficient_storage"
+
+
 class DeviceOutOfMemory(ParakeetError):
     """The device ran out of memory on a batch (the batcher splits the batch and retries the halves)."""
 

@@ -1,0 +1,127 @@
+"""Faults while serving: a full disk under the upload spool (simulated ENOSPC), a worker SIGKILLed under load, a
+server SIGTERMed under load. Real uvicorn on loopback where processes are the subject; bounded in count and time."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from helpers import app_client, run, start_server, wav_of
+
+
+class _FullDisk(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
+    """A spool whose rollover to disk fails as a full disk does."""
+
+    def rollover(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_under_the_upload_spool_is_507_and_the_worker_lives(monkeypatch: pytest.MonkeyPatch) -> None:
+    import starlette.formparsers
+
+    async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with app_client() as client:
+            monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", _FullDisk)
+            big = await client.post("/transcribe", files={"file": ("a.wav", wav_of(1, 40.0))})  # 2.5 MB: spooled
+            monkeypatch.undo()
+            after = await client.post("/transcribe", files={"file": ("a.wav", wav_of(2, 40.0))})
+            return big, after, await client.get("/health")
+
+    big, after, health = run(main())
+    assert big.status_code == 507 and big.json()["error"]["code"] == "insufficient_storage"
+    assert "no space left" in big.json()["error"]["message"] and "/" not in big.json()["error"]["message"]
+    assert after.status_code == 200 and health.status_code == 200
+
+
+async def _load(url: str, n: int, every_s: float, results: list[Any]) -> None:
+    """n requests, one every `every_s`, open loop; each result is its status code or its exception's name."""
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def one(i: int) -> None:
+            try:
+                r = await client.post(f"{url}/transcribe", files={"file": ("a.wav", wav_of(i, 1.0))})
+                results.append(r.status_code)
+            except httpx.HTTPError as exc:
+                results.append(type(exc).__name__)
+
+        tasks = []
+        for i in range(n):
+            tasks.append(asyncio.ensure_future(one(i)))
+            await asyncio.sleep(every_s)
+        await asyncio.gather(*tasks)
+
+
+def gpu_of_each_worker(url: str, n: int = 2) -> dict[int, int]:
+    """worker pid -> the GPU id it claimed, from /health (each answer comes from one worker)."""
+    seen: dict[int, int] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < n and time.monotonic() < deadline:
+        r = httpx.get(f"{url}/health", timeout=5)
+        if r.status_code == 200:
+            seen[r.json()["worker_pid"]] = r.json()["gpu_id"]
+        time.sleep(0.02)
+    return seen
+
+
+def test_sigkill_of_one_worker_under_load_costs_only_its_in_flight_requests(tmp_path: Path) -> None:
+    """Two workers holding the locks of two (pretend) GPUs; one is SIGKILLed while a load runs: the other keeps
+    serving, only the victim's in-flight requests fail, and its replacement claims the freed GPU lock and serves."""
+    server = start_server(tmp_path, {"FAKE_DELAY_S": "0.05", "PARAKEET_GPU_COUNT": "2"}, workers=2, fake=True)
+    try:
+        server.wait_ready(timeout_s=60, workers=2)
+        before = gpu_of_each_worker(server.url)
+        assert sorted(before.values()) == [0, 1]
+        victim = next(iter(before))
+        results: list[Any] = []
+
+        async def main() -> None:
+            load = asyncio.ensure_future(_load(server.url, 120, 0.05, results))
+            await asyncio.sleep(2.0)
+            os.kill(victim, signal.SIGKILL)
+            await load
+
+        run(main())
+        failed = [r for r in results if r != 200]
+        print(f"{len(results)} requests, {len(failed)} failed: {failed}")
+        assert len(results) == 120 and results.count(200) >= 120 - 8  # at most the victim's in-flight ones
+        assert all(not isinstance(r, int) or r == 200 for r in results)  # no error status from the survivor
+        after = gpu_of_each_worker(server.url)  # uvicorn's supervisor started a replacement, which serves
+        assert victim not in after and len(after) == 2, after
+        replacement = next(pid for pid in after if pid not in before)
+        assert after[replacement] == before[victim]  # it took the GPU lock the victim's death released
+    finally:
+        server.stop()
+
+
+def test_sigterm_under_load_finishes_admitted_requests_and_refuses_new_ones(tmp_path: Path) -> None:
+    env = {"FAKE_DELAY_S": "0.3", "PARAKEET_MAX_BATCH_SIZE": "1", "PARAKEET_SHUTDOWN_DRAIN_S": "20"}
+    server = start_server(tmp_path, env, workers=1, fake=True)
+    try:
+        server.wait_ready(timeout_s=60)
+        admitted: list[Any] = []
+        late: list[Any] = []
+
+        async def main() -> None:
+            load = asyncio.ensure_future(_load(server.url, 10, 0.02, admitted))  # ~3 s of queued work
+            await asyncio.sleep(0.5)
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            await _load(server.url, 3, 0.05, late)
+            await load
+            await asyncio.to_thread(server.proc.wait, 60)  # it exits (bounded: the test fails after 60 s)
+
+        run(main())
+        assert admitted == [200] * 10, admitted  # every request admitted before SIGTERM was answered
+        assert all(r == 503 or r == "ConnectError" for r in late), late  # new ones: 503 draining, or refused
+        assert server.proc.returncode is not None
+    finally:
+        server.stop()
