@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -116,3 +117,23 @@ def test_haproxy_kill_9_loses_at_most_the_in_flight_requests(cluster, clip: byte
     failed = [r for r in results if r != 200]
     assert len(failed) <= CONCURRENCY, results
     assert results[-10:] == [200] * 10  # once HAProxy saw it gone, everything went to the other server
+
+
+def test_haproxy_caps_connections_per_client_address(cluster, clip: bytes) -> None:  # type: ignore[no-untyped-def]
+    """64 idle connections from one address are held; a request on the 65th gets the error-shaped 429, and a
+    request succeeds again once they are gone."""
+    url, _, _ = cluster
+    host, port = url.removeprefix("http://").split(":")
+    idle = []
+    try:
+        for _ in range(64):
+            idle.append(socket.create_connection((host, int(port)), timeout=10))
+        time.sleep(0.3)
+        over = httpx.get(f"{url}/health/ready", timeout=10)
+    finally:
+        for s in idle:
+            s.close()
+    assert over.status_code == 429 and over.json()["error"]["code"] == "too_many_connections"
+    assert over.headers["retry-after"] == "1" and "the limit is 64" in over.json()["error"]["message"]
+    time.sleep(0.5)
+    assert httpx.post(f"{url}/transcribe", files={"file": ("a.wav", clip)}, timeout=60).status_code == 200
