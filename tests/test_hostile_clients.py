@@ -125,3 +125,41 @@ def test_uploads_over_the_cap_get_429_before_their_bodies_are_read(strict_server
 def test_upload_limits_do_not_touch_a_normal_upload(strict_server: ServerProcess, tmp_path: Path) -> None:
     r = httpx.post(f"{strict_server.url}/transcribe", files={"file": ("a.wav", wav_of(9, 20.0))}, timeout=30)
     assert r.status_code == 200, r.text
+
+
+def test_memory_budget_refuses_audio_past_it_and_frees_it_after() -> None:
+    """PARAKEET_MAX_INFLIGHT_AUDIO_BYTES: two 40 s uploads (2.56 MB each, float32) are held while the engine is
+    gated; a third would pass the 6 MB budget and gets 429 `memory_full`; once they are answered, the budget is
+    free again and /health counts 0 bytes."""
+    import threading
+
+    from fakes import FakeEngine
+    from helpers import app_client, run
+
+    engine = FakeEngine(gate=threading.Event())
+
+    async def main() -> tuple[list[int], httpx.Response, dict[str, int], int, int]:
+        async with app_client(engine, max_inflight_audio_bytes=6_000_000) as client:
+            held = [
+                asyncio.ensure_future(client.post("/transcribe", files={"file": ("a.wav", wav_of(i, 40.0))}))
+                for i in (1, 2)
+            ]
+            for _ in range(200):
+                health = (await client.get("/health")).json()
+                if health["queued_requests"] == 2 and engine.timestamps_asked:
+                    break
+                await asyncio.sleep(0.02)
+            refused = await client.post("/transcribe", files={"file": ("a.wav", wav_of(3, 40.0))})
+            assert engine.gate is not None
+            engine.gate.set()
+            statuses = [(await h).status_code for h in held]
+            after = (await client.get("/health")).json()["inflight_audio_bytes"]
+            again = (await client.post("/transcribe", files={"file": ("a.wav", wav_of(4, 40.0))})).status_code
+            return statuses, refused, health, after, again
+
+    statuses, refused, health, after, again = run(main())
+    assert statuses == [200, 200]
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "memory_full"
+    assert "the budget is 6000000 bytes" in refused.json()["error"]["message"] and "retry-after" in refused.headers
+    assert 2 * 40 * 16000 * 4 <= health["inflight_audio_bytes"] <= 6_000_000
+    assert after == 0 and again == 200

@@ -97,6 +97,7 @@ class HealthResponse(BaseModel):
     requests_served: int = Field(description="Successful transcriptions by this worker.")
     queued_requests: int = Field(0, description="Requests in the GPU queue (audio in hand), not yet answered.")
     uploads_in_progress: int = Field(0, description="Request bodies being received (not yet in the GPU queue).")
+    inflight_audio_bytes: int = Field(0, description="Request audio held now (uploads, decoded waveforms), bytes.")
     queued_audio_s: float = Field(0.0, description="Audio waiting for or in the GPU, seconds.")
     mean_batch_size: float | None = Field(None, description="Over the last 1000 batches.")
     batches: int = Field(0, description="Batches run by this worker.")

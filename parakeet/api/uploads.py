@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from parakeet.core import errors
 from parakeet.pipeline.batching import Ticket
-from parakeet.pipeline.worker import Outcome, Worker
+from parakeet.pipeline.worker import MemoryReservation, Outcome, Worker
 
 # Limits on the multipart form itself (python-multipart via Starlette): one file part, a few text fields,
 # text fields of at most 64 KiB. Abuse beyond them is a 400 (README error table).
@@ -105,6 +105,13 @@ def form_bool(form: FormData, name: str) -> bool:
     return raw in _TRUE
 
 
+def declared_body_bytes(request: Request, cap: int) -> int:
+    """The body's Content-Length, or the upload cap when there is none (chunked): the audio memory to reserve
+    before reading it (`Worker.reserved_memory`)."""
+    value = request.headers.get("content-length", "")
+    return min(int(value), cap) if value.isdigit() else cap
+
+
 async def transcribe_upload(
     request: Request,
     worker: Worker,
@@ -113,6 +120,7 @@ async def transcribe_upload(
     *,
     timestamps: bool,
     confidence: bool = False,
+    memory: MemoryReservation | None = None,
 ) -> Outcome:
     """`worker.transcribe` on the upload (`timestamps`: whether the response needs them); if the client goes
     away first, the work is cancelled (queued items are dropped before the GPU).
@@ -121,7 +129,11 @@ async def transcribe_upload(
         ClientDisconnected: the client closed the connection before the transcript was ready.
         ParakeetError subclasses: whatever the pipeline raised.
     """
-    task = asyncio.ensure_future(worker.transcribe(ticket, upload.take(), timestamps=timestamps, confidence=confidence))
+    if memory is not None and upload.data is not None:
+        memory.resize(len(upload.data))  # the bytes actually read
+    task = asyncio.ensure_future(
+        worker.transcribe(ticket, upload.take(), timestamps=timestamps, confidence=confidence, memory=memory)
+    )
     disconnected = asyncio.ensure_future(wait_for_disconnect(request))
     try:
         await asyncio.wait({task, disconnected}, return_when=asyncio.FIRST_COMPLETED)

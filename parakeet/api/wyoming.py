@@ -88,9 +88,10 @@ class WyomingHandler(AsyncEventHandler):
             w.setsampwidth(fmt.width)
             w.setframerate(fmt.rate)
             w.writeframes(audio)
+        data = buf.getvalue()
         try:
-            with self.worker.admitted() as ticket:
-                outcome = await self.worker.transcribe(ticket, buf.getvalue(), timestamps=False)
+            with self.worker.reserved_memory(len(data)) as memory, self.worker.admitted() as ticket:
+                outcome = await self.worker.transcribe(ticket, data, timestamps=False, memory=memory)
         except errors.ParakeetError as exc:
             await self.write_event(Error(exc.message, code=exc.code).event())
             return

@@ -138,6 +138,12 @@ class UploadsFull(Overloaded):
     code = "uploads_full"
 
 
+class MemoryBudgetFull(Overloaded):
+    """The audio this worker holds plus this request's would pass `max_inflight_audio_bytes`."""
+
+    code = "memory_full"
+
+
 class DeadlineExceeded(ParakeetError):
     """The request waited in the queue past `request_timeout_s` and was dropped before the GPU."""
 

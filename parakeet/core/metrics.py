@@ -96,6 +96,7 @@ REJECTION_REASONS = {
     "client_closed_request": "client_gone",
     "request_timeout": "slow_body",
     "uploads_full": "uploads_full",
+    "memory_full": "memory_full",
 }
 
 

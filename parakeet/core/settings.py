@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest a request may wait in the queue before a 503, seconds."
     )
+    max_inflight_audio_bytes: int = Field(
+        4 * 1024**3,
+        ge=1024 * 1024,
+        description="Memory budget per worker for request audio held at once: upload bytes (their Content-Length "
+        "before the body is read, the upload cap when none is sent), then the decoded float32 waveform; past it 429.",
+    )
     max_uploads_in_progress: int = Field(
         512, ge=1, description="Request bodies being received per worker (not yet in the GPU queue); past it 429."
     )

@@ -63,6 +63,19 @@ class Outcome:
     chunks: int
 
 
+@dataclass(eq=False)
+class MemoryReservation:
+    """Bytes of audio one request holds, counted against `max_inflight_audio_bytes`: its upload's declared size
+    while it is received, then the bytes actually read, then its decoded waveform (`resize`), until released."""
+
+    worker: Worker
+    nbytes: int = 0
+
+    def resize(self, nbytes: int) -> None:
+        self.worker.inflight_audio_bytes += nbytes - self.nbytes
+        self.nbytes = nbytes
+
+
 @dataclass
 class Worker:
     """Per-worker runtime state and pipeline (one per process, on `app.state`; no module globals).
@@ -83,6 +96,7 @@ class Worker:
     device_info: DeviceInfo | None = None
     requests_served: int = 0
     uploads_in_progress: int = 0
+    inflight_audio_bytes: int = 0
     gpu_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
     )
@@ -202,6 +216,29 @@ class Worker:
     # --- serving ---------------------------------------------------------------------------------------
 
     @contextmanager
+    def reserved_memory(self, nbytes: int) -> Iterator[MemoryReservation]:
+        """Reserve `nbytes` of the worker's audio memory budget for one request, until the block exits (resize it
+        as the request's audio changes form). Enter it before the body is read, with its Content-Length.
+
+        Raises:
+            MemoryBudgetFull: the audio held now plus `nbytes` would pass `max_inflight_audio_bytes` (429).
+        """
+        batcher = self._serving_batcher()
+        limit = self.settings.max_inflight_audio_bytes
+        if self.inflight_audio_bytes + nbytes > limit:
+            raise errors.MemoryBudgetFull(
+                f"server busy: {self.inflight_audio_bytes} bytes of audio held and {nbytes} more asked, the budget is "
+                f"{limit} bytes (PARAKEET_MAX_INFLIGHT_AUDIO_BYTES)",
+                retry_after_s=max(1, batcher.retry_after_s()),
+            )
+        reservation = MemoryReservation(self)
+        reservation.resize(nbytes)
+        try:
+            yield reservation
+        finally:
+            reservation.resize(0)
+
+    @contextmanager
     def receiving(self) -> Iterator[None]:
         """A place for one request body being received (or one `audio_url` being fetched), held until the block
         exits. Separate from the GPU queue (`admitted()`), so that slow or stalled uploads cannot take the places
@@ -292,6 +329,7 @@ class Worker:
         timestamps: bool,
         on_words: WordsCallback | None = None,
         confidence: bool = False,
+        memory: MemoryReservation | None = None,
     ) -> Outcome:
         """Decode one uploaded file and transcribe it.
 
@@ -303,6 +341,7 @@ class Worker:
             on_words: called with each chunk's words in order as they are ready (needs `timestamps`).
             confidence: word and token confidence and token log-probabilities on words and chars (implies
                 timestamps; the text is unchanged).
+            memory: the request's reservation of the audio memory budget: resized to the decoded waveform.
 
         Returns:
             The transcript and its timings.
@@ -315,6 +354,8 @@ class Worker:
         t0 = time.perf_counter()
         decoded = await self.decoder.decode(data, max_duration_s=self.settings.max_audio_duration_s)
         del data  # the upload's bytes are not needed past decoding: do not hold them while queued
+        if memory is not None:
+            memory.resize(decoded.waveform.nbytes)
         decode_ms = (time.perf_counter() - t0) * 1000
         metrics.DECODE.observe(decode_ms / 1000)
         outcome = await self._transcribe_waveform(

@@ -42,6 +42,7 @@ async def health(worker: WorkerDep) -> JSONResponse:
         requests_served=worker.requests_served,
         queued_requests=batcher.queued_requests if batcher else 0,
         uploads_in_progress=worker.uploads_in_progress,
+        inflight_audio_bytes=worker.inflight_audio_bytes,
         queued_audio_s=round(batcher.queued_audio_s, 3) if batcher else 0.0,
         mean_batch_size=_mean(stats.batch_sizes) if stats else None,
         batches=stats.batches if stats else 0,

@@ -28,6 +28,7 @@ from parakeet.api.deps import WorkerDep
 from parakeet.api.subtitles import Cue, CueLimits, cues, fallback_cues, to_srt, to_vtt
 from parakeet.api.uploads import (
     UploadedFile,
+    declared_body_bytes,
     form_bool,
     form_file,
     form_text,
@@ -42,7 +43,7 @@ from parakeet.core import errors
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.batching import Ticket
-from parakeet.pipeline.worker import Outcome, Worker
+from parakeet.pipeline.worker import MemoryReservation, Outcome, Worker
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -222,7 +223,13 @@ def _event(body: dict[str, Any]) -> bytes:
 
 
 async def _start_stream(
-    request: Request, worker: Worker, ticket: Ticket, upload: UploadedFile, held: ExitStack, with_logprobs: bool
+    request: Request,
+    worker: Worker,
+    ticket: Ticket,
+    upload: UploadedFile,
+    held: ExitStack,
+    with_logprobs: bool,
+    memory: MemoryReservation,
 ) -> Response:
     """`stream=true`: `transcript.text.delta` per word, sent as each chunk of the audio is transcribed (the first
     delta of a long file comes after its first chunk, not after the whole file), then `transcript.text.done`
@@ -230,8 +237,12 @@ async def _start_stream(
     responses; later ones end the stream with an `error` event. `held` (the worker ticket) is released when
     the stream ends."""
     words: asyncio.Queue[Sequence[TimedSpan]] = asyncio.Queue()
+    if upload.data is not None:
+        memory.resize(len(upload.data))
     task = asyncio.ensure_future(
-        worker.transcribe(ticket, upload.take(), timestamps=True, on_words=words.put_nowait, confidence=with_logprobs)
+        worker.transcribe(
+            ticket, upload.take(), timestamps=True, on_words=words.put_nowait, confidence=with_logprobs, memory=memory
+        )
     )
     first = asyncio.ensure_future(words.get())
     gone = asyncio.ensure_future(wait_for_disconnect(request))
@@ -312,18 +323,21 @@ def accepted_models(settings: Settings) -> set[str]:
 @router.post("/audio/transcriptions")
 async def create_transcription(request: Request, worker: WorkerDep) -> Response:
     """OpenAI `audio.transcriptions.create`: multipart `file`, `model`, and the optional fields."""
-    with worker.receiving():  # 429/503 before a byte of the upload is read when the worker is full
-        async with multipart_form(request) as form:
-            part = form_file(form)
-            fields = parse_form(form, accepted_models(worker.settings))
-            upload = await read_file(part)
     with ExitStack() as held:
+        declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
+        memory = held.enter_context(worker.reserved_memory(declared))  # 429 before the body when over the budget
+        with worker.receiving():  # 429/503 before a byte of the upload is read when the worker is full
+            async with multipart_form(request) as form:
+                part = form_file(form)
+                fields = parse_form(form, accepted_models(worker.settings))
+                upload = await read_file(part)
         ticket = held.enter_context(worker.admitted())  # the GPU queue: taken once the audio is in hand
-        if fields.stream:  # the ticket is held until the stream ends
-            return await _start_stream(request, worker, ticket, upload, held.pop_all(), fields.logprobs)
+        if fields.stream:  # the ticket and the memory are held until the stream ends
+            return await _start_stream(request, worker, ticket, upload, held.pop_all(), fields.logprobs, memory)
         outcome = await transcribe_upload(
-            request, worker, ticket, upload, timestamps=fields.needs_timestamps, confidence=fields.logprobs
-        )
+            request, worker, ticket, upload, timestamps=fields.needs_timestamps, confidence=fields.logprobs,
+            memory=memory,
+        )  # fmt: skip
     record_outcome(request, outcome, worker.gpu_id)
     s = worker.settings
     limits = CueLimits(s.subtitle_max_line_chars, s.subtitle_max_lines, s.subtitle_max_cue_s)

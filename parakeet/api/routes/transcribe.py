@@ -13,6 +13,7 @@ from parakeet.api.json_input import is_json, read_json_audio
 from parakeet.api.schemas import ErrorResponse, Timestamps, TranscriptionResponse
 from parakeet.api.uploads import (
     UploadedFile,
+    declared_body_bytes,
     form_bool,
     form_file,
     multipart_form,
@@ -22,6 +23,7 @@ from parakeet.api.uploads import (
     transcribe_upload,
 )
 from parakeet.core import errors
+from parakeet.pipeline.worker import MemoryReservation, Worker
 
 router = APIRouter()
 
@@ -74,6 +76,14 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
     """Transcribe one audio file: multipart field `file` (optional `timestamps=true`), or a JSON body with
     `audio_base64` or `audio_url` (README "JSON and URL input")."""
     t0 = time.perf_counter()
+    declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
+    with worker.reserved_memory(declared) as memory:  # 429 before the body is read when over the budget
+        return await _transcribe(request, response, worker, memory, t0)
+
+
+async def _transcribe(
+    request: Request, response: Response, worker: Worker, memory: MemoryReservation, t0: float
+) -> TranscriptionResponse:
     with worker.receiving():  # 429/503 before a byte of the upload is read when the worker is full
         if is_json(request):
             settings = worker.settings
@@ -91,7 +101,7 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
     with worker.admitted() as ticket:  # the GPU queue: taken once the audio is in hand
         try:
             outcome = await transcribe_upload(
-                request, worker, ticket, upload, timestamps=want_timestamps, confidence=want_confidence
+                request, worker, ticket, upload, timestamps=want_timestamps, confidence=want_confidence, memory=memory
             )
         except errors.AudioError as exc:
             exc.param = field  # the JSON field the audio came in
