@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import app_client, run, start_server, wav_of
+from helpers import app_client, child_pids, run, start_server, wav_of
 
 
 class _FullDisk(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
@@ -123,5 +123,51 @@ def test_sigterm_under_load_finishes_admitted_requests_and_refuses_new_ones(tmp_
         assert admitted == [200] * 10, admitted  # every request admitted before SIGTERM was answered
         assert all(r == 503 or r == "ConnectError" for r in late), late  # new ones: 503 draining, or refused
         assert server.proc.returncode is not None
+    finally:
+        server.stop()
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_a_decoder_killed_mid_file_is_retried_and_the_request_succeeds(tmp_path: Path) -> None:
+    """SIGKILL the decoder subprocess while it decodes an upload (found by its CPU time rising): the request is
+    retried once in a fresh subprocess and answered 200; the log says the decoder crashed and was replaced."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    server = start_server(tmp_path, {"PARAKEET_DECODE_WORKERS": "1"}, workers=1, fake=True)
+    try:
+        server.wait_ready(timeout_s=60)
+        worker = server.proc.pid
+        decoders = [p for p in child_pids(worker) if b"decoder_pool" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(decoders) == 1
+        victim = decoders[0]
+        rng = np.random.default_rng(1)
+        buf = io.BytesIO()  # 3 minutes at 44.1 kHz: decoding and resampling take long enough to be caught at it
+        sf.write(
+            buf, (0.1 * rng.standard_normal(180 * 44100)).astype(np.float32), 44100, format="WAV", subtype="PCM_16"
+        )
+        idle = _cpu_ticks(victim)
+
+        async def main() -> httpx.Response:
+            async with httpx.AsyncClient(timeout=120) as client:
+                request = asyncio.ensure_future(
+                    client.post(f"{server.url}/transcribe", files={"file": ("long.wav", buf.getvalue())})
+                )
+                while not request.done():
+                    if _cpu_ticks(victim) > idle + 2:  # it is decoding now
+                        os.kill(victim, signal.SIGKILL)
+                        break
+                    await asyncio.sleep(0.005)
+                return await request
+
+        response = run(main())
+        assert response.status_code == 200, response.text
+        assert "audio decoder crashed" in server.log() and "replacing it" in server.log()
     finally:
         server.stop()
