@@ -163,3 +163,37 @@ def test_memory_budget_refuses_audio_past_it_and_frees_it_after() -> None:
     assert "the budget is 6000000 bytes" in refused.json()["error"]["message"] and "retry-after" in refused.headers
     assert 2 * 40 * 16000 * 4 <= health["inflight_audio_bytes"] <= 6_000_000
     assert after == 0 and again == 200
+
+
+def test_memory_budget_counts_decoded_audio_not_just_upload_bytes() -> None:
+    """A 16-bit upload decodes to twice its bytes (float32): admitted on its Content-Length, it is refused with
+    429 `memory_full` when its decoded waveform would pass the budget, before it reaches the GPU queue."""
+    import io
+    import threading
+
+    import soundfile as sf
+
+    from fakes import FakeEngine, tagged_wave
+    from helpers import app_client, run
+
+    engine = FakeEngine(gate=threading.Event())
+    buf = io.BytesIO()
+    sf.write(buf, tagged_wave(5, 60.0), 16000, format="WAV", subtype="PCM_16")  # 1.92 MB -> 3.84 MB decoded
+    pcm16 = buf.getvalue()
+
+    async def main() -> tuple[int, httpx.Response, int]:
+        async with app_client(engine, max_inflight_audio_bytes=6_000_000) as client:
+            first = asyncio.ensure_future(client.post("/transcribe", files={"file": ("a.wav", wav_of(1, 40.0))}))
+            for _ in range(200):  # 2.56 MB decoded and held at the gated engine
+                if engine.timestamps_asked:
+                    break
+                await asyncio.sleep(0.02)
+            second = await client.post("/transcribe", files={"file": ("b.wav", pcm16)})
+            assert engine.gate is not None
+            engine.gate.set()
+            return (await first).status_code, second, len(engine.batches)
+
+    first, second, batches = run(main())
+    assert first == 200 and batches == 1  # the refused request never reached the engine
+    assert second.status_code == 429 and second.json()["error"]["code"] == "memory_full"
+    assert "the decoded audio (60 s) is 3840000 bytes" in second.json()["error"]["message"]

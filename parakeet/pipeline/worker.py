@@ -75,6 +75,24 @@ class MemoryReservation:
         self.worker.inflight_audio_bytes += nbytes - self.nbytes
         self.nbytes = nbytes
 
+    def grow_to(self, nbytes: int, what: str) -> None:
+        """Resize to `nbytes`, refusing if the growth would pass the budget (compressed uploads decode to far more
+        bytes than they were admitted with).
+
+        Raises:
+            MemoryBudgetFull: with a message naming `what`, the bytes, and the budget (429).
+        """
+        limit = self.worker.settings.max_inflight_audio_bytes
+        if nbytes > self.nbytes and self.worker.inflight_audio_bytes + nbytes - self.nbytes > limit:
+            held = self.worker.inflight_audio_bytes - self.nbytes
+            batcher = self.worker.batcher
+            raise errors.MemoryBudgetFull(
+                f"server busy: {what} is {nbytes} bytes, {held} bytes of other audio are held, the budget is "
+                f"{limit} bytes (PARAKEET_MAX_INFLIGHT_AUDIO_BYTES)",
+                retry_after_s=max(1, batcher.retry_after_s()) if batcher is not None else 10,
+            )
+        self.resize(nbytes)
+
 
 @dataclass
 class Worker:
@@ -354,8 +372,8 @@ class Worker:
         t0 = time.perf_counter()
         decoded = await self.decoder.decode(data, max_duration_s=self.settings.max_audio_duration_s)
         del data  # the upload's bytes are not needed past decoding: do not hold them while queued
-        if memory is not None:
-            memory.resize(decoded.waveform.nbytes)
+        if memory is not None:  # the decoded waveform (64 KB per second) replaces the upload's bytes
+            memory.grow_to(decoded.waveform.nbytes, f"the decoded audio ({decoded.duration_s:.0f} s)")
         decode_ms = (time.perf_counter() - t0) * 1000
         metrics.DECODE.observe(decode_ms / 1000)
         outcome = await self._transcribe_waveform(
