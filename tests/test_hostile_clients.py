@@ -197,3 +197,62 @@ def test_memory_budget_counts_decoded_audio_not_just_upload_bytes() -> None:
     assert first == 200 and batches == 1  # the refused request never reached the engine
     assert second.status_code == 429 and second.json()["error"]["code"] == "memory_full"
     assert "the decoded audio (60 s) is 3840000 bytes" in second.json()["error"]["message"]
+
+
+def _tree_rss_bytes(pid: int) -> int:
+    from helpers import child_pids
+
+    total = 0
+    for p in [pid, *child_pids(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def test_a_burst_of_big_uploads_stays_within_the_memory_budget(tmp_path: Path) -> None:
+    """12 concurrent 16 MB uploads (8.4 minutes of 16-bit audio each, 33.6 MB decoded) against a 100 MB budget: the
+    excess gets 429 `memory_full`, the admitted ones 200, and the worker's process tree grows by no more than the
+    budget plus what the README's formula adds for the decoder subprocesses and the waveforms just decoded."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(3)
+    buf = io.BytesIO()
+    sf.write(buf, (0.1 * rng.standard_normal(8 * 16000 * 63)).astype(np.float32), 16000, format="WAV", subtype="PCM_16")
+    big = buf.getvalue()
+    budget = 100_000_000
+    env = {"PARAKEET_MAX_INFLIGHT_AUDIO_BYTES": str(budget), "FAKE_DELAY_S": "0.5", "PARAKEET_DECODE_WORKERS": "2"}
+    with running_fake_server(tmp_path, env) as server:
+        base = _tree_rss_bytes(server.proc.pid)
+        peak = [base]
+
+        async def main() -> list[int]:
+            async def watch() -> None:
+                while True:
+                    peak[0] = max(peak[0], _tree_rss_bytes(server.proc.pid))
+                    await asyncio.sleep(0.02)
+
+            watcher = asyncio.ensure_future(watch())
+            async with httpx.AsyncClient(timeout=120) as client:
+                replies = await asyncio.gather(
+                    *(client.post(f"{server.url}/transcribe", files={"file": ("big.wav", big)}) for _ in range(12))
+                )
+            watcher.cancel()
+            return [r.status_code for r in replies]
+
+        statuses = asyncio.run(main())
+        health = httpx.get(f"{server.url}/health").json()
+    growth = peak[0] - base
+    print(f"statuses {sorted(statuses)}; tree RSS {base / 2**20:.0f} -> peak {peak[0] / 2**20:.0f} MiB")
+    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses
+    assert health["status"] == "ok" and health["inflight_audio_bytes"] == 0
+    # README "Memory per worker": B + D x (file + 2 W) in the decoders + D x W just decoded, W = 33.6 MB, D = 2;
+    # plus 64 MiB of allocator and interpreter slack.
+    w = 33_600_000
+    assert growth <= budget + 2 * (len(big) + 2 * w) + 2 * w + 64 * 2**20, growth / 2**20
