@@ -172,3 +172,25 @@ def test_end_utterance_returns_its_audio_and_starts_the_next() -> None:
         assert second is not None and (second.start_sample, second.end_sample) == (16000, 24000)
 
     run_scheduler(FakeEngine(), body)
+
+
+def test_a_stream_whose_steps_keep_failing_stops_stepping_but_is_not_throttled() -> None:
+    class FailingEngine(FakeEngine):
+        def stream_step(self, requests: Any) -> Any:
+            self.steps.append(list(requests))
+            raise RuntimeError("broken step")
+
+    engine = FailingEngine()
+
+    async def body(s: StreamScheduler) -> tuple[list[StreamEvent], bool, float]:
+        events: list[StreamEvent] = []
+        session = s.open(events.append)
+        session.append(audio(3.0))  # over the 2 s lag limit: the room closes while steps are expected
+        await settle(engine, 3)
+        await asyncio.sleep(0.2)
+        return events, session._room.is_set(), session.lag_s
+
+    events, room, lag = run_scheduler(engine, body)
+    assert len(engine.steps) == 3  # then no more steps for it
+    assert [type(e).__name__ for e in events] == ["StepFailed"] * 3
+    assert room and lag == 0.0  # its reader is not held back for partials that will not come

@@ -207,7 +207,10 @@ class StreamSession:
 
     @property
     def lag_s(self) -> float:
-        """Audio received but not yet processed (committed by a step, or read by the VAD), seconds."""
+        """Audio received but not yet processed (committed by a step, or read by the VAD), seconds. A stream whose
+        steps keep failing has no partials any more and is not throttled for them (its finals still work)."""
+        if self._start is not None and self._failures >= MAX_CONSECUTIVE_STEP_FAILURES:
+            return 0.0
         if self._start is not None:
             done = self._start + self._frames * self.scheduler.frame_samples
         else:
@@ -467,6 +470,7 @@ class StreamScheduler:
                 session._in_flight = False
                 if session.epoch == epoch and not session.closed:
                     session._failures += 1
+                    session._update_room()
                     session.listener(StepFailed("the streaming step failed; partial results may pause"))
             return
         finally:
