@@ -194,3 +194,34 @@ def test_a_stream_whose_steps_keep_failing_stops_stepping_but_is_not_throttled()
     assert len(engine.steps) == 3  # then no more steps for it
     assert [type(e).__name__ for e in events] == ["StepFailed"] * 3
     assert room and lag == 0.0  # its reader is not held back for partials that will not come
+
+
+def test_a_failing_vad_is_dropped_after_three_tries_and_the_stream_goes_on() -> None:
+    from parakeet.pipeline.vad import VadParams
+
+    class BrokenVad:
+        frame_samples = 512
+        calls = 0
+
+        def speech_probs(self, frames: Any, states: Any) -> Any:
+            BrokenVad.calls += 1
+            raise RuntimeError("vad broke")
+
+    engine = FakeEngine()
+    engine.vad = BrokenVad()
+
+    async def body(s: StreamScheduler) -> tuple[list[StreamEvent], bool]:
+        events: list[StreamEvent] = []
+        session = s.open(events.append, vad=VadParams())
+        session.append(audio(3.0))  # past the 2 s lag limit: only VAD progress could open the room
+        for _ in range(100):
+            if session.vad is None and engine.steps:
+                break
+            await asyncio.sleep(0.05)
+        return events, session._room.is_set()
+
+    events, room = run_scheduler(engine, body)
+    assert BrokenVad.calls == 3
+    assert any(isinstance(e, type(events[0])) and "voice activity detection failed" in getattr(e, "message", "")
+               for e in events)  # fmt: skip
+    assert engine.steps and room  # the stream streams on without VAD, and its reader is not held

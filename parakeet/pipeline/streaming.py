@@ -175,6 +175,7 @@ class StreamSession:
     _in_flight: bool = False
     _vad_in_flight: bool = False
     _failures: int = 0
+    _vad_failures: int = 0
     _last_step: float = 0.0
     _room: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -311,6 +312,17 @@ class StreamSession:
         if self._audio.end - self.vad.position < VAD_FRAME_SAMPLES:
             return None
         return self._audio.slice(self.vad.position, self.vad.position + VAD_FRAME_SAMPLES)
+
+    def _vad_failed(self) -> None:
+        """After MAX_CONSECUTIVE_STEP_FAILURES failed VAD calls, the stream goes on without VAD (utterances then
+        end only when the client says so) and the client is told."""
+        self._vad_failures += 1
+        if self.vad is not None and self._vad_failures >= MAX_CONSECUTIVE_STEP_FAILURES:
+            self.vad = None
+            if self._start is None:
+                self._start = self._audio.end
+            self._update_room()
+            self.listener(StepFailed("voice activity detection failed; utterances now end only when you end them"))
 
     def _apply_vad(self, prob: float, state: Any) -> None:
         assert self.vad is not None
@@ -508,6 +520,10 @@ class StreamScheduler:
                             [f for _, f in pending],
                             [s.vad.model_state if s.vad else None for s, _ in pending],
                         )
+                    except Exception:
+                        for s, _ in pending:  # VAD that keeps failing must not hold its streams' readers for ever
+                            s._vad_failed()
+                        raise
                     finally:
                         for s, _ in pending:
                             s._vad_in_flight = False
@@ -520,3 +536,4 @@ class StreamScheduler:
             except Exception:  # noqa: BLE001
                 log.exception("VAD fault; carrying on")
                 await asyncio.sleep(0.1)
+                self._wake_vad.set()  # retry the pending frames (a stream gives up VAD after three failures)
