@@ -319,8 +319,8 @@ class StreamSession:
         self._vad_failures += 1
         if self.vad is not None and self._vad_failures >= MAX_CONSECUTIVE_STEP_FAILURES:
             self.vad = None
-            if self._start is None:
-                self._start = self._audio.end
+            if self._start is None:  # the audio it could not classify becomes the utterance: nothing is dropped
+                self._start = self._audio.base
             self._update_room()
             self.listener(StepFailed("voice activity detection failed; utterances now end only when you end them"))
 
