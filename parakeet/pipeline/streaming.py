@@ -322,6 +322,7 @@ class StreamSession:
             if self._start is None:  # the audio it could not classify becomes the utterance: nothing is dropped
                 self._start = self._audio.base
             self._update_room()
+            self.scheduler.wake()
             self.listener(StepFailed("voice activity detection failed; utterances now end only when you end them"))
 
     def _apply_vad(self, prob: float, state: Any) -> None:
