@@ -129,8 +129,6 @@ async def transcribe_upload(
         ClientDisconnected: the client closed the connection before the transcript was ready.
         ParakeetError subclasses: whatever the pipeline raised.
     """
-    if memory is not None and upload.data is not None:
-        memory.resize(len(upload.data))  # the bytes actually read
     task = asyncio.ensure_future(
         worker.transcribe(ticket, upload.take(), timestamps=timestamps, confidence=confidence, memory=memory)
     )

@@ -370,6 +370,8 @@ class Worker:
         """
         assert self.decoder is not None and self.batcher is not None and self.engine is not None
         t0 = time.perf_counter()
+        if memory is not None:
+            memory.resize(len(data))  # the bytes actually received
         decoded = await self.decoder.decode(data, max_duration_s=self.settings.max_audio_duration_s)
         del data  # the upload's bytes are not needed past decoding: do not hold them while queued
         if memory is not None:  # the decoded waveform (64 KB per second) replaces the upload's bytes

@@ -237,8 +237,6 @@ async def _start_stream(
     responses; later ones end the stream with an `error` event. `held` (the worker ticket) is released when
     the stream ends."""
     words: asyncio.Queue[Sequence[TimedSpan]] = asyncio.Queue()
-    if upload.data is not None:
-        memory.resize(len(upload.data))
     task = asyncio.ensure_future(
         worker.transcribe(
             ticket, upload.take(), timestamps=True, on_words=words.put_nowait, confidence=with_logprobs, memory=memory
