@@ -25,7 +25,7 @@ from gpu_lock import GpuClaim, NoFreeGpuError, claim_gpu
 from parakeet import VERSION
 from parakeet.api.errors import install_error_handlers
 from parakeet.api.middleware import ApiKeyMiddleware, RequestIdMiddleware, UploadLimitMiddleware
-from parakeet.api.routes import health, metrics, openai, realtime, streams, transcribe
+from parakeet.api.routes import health, metrics, openai, realtime, streams, transcribe, web
 from parakeet.api.schemas import ErrorResponse
 from parakeet.api.wyoming import WyomingServer
 from parakeet.core import errors
@@ -234,7 +234,11 @@ def create_app(
         body_grace_s=settings.body_grace_s,
     )
     if keys := _api_keys(settings, on_fatal):
-        app.add_middleware(ApiKeyMiddleware, keys=keys, open_paths=settings.auth_open_path_list())
+        # The browser page and its files are open (it asks for the key itself); the API calls it makes are not.
+        page = (["/"], [web.UI_PREFIX + "/"]) if settings.web_ui else ([], [])
+        app.add_middleware(
+            ApiKeyMiddleware, keys=keys, open_paths=settings.auth_open_path_list() + page[0], open_prefixes=page[1]
+        )
     if origins := settings.cors_origin_list():
         app.add_middleware(
             CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"], expose_headers=_EXPOSED
@@ -246,6 +250,8 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(streams.router)
     app.include_router(realtime.router)
+    if settings.web_ui:
+        web.install(app)
     return app
 
 

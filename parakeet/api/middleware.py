@@ -21,6 +21,8 @@ log = logging.getLogger("parakeet.api")
 
 
 QUIET_PATHS = frozenset(PROBE_AND_METRICS_PATHS)  # their request lines go to DEBUG, not INFO
+# A browser's WebSocket carries the API key as this subprotocol + the key (ApiKeyMiddleware).
+WS_KEY_PROTOCOL = b"openai-insecure-api-key."
 access_log = logging.getLogger("parakeet.access")
 
 
@@ -137,22 +139,41 @@ class ApiKeyMiddleware:
     """Requires `Authorization: Bearer <key>` (what the OpenAI SDK's `api_key` sends) on every path but the
     open ones, before a byte of the body is read: an unauthenticated upload is refused unread (401 in the
     error table's shape, `WWW-Authenticate: Bearer`); a WebSocket is closed with 1008 before it is accepted.
-    Each key is compared in constant time (`hmac.compare_digest`), all of them every time."""
+    Browsers cannot set headers on a WebSocket, so a WebSocket may instead offer the key as the subprotocol
+    `openai-insecure-api-key.<key>` (the convention of OpenAI's browser clients, e.g. openai-agents-js
+    `OpenAIRealtimeWebSocket` with `useInsecureApiKey`); the route then accepts with another offered
+    subprotocol (`websockets.accept`), never echoing the key. Each key is compared in constant time
+    (`hmac.compare_digest`), all of them every time."""
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str], open_paths: Sequence[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: Sequence[str], open_paths: Sequence[str], open_prefixes: Sequence[str] = ()
+    ) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
         self.open_paths = frozenset(open_paths)
+        self.open_prefixes = tuple(open_prefixes)
+
+    def _matches(self, token: bytes) -> bool:
+        # No early exit: the time taken does not tell which key, or how much of one, matched.
+        matches = [hmac.compare_digest(token.strip(), key) for key in self.keys]
+        return any(matches)
 
     def _authorized(self, scope: Scope) -> bool:
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, token = header.partition(b" ")
-        # No early exit: the time taken does not tell which key, or how much of one, matched.
-        matches = [hmac.compare_digest(token.strip(), key) for key in self.keys]
-        return scheme.lower() == b"bearer" and any(matches)
+        if scheme.lower() == b"bearer" and self._matches(token):
+            return True
+        if scope["type"] == "websocket":
+            offered = [p.encode() for p in scope.get("subprotocols", [])]
+            tokens = [p[len(WS_KEY_PROTOCOL) :] for p in offered if p.startswith(WS_KEY_PROTOCOL)]
+            return any([self._matches(t) for t in tokens])
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_paths or self._authorized(scope):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path in self.open_paths or path.startswith(self.open_prefixes) or self._authorized(scope):
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008, "reason": "missing or invalid API key"})

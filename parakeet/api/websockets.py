@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from parakeet.api.middleware import WS_KEY_PROTOCOL
 from parakeet.core import errors
 from parakeet.core.settings import Settings
 from parakeet.pipeline.streaming import StreamSession
@@ -28,6 +29,7 @@ NORMAL, GOING_AWAY, UNSUPPORTED, POLICY, TOO_BIG, SERVER_ERROR, RESTART, TRY_LAT
     1000, 1001, 1003, 1008, 1009, 1011, 1012, 1013,
 )  # fmt: skip
 MAX_BAD_MESSAGES = 20  # unusable messages in a row before a 1003 close
+KEY_PROTOCOL = WS_KEY_PROTOCOL.decode()
 MAX_UNSENT_MESSAGES = 256  # messages queued for a client that does not read them before a 1008 close
 
 
@@ -205,6 +207,15 @@ async def _first(*aws: Awaitable[Any], timeout: float | None = None) -> None:
         for task, original in zip(tasks, aws, strict=True):
             if task is not original and not task.done():
                 task.cancel()
+
+
+async def accept(websocket: WebSocket, preferred: str | None = None) -> None:
+    """Accept the handshake, echoing one of the subprotocols the client offered (a browser fails the connection
+    when it offered some and the server picks none, RFC 6455 section 4.1): `preferred` if offered, else the first
+    that is not an API key (`openai-insecure-api-key.<key>`, checked by ApiKeyMiddleware), else none."""
+    offered = [p for p in websocket.scope.get("subprotocols", []) if not p.startswith(KEY_PROTOCOL)]
+    chosen = preferred if preferred in offered else (offered[0] if offered else None)
+    await websocket.accept(subprotocol=chosen)
 
 
 async def close(websocket: WebSocket, code: int, reason: str = "") -> None:

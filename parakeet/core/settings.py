@@ -196,6 +196,11 @@ class Settings(BaseSettings):
         ",".join(PROBE_AND_METRICS_PATHS),
         description="Comma-separated paths that need no API key (probes and metrics).",
     )
+    web_ui: bool = Field(
+        True,
+        description="Serve the browser page at / (file upload and live microphone; parakeet/api/web/). "
+        "The page and its files need no API key; the API calls it makes do.",
+    )
     cors_origins: str | None = Field(
         None,
         description="Comma-separated browser origins allowed by CORS (e.g. https://app.example.com); off if unset.",

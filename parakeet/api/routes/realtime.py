@@ -378,7 +378,7 @@ def _ms(sample: int) -> int:
 @router.websocket("/realtime")
 async def realtime(websocket: WebSocket) -> None:
     worker: Worker = websocket.app.state.worker
-    await websocket.accept()
+    await wsx.accept(websocket, "realtime")
     conn = RealtimeConnection(websocket, worker)
     try:
         conn.open()

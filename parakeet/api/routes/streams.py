@@ -72,7 +72,7 @@ async def final_event(
 async def ws_stream(websocket: WebSocket, vad: bool = False, timestamps: bool = False) -> None:
     worker: Worker = websocket.app.state.worker
     settings = worker.settings
-    await websocket.accept()
+    await wsx.accept(websocket)
     outbox = wsx.Outbox(websocket)
 
     def finalize(utterance: Utterance | None) -> None:
