@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -85,10 +86,8 @@ def sample(worker_pid: int) -> dict[str, float]:
     tree = proc_tree(worker_pid)
     rss_kib = 0
     for p in tree:
-        try:
+        with contextlib.suppress(OSError):
             rss_kib += status_field(p, "VmRSS")
-        except OSError:
-            pass
     return {
         "rss_mib": rss_kib / 1024,
         "fds": len(os.listdir(f"/proc/{worker_pid}/fd")),
@@ -169,8 +168,9 @@ async def run(args: argparse.Namespace, url: str, worker_pid: int) -> list[dict[
                        "p95_ms": float(np.percentile(w.latencies_ms, 95)) if w.latencies_ms else None,
                        "ok": len(w.latencies_ms), "statuses": dict(sorted(w.statuses.items()))}  # fmt: skip
                 rows.append(row)
-                print(f"{row['t_s']:5d} s  rss {row['rss_mib']:7.1f} MiB  fds {row['fds']:4d}  threads {row['threads']:3d}  "
-                      f"procs {row['processes']}  p95 {row['p95_ms'] or 0:7.1f} ms  {row['statuses']}", flush=True)  # fmt: skip # noqa: E501
+                print(f"{row['t_s']:5d} s  rss {row['rss_mib']:7.1f} MiB  fds {row['fds']:4d}  "
+                      f"threads {row['threads']:3d}  procs {row['processes']}  p95 {row['p95_ms'] or 0:7.1f} ms  "
+                      f"{row['statuses']}", flush=True)  # fmt: skip
                 next_window += args.window_s
         await asyncio.gather(*pending, return_exceptions=True)
     return rows
@@ -197,8 +197,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     t = [r["t_s"] / 60 for r in rows]
     fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
-    for ax, key, label in zip(axes, ("rss_mib", "fds", "threads", "p95_ms"),
-                              ("worker tree RSS, MiB", "open fds", "threads", "p95 of OK requests, ms"), strict=True):  # fmt: skip
+    labels = ("worker tree RSS, MiB", "open fds", "threads", "p95 of OK requests, ms")
+    for ax, key, label in zip(axes, ("rss_mib", "fds", "threads", "p95_ms"), labels, strict=True):
         ax.plot(t, [r[key] or 0 for r in rows], marker=".")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -230,8 +230,8 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(60)
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "verdict": verdict(rows, args.warmup_windows),
-              "final_health": health}  # fmt: skip # noqa: E501
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+              "verdict": verdict(rows, args.warmup_windows), "final_health": health}  # fmt: skip
     print(json.dumps(result["verdict"], indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
