@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Set up everything the tests need and run them: espeak-ng and haproxy (Debian packages),
+# Set up everything the tests need and run them: espeak-ng, haproxy, chromium and chromium-driver (Debian packages),
 # .venv with requirements-dev.txt, the test models (built by scripts/build_test_models.py when missing).
 # First the layer contracts (import-linter, pyproject.toml), then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Debian packages the tests use: espeak-ng (speech fixtures), haproxy (tests/test_haproxy.py).
+# Debian packages the tests use: espeak-ng (speech fixtures), haproxy (tests/test_haproxy.py), chromium and
+# chromium-driver (tests/test_web_ui.py drives the browser page through Selenium; nothing is downloaded).
 missing=""
 command -v espeak-ng >/dev/null 2>&1 || missing="$missing espeak-ng"
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || missing="$missing haproxy"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -x /usr/bin/chromedriver ] || missing="$missing chromium-driver"
 if [ -n "$missing" ]; then
   echo "test: installing$missing (Debian packages)" >&2
   sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"

@@ -119,7 +119,8 @@ def _env_float(name: str) -> float:
 
 
 def build_app_from_env() -> Any:
-    """The app with a FakeEngine configured by FAKE_DELAY_S, FAKE_PER_ITEM_S, FAKE_FAIL_TAG."""
+    """The app with a FakeEngine configured by FAKE_DELAY_S, FAKE_PER_ITEM_S, FAKE_FAIL_TAG; FAKE_LOAD_DELAY_S
+    makes its model load take that long."""
     from server import create_app
 
     fail = os.environ.get("FAKE_FAIL_TAG")
@@ -128,7 +129,7 @@ def build_app_from_env() -> Any:
         per_item_s=_env_float("FAKE_PER_ITEM_S"),
         fail_tag=int(fail) if fail else None,
     )
-    app = create_app(engine_factory=FakeFactory(engine))
+    app = create_app(engine_factory=FakeFactory(engine, load_delay_s=_env_float("FAKE_LOAD_DELAY_S")))
 
     @app.get("/_fake/batches", include_in_schema=False)
     async def fake_batches() -> list[list[int]]:

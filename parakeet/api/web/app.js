@@ -64,8 +64,9 @@
   // prefixed by what it means for the user, and when to retry. The error shape: {"error": {"message", "code"}}.
   function explain(status, body, retryAfter) {
     const err = body && typeof body === "object" ? body.error || {} : {};
-    const message = err.message || (typeof body === "string" && body.trim()) || `HTTP ${status}`;
+    let message = err.message || (typeof body === "string" && body.trim()) || `HTTP ${status}`;
     const retry = retryAfter ? ` Try again in ${retryAfter} s.` : "";
+    if ((retry || status === 401) && !/[.!?]$/.test(message)) message += "."; // a sentence follows
     switch (status) {
       case 401:
         showKeyBox(true);
@@ -205,6 +206,7 @@
     page.result = result;
     const player = $("player");
     player.src = page.fileUrl;
+    $("file-name").textContent = `${page.file.name || "audio"} · ${bytes(page.file.size)}`;
     const processingS = result.processing_time_ms / 1000;
     $("stat-duration").textContent = seconds(result.duration_sec);
     $("stat-processing").textContent = seconds(processingS);
