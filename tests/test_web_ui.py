@@ -481,6 +481,23 @@ def test_microphone_streams_partials_and_the_final(
     assert mic_browser.el("mic-state").text == "Off."
 
 
+def test_stopping_the_microphone_while_it_connects_is_quiet(mic_browser: Browser, digits_server: ServerProcess) -> None:
+    """Start then Stop at once (while the page asks for the microphone or opens the socket): back to Off, no error,
+    and the next Start works."""
+    b = mic_browser
+    ready_page(b, digits_server)
+    b.driver.execute_script("const t = document.getElementById('mic-toggle'); t.click(); t.click();")
+    stop_mic(b)
+    time.sleep(1.0)  # a late getUserMedia or socket answer must not start anything
+    assert b.el("mic-toggle").get_attribute("aria-pressed") == "false"
+    assert b.error() == ""
+    assert b.el("mic-state").text == "Off."
+    b.el("mic-toggle").click()
+    b.wait(lambda d: b.el("mic-state").text.startswith("Listening"), 30, "the microphone to start again")
+    stop_mic(b)
+    assert b.error() == ""
+
+
 def test_phone_sized_screen_and_keyboard(tmp_path: Path, screenshots: Path, digits_server: ServerProcess,
                                          spoken: Spoken) -> None:  # fmt: skip
     b = launch(tmp_path, screenshots, fake_audio=spoken.wav, size=(390, 844))

@@ -448,6 +448,7 @@
         onMicEvent(mic, event);
       };
       ws.onclose = async (e) => {
+        if (!mic.opened && mic.stopping) return reject(new Error("stopped")); // Stop pressed while connecting
         if (!mic.opened) {
           const keyOk = await checkKey();
           reject(new Error(keyOk ? `The server refused the live connection (code ${e.code}). Is it running?`
@@ -480,9 +481,14 @@
         : `No microphone could be opened (${e && e.name}: ${e && e.message}).`);
       return;
     }
+    if (mic.stopping) { // Stop pressed while the browser asked for the microphone
+      for (const t of mic.stream.getTracks()) t.stop();
+      return;
+    }
     try {
       $("mic-state").textContent = "Connecting…";
       await openSocket(mic);
+      if (mic.stopping) return; // Stop pressed while connecting: stopMic finishes
       try {
         mic.ctx = new AudioContext({ sampleRate: MIC_RATE_HZ });
         mic.source = mic.ctx.createMediaStreamSource(mic.stream);
@@ -508,9 +514,9 @@
     } catch (e) {
       stopAudio(mic);
       if (mic.ws && mic.ws.readyState <= WebSocket.OPEN) mic.ws.close(1000);
-      page.mic = null;
+      if (page.mic === mic) page.mic = null;
       setMicUi(false, "Off.");
-      showError(e && e.message ? e.message : String(e));
+      if (!mic.stopping) showError(e && e.message ? e.message : String(e));
     }
   }
 
