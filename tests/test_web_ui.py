@@ -288,6 +288,11 @@ def test_with_api_keys_the_page_is_open_and_the_api_is_not() -> None:
             assert (await client.get("/ui/app.js")).status_code == 200
             assert (await client.get("/v1/models")).status_code == 401
             assert (await client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})).status_code == 200
+            # The open prefix is not a way around the key: dot segments under /ui/ stay in the static mount.
+            for path in ("/ui/%2E%2E/transcribe", "/ui/..%2Ftranscribe"):
+                r = await client.post(path, files={"file": ("a.wav", wav_of(3))})
+                assert r.status_code == 405, (path, r.status_code)
+            assert (await client.get("/ui/%2E%2E/v1/models")).status_code == 404
         async with app_client(FakeEngine(), api_keys=KEY, web_ui=False) as client:
             assert (await client.get("/ui/app.js")).status_code == 401  # no open prefix when the page is off
 

@@ -138,7 +138,9 @@ class UploadLimitMiddleware:
 class ApiKeyMiddleware:
     """Requires `Authorization: Bearer <key>` (what the OpenAI SDK's `api_key` sends) on every path but the
     open ones, before a byte of the body is read: an unauthenticated upload is refused unread (401 in the
-    error table's shape, `WWW-Authenticate: Bearer`); a WebSocket is closed with 1008 before it is accepted.
+    error table's shape, `WWW-Authenticate: Bearer`); a WebSocket is closed before it is accepted (1008 in ASGI
+    terms; the client sees its handshake answered HTTP 403). Open prefixes (the browser page's `/ui/`) are safe only
+    because a mount owns them: a path with dot segments under one is routed to that mount, never elsewhere.
     Browsers cannot set headers on a WebSocket, so a WebSocket may instead offer the key as the subprotocol
     `openai-insecure-api-key.<key>` (the convention of OpenAI's browser clients, e.g. openai-agents-js
     `OpenAIRealtimeWebSocket` with `useInsecureApiKey`); the route then accepts with another offered
