@@ -635,5 +635,13 @@ def test_the_header_shows_loading_then_ready_and_busy_with_retry_after(browser: 
         for t in threads:
             t.join(60)
         assert 200 in results
+        # A long transcription can be cancelled: the page drops it quietly (the server sees the disconnect).
+        browser.upload(clip)
+        browser.wait(lambda d: "Transcribing clip.wav" in browser.el("file-phase").text, what="the transcribing phase")
+        browser.el("file-cancel").click()
+        browser.wait(lambda d: not browser.el("file-progress").is_displayed(), what="the progress to go")
+        assert browser.el("file-status").text == "Cancelled clip.wav."
+        assert browser.error() == "" and not browser.el("file-result").is_displayed()
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     finally:
         server.stop()

@@ -17,6 +17,7 @@
     result: null, // the POST transcribe response for it
     downloads: new Map(), // format -> Blob, fetched once per file
     words: [], // {start, el} in time order, for the player highlight
+    xhr: null, // the transcription request in flight (Cancel aborts it)
     busyUntil: 0, // Date.now() until which the header shows "busy" (a 429's Retry-After)
     mic: null,
   };
@@ -178,34 +179,51 @@
     form.append("file", file, file.name || "audio");
     form.append("timestamps", "true");
     const xhr = new XMLHttpRequest(); // fetch() reports no upload progress
+    page.xhr = xhr;
+    let timer = null;
+    const done = () => {
+      clearInterval(timer);
+      page.xhr = null;
+      $("file-progress").hidden = true;
+      setFileBusy(false);
+    };
     xhr.open("POST", "transcribe");
     for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
     xhr.upload.onprogress = (e) => {
       if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total;
     };
     xhr.upload.onload = () => {
-      $("file-phase").textContent = `Transcribing ${file.name}…`;
-      bar.removeAttribute("value"); // indeterminate while the server works
+      bar.removeAttribute("value"); // indeterminate while the server works: it reports no progress
+      const started = Date.now();
+      const audio = Number.isFinite($("player").duration) ? ` (${seconds($("player").duration)} of audio)` : "";
+      const tick = () => {
+        const elapsed = Math.round((Date.now() - started) / 1000);
+        $("file-phase").textContent = `Transcribing ${file.name}${audio}… ${elapsed} s`;
+      };
+      tick();
+      timer = setInterval(tick, 1000);
     };
     xhr.onload = () => {
-      $("file-progress").hidden = true;
-      setFileBusy(false);
+      done();
       const body = parseBody(xhr.responseText);
       if (xhr.status === 200 && body && typeof body === "object") showResult(body);
       else showError(explain(xhr.status, body, xhr.getResponseHeader("Retry-After")));
     };
     xhr.onerror = () => {
-      $("file-progress").hidden = true;
-      setFileBusy(false);
+      done();
       showError("The upload failed: the server could not be reached or closed the connection.");
     };
+    xhr.onabort = () => {
+      done(); // the server notices the closed connection and drops the request's work
+      $("file-status").textContent = `Cancelled ${file.name}.`;
+    };
+    $("file-status").textContent = "";
+    $("player").src = page.fileUrl; // its metadata gives the duration shown while transcribing
     xhr.send(form);
   }
 
   function showResult(result) {
     page.result = result;
-    const player = $("player");
-    player.src = page.fileUrl;
     $("file-name").textContent = `${page.file.name || "audio"} · ${bytes(page.file.size)}`;
     const processingS = result.processing_time_ms / 1000;
     $("stat-duration").textContent = seconds(result.duration_sec);
@@ -570,6 +588,7 @@
       b.addEventListener("click", () => download(b.dataset.format, b));
     }
     $("copy-text").addEventListener("click", (e) => copyText(e.currentTarget));
+    $("file-cancel").addEventListener("click", () => page.xhr && page.xhr.abort());
 
     $("mic-toggle").addEventListener("click", () => (page.mic ? stopMic() : startMic()));
     $("mic-clear").addEventListener("click", () => {
