@@ -16,6 +16,8 @@ import io
 import json
 import os
 import re
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +43,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 import speech
 from fakes import FakeEngine
-from helpers import ServerProcess, app_client, run, start_server, wav_of
+from helpers import ServerProcess, app_client, free_port, run, start_server, wav_of
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -484,6 +486,64 @@ def test_microphone_streams_partials_and_the_final(
     assert all(spoken.text.startswith(p) or p in spoken.text for p in partials), partials
     assert not mic_browser.driver.find_elements(By.CSS_SELECTOR, "#mic-transcript .partial:not(.stale)")
     assert mic_browser.el("mic-state").text == "Off."
+
+
+PREFIX_PROXY_CFG = """
+global
+    maxconn 256
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 60s
+frontend web
+    bind 127.0.0.1:{port}
+    http-request deny deny_status 404 unless {{ path_beg /stt/ }}
+    http-request set-path %[path,regsub(^/stt/,/)]
+    default_backend parakeet
+backend parakeet
+    server s1 {backend}
+"""
+
+
+def test_behind_a_reverse_proxy_under_a_path_prefix(
+    mic_browser: Browser, digits_server: ServerProcess, spoken: Spoken, tmp_path: Path
+) -> None:
+    """HAProxy serves the app under /stt/ only (anything else 404): the page, its files, its API calls and the
+    microphone's WebSocket all go through the prefix, because every URL in the page is relative."""
+    port = free_port()
+    cfg = tmp_path / "prefix.cfg"
+    cfg.write_text(PREFIX_PROXY_CFG.format(port=port, backend=digits_server.url.removeprefix("http://")))
+    exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    with open(tmp_path / "haproxy.log", "wb") as log:
+        proxy = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/stt"
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, (tmp_path / "haproxy.log").read_text()
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 404  # only under /stt/
+        b = mic_browser
+        b.open(f"{url}/")
+        b.wait(lambda d: b.el("server-state").get_attribute("data-state") == "ready", what="Ready through the proxy")
+        b.upload(spoken.wav)
+        b.wait_file_done()
+        assert b.error() == ""
+        assert b.el("file-transcript").text == spoken.text
+        b.el("mic-clear").click()
+        try:
+            finals, _ = speak_into_mic(b)
+            assert finals[0] == spoken.text
+        finally:
+            stop_mic(b)
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
 
 
 def test_stopping_the_microphone_while_it_connects_is_quiet(mic_browser: Browser, digits_server: ServerProcess) -> None:
