@@ -352,7 +352,7 @@ class ParakeetEngine:
         states = [r.state for r in requests]
         prev = None if all(s is None for s in states) else computer.merge_to_batched_state(list(states))
         hyps, batched_state = computer(x=chunk, out_len=commit_t, prev_batched_state=prev)
-        new_states = computer.split_batched_state(batched_state)
+        new_states = computer.split_batched_state(batched_state)[: len(requests)]  # CUDA graphs: see _hyp_ids
         spec_lens = [a - c for a, c in zip(available, commit, strict=True)]
         spec_ids: list[list[int]] = [[] for _ in requests]
         if any(spec_lens):
@@ -363,10 +363,11 @@ class ParakeetEngine:
                 out_len=torch.tensor(spec_lens, dtype=torch.int64, device=self.device),
                 prev_batched_state=computer.merge_to_batched_state(list(new_states)),
             )
-            spec_ids = _hyp_ids(spec_hyps)
+            spec_ids = _hyp_ids(spec_hyps, len(requests))
         tokenizer = self.model.tokenizer
         results = []
-        for r, new, spec, state, c in zip(requests, _hyp_ids(hyps), spec_ids, new_states, commit, strict=True):
+        committed_ids = _hyp_ids(hyps, len(requests))
+        for r, new, spec, state, c in zip(requests, committed_ids, spec_ids, new_states, commit, strict=True):
             tokens = r.tokens + tuple(new)
             committed_text = tokenizer.ids_to_text(list(tokens)) if tokens else ""
             text = tokenizer.ids_to_text(list(tokens) + spec) if spec else committed_text
@@ -435,10 +436,13 @@ class ParakeetEngine:
         )
 
 
-def _hyp_ids(hyps: Any) -> list[list[int]]:
-    """Token ids per item of NeMo's `BatchedHyps` (transcript [B, L] padded, current_lengths [B])."""
-    lengths = hyps.current_lengths.tolist()
-    rows = hyps.transcript.tolist()
+def _hyp_ids(hyps: Any, batch_size: int) -> list[list[int]]:
+    """Token ids of the first `batch_size` items of NeMo's `BatchedHyps` (transcript [B', L] padded,
+    current_lengths [B']). With CUDA graphs B' is the graphs' allocated batch, which may exceed the real batch (as
+    NeMo's own `batched_hyps_to_hypotheses(..., batch_size=x.shape[0])` says: nemo/collections/asr/parts/utils/
+    rnnt_utils.py)."""
+    lengths = hyps.current_lengths[:batch_size].tolist()
+    rows = hyps.transcript[:batch_size].tolist()
     return [row[:n] for row, n in zip(rows, lengths, strict=True)]
 
 
@@ -509,6 +513,8 @@ def build_engine(settings: Settings, device: torch.device) -> ParakeetEngine:
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     if device.type == "cuda":
+        if device.index is None:  # "cuda" alone: torch.cuda.set_device wants an index (seen with torch 2.11)
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     t0 = time.perf_counter()
     model = load_asr_model(settings.model, device)
