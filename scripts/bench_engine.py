@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--cuda-graphs", action="store_true")
+    p.add_argument("--timestamps", action="store_true", help="every request asks for word timestamps (default: none)")
     p.add_argument("--clip-s", type=float, default=15.0)
     p.add_argument("--n-clips", type=int, default=16, help="distinct clips, cycled")
     p.add_argument("--batch-sizes", default="1,2,4,8")
@@ -67,29 +68,40 @@ def main() -> None:
         model=args.model, precision=args.precision, cuda_graphs=args.cuda_graphs, torch_threads=args.threads
     )
     engine = build_engine(settings, device)
+    engine.sync_stages = True  # stage split (features+encoder / decoding / timestamps+records) is device time
     waves = clips(args.n_clips, args.clip_s, args.seed)
     print(
-        f"{args.model} on {device} ({engine.dtype}), {args.clip_s:g} s clips, torch threads {torch.get_num_threads()}"
+        f"{args.model} on {device} ({engine.dtype}), {args.clip_s:g} s clips, torch threads {torch.get_num_threads()}, "
+        f"CUDA graphs {'on' if args.cuda_graphs else 'off'}, timestamps {'on' if args.timestamps else 'off'}"
     )
-    print("| batch | req/s | RTFx | ms/batch | peak device MiB |\n|---|---|---|---|---|")
+    print(
+        "| batch | req/s | RTFx | ms/batch | features+encoder ms | decoding ms | timestamps+records ms "
+        "| peak device MiB |\n|---|---|---|---|---|---|---|---|"
+    )
     rows = []
     for b in [int(x) for x in args.batch_sizes.split(",")]:
         batch = [waves[i % len(waves)] for i in range(b)]
-        engine.transcribe(batch)  # warm-up at this shape
+        flags = [args.timestamps] * b
+        engine.transcribe(batch, flags)  # warm-up at this shape
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         n, t0 = 0, time.perf_counter()
+        stages: dict[str, float] = {}
         while n < 3 or time.perf_counter() - t0 < args.min_seconds:
-            engine.transcribe(batch)
+            for k, v in engine.transcribe(batch, flags).stages_ms.items():
+                stages[k] = stages.get(k, 0.0) + v
             n += 1
         elapsed = time.perf_counter() - t0
         rps = n * b / elapsed
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        split = {k: v / n for k, v in stages.items()}
         row = {"batch": b, "req_per_s": rps, "rtfx": rps * args.clip_s, "ms_per_batch": 1000 * elapsed / n,
-               "peak_mib": peak}  # fmt: skip
+               "peak_mib": peak, "stages_ms": split}  # fmt: skip
         rows.append(row)
         print(
             f"| {b} | {rps:.2f} | {rps * args.clip_s:.1f} | {1000 * elapsed / n:.0f} "
+            f"| {split.get('features_encoder', 0):.0f} | {split.get('decoding', 0):.0f} "
+            f"| {split.get('timestamps', 0) + split.get('records', 0):.0f} "
             f"| {'-' if peak is None else f'{peak:.0f}'} |",
             flush=True,
         )

@@ -36,9 +36,11 @@ def main() -> int:
     ap.add_argument("--model", default=str(ROOT / "models" / "digits_tdt.nemo"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--cuda-graphs", action="store_true")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--presets", default="low-latency,balanced,accurate")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--n-clips", type=int, default=16, help="distinct 12 s clips, cycled over the streams")
     ap.add_argument("--torch-threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -48,14 +50,20 @@ def main() -> int:
     from inference import build_engine
     from parakeet.core.settings import Settings
 
-    settings = Settings(model=args.model, precision=args.precision, torch_threads=args.torch_threads)
+    settings = Settings(
+        model=args.model, precision=args.precision, torch_threads=args.torch_threads, cuda_graphs=args.cuda_graphs
+    )
     engine = build_engine(settings, torch.device(args.device))
     frame = engine.encoder_frame_samples
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    audio = clips(max(sizes), 12.0, seed=11)
+    distinct = clips(min(max(sizes), args.n_clips), 12.0, seed=11)
+    audio = [distinct[i % len(distinct)] for i in range(max(sizes))]
     engine.warmup()
     rows: list[dict[str, Any]] = []
-    print(f"{args.model} on {args.device} ({engine.dtype}), torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.model} on {args.device} ({engine.dtype}), torch threads {torch.get_num_threads()}, "
+        f"CUDA graphs {'on' if args.cuda_graphs else 'off'}"
+    )
     print("preset       | B   | step ms | compute s per audio s per stream | streams at real time | window/chunk")
     for preset in args.presets.split(","):
         chunk_ms, right_ms, left_ms = PRESETS_MS[preset]

@@ -2,11 +2,17 @@
 
 Speaks digit words ("three seven one") with the espeak-ng command-line synthesizer (Debian package
 `espeak-ng`) and returns float32 mono 16 kHz waveforms. It does not encode containers (tests do that).
+
+For machines without espeak-ng (a lent GPU box runs the benchmarks): `PARAKEET_SPEECH_RECORD=speech.npz` saves
+every waveform spoken by a run at its exit, and `PARAKEET_SPEECH_CACHE=speech.npz` answers from such a file
+(a text not in it raises), so a benchmark there speaks exactly what the same command spoke here.
 """
 
 from __future__ import annotations
 
+import atexit
 import io
+import os
 import random
 import shutil
 import subprocess
@@ -52,6 +58,21 @@ def require_espeak() -> str:
     return path
 
 
+_cache: dict[str, npt.NDArray[np.float32]] | None = None
+_recorded: dict[str, npt.NDArray[np.float32]] = {}
+
+
+def _save_recorded() -> None:
+    path = os.environ["PARAKEET_SPEECH_RECORD"]
+    previous = dict(np.load(path)) if os.path.exists(path) else {}
+    pcm16 = {k: np.round(np.clip(w, -1, 1) * 32767).astype(np.int16) for k, w in _recorded.items()}
+    np.savez_compressed(path, **(previous | pcm16))  # 16-bit PCM: half the size, inaudibly different
+
+
+if os.environ.get("PARAKEET_SPEECH_RECORD"):
+    atexit.register(_save_recorded)
+
+
 def speak(text: str, voice: str = "en-us", speed_wpm: int = 160) -> npt.NDArray[np.float32]:
     """Synthesize `text` with espeak-ng.
 
@@ -64,8 +85,17 @@ def speak(text: str, voice: str = "en-us", speed_wpm: int = 160) -> npt.NDArray[
         float32 mono waveform at 16 kHz, shape [T], in [-1, 1].
 
     Raises:
-        RuntimeError: espeak-ng is missing or failed.
+        RuntimeError: espeak-ng is missing or failed, or PARAKEET_SPEECH_CACHE lacks this text.
     """
+    global _cache
+    key = f"{voice}|{speed_wpm}|{text}"
+    if os.environ.get("PARAKEET_SPEECH_CACHE"):
+        if _cache is None:
+            stored = np.load(os.environ["PARAKEET_SPEECH_CACHE"])
+            _cache = {k: v.astype(np.float32) / 32767 for k, v in stored.items()}
+        if key not in _cache:
+            raise RuntimeError(f"PARAKEET_SPEECH_CACHE has no waveform for {key!r}: record it with the same command")
+        return _cache[key]
     out = subprocess.run(
         [require_espeak(), "-v", voice, "-s", str(speed_wpm), "--stdout", text],
         capture_output=True,
@@ -75,7 +105,10 @@ def speak(text: str, voice: str = "en-us", speed_wpm: int = 160) -> npt.NDArray[
     data, rate = sf.read(io.BytesIO(out), dtype="float32", always_2d=False)
     if rate != SAMPLE_RATE_HZ:
         data = soxr.resample(data, rate, SAMPLE_RATE_HZ, quality="HQ")
-    return np.ascontiguousarray(data, dtype=np.float32)
+    wave = np.ascontiguousarray(data, dtype=np.float32)
+    if os.environ.get("PARAKEET_SPEECH_RECORD"):
+        _recorded[key] = wave
+    return wave
 
 
 def random_digits(rng: random.Random, min_len: int = 1, max_len: int = 5) -> str:
