@@ -217,6 +217,20 @@ def speak_into_mic(b: Browser) -> tuple[list[str], list[str]]:
     return finals, partials
 
 
+def file_and_voice(b: Browser, spoken: Spoken) -> None:
+    """Upload the WAV and check its transcript, then speak it into the microphone and check the final."""
+    b.upload(spoken.wav)
+    b.wait_file_done()
+    assert b.error() == ""
+    assert b.el("file-transcript").text == spoken.text
+    b.el("mic-clear").click()
+    try:
+        finals, _ = speak_into_mic(b)
+        assert finals[0] == spoken.text
+    finally:
+        stop_mic(b)
+
+
 def stop_mic(b: Browser) -> None:
     if b.el("mic-toggle").get_attribute("aria-pressed") == "true":
         b.el("mic-toggle").click()
@@ -531,16 +545,7 @@ def test_behind_a_reverse_proxy_under_a_path_prefix(
         b = mic_browser
         b.open(f"{url}/")
         b.wait(lambda d: b.el("server-state").get_attribute("data-state") == "ready", what="Ready through the proxy")
-        b.upload(spoken.wav)
-        b.wait_file_done()
-        assert b.error() == ""
-        assert b.el("file-transcript").text == spoken.text
-        b.el("mic-clear").click()
-        try:
-            finals, _ = speak_into_mic(b)
-            assert finals[0] == spoken.text
-        finally:
-            stop_mic(b)
+        file_and_voice(b, spoken)
     finally:
         proxy.terminate()
         proxy.wait(10)
@@ -643,17 +648,7 @@ def test_with_api_keys_the_page_asks_for_one_and_then_works(
     assert b.error().startswith("API key needed: missing or invalid API key")
     b.shot("api-key")
     b.el("api-key").send_keys(KEY + Keys.ENTER)
-    b.upload(spoken.wav)
-    b.wait_file_done()
-    assert b.error() == ""
-    assert b.el("file-transcript").text == spoken.text
-    # The microphone's WebSocket carries the key as a subprotocol.
-    b.el("mic-clear").click()
-    try:
-        finals, _ = speak_into_mic(b)
-        assert finals[0] == spoken.text
-    finally:
-        stop_mic(b)
+    file_and_voice(b, spoken)  # the microphone's WebSocket carries the key as a subprotocol
     b.driver.execute_script("localStorage.clear()")
 
 
