@@ -235,9 +235,11 @@ def create_app(
     )
     if keys := _api_keys(settings, on_fatal):
         # The browser page and its files are open (it asks for the key itself); the API calls it makes are not.
-        page = (["/"], [web.UI_PREFIX + "/"]) if settings.web_ui else ([], [])
         app.add_middleware(
-            ApiKeyMiddleware, keys=keys, open_paths=settings.auth_open_path_list() + page[0], open_prefixes=page[1]
+            ApiKeyMiddleware,
+            keys=keys,
+            open_paths=[*settings.auth_open_path_list(), *(web.OPEN_PATHS if settings.web_ui else ())],
+            open_prefixes=web.OPEN_PREFIXES if settings.web_ui else (),
         )
     if origins := settings.cors_origin_list():
         app.add_middleware(

@@ -144,15 +144,16 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout_s: float = 120.0, workers: int = 1) -> None:
-        """Wait until `workers` distinct worker pids have answered /health with 200."""
+    def wait_ready(self, timeout_s: float = 120.0, workers: int = 1, path: str = "/health") -> None:
+        """Wait until `workers` distinct worker pids have answered `path` with 200 (`/health`: ready to serve;
+        `/health/live`: the event loop answers, the model may still be loading)."""
         ready_pids: set[int] = set()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
-                r = httpx.get(f"{self.url}/health", timeout=2.0)
+                r = httpx.get(f"{self.url}{path}", timeout=2.0)
                 if r.status_code == 200:
                     ready_pids.add(r.json()["worker_pid"])
                     if len(ready_pids) >= workers:

@@ -534,13 +534,7 @@ def test_behind_a_reverse_proxy_under_a_path_prefix(
         proxy = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/stt"
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, (tmp_path / "haproxy.log").read_text()
-            time.sleep(0.2)
+        ServerProcess(url, proxy, tmp_path / "haproxy.log").wait_ready(timeout_s=30)  # the worker, via the proxy
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 404  # only under /stt/
         b = mic_browser
         b.open(f"{url}/")
@@ -656,13 +650,7 @@ def test_the_header_shows_loading_then_ready_and_busy_with_retry_after(browser: 
     env = {"FAKE_LOAD_DELAY_S": "6", "FAKE_DELAY_S": "4", "PARAKEET_MAX_QUEUE_REQUESTS": "1"}
     server = start_server(tmp_path, env, fake=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # live (the event loop answers) but still loading the model
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{server.url}/health/live", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, server.log()[-2000:]
-            time.sleep(0.1)
+        server.wait_ready(timeout_s=60, path="/health/live")  # the event loop answers; the model still loads
         browser.open(f"{server.url}/")
         browser.wait(lambda d: browser.el("server-state").get_attribute("data-state") == "loading", what="Loading")
         assert browser.state().startswith("Loading the model…")

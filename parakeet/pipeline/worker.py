@@ -241,16 +241,9 @@ class Worker:
         Raises:
             MemoryBudgetFull: the audio held now plus `nbytes` would pass `max_inflight_audio_bytes` (429).
         """
-        batcher = self._serving_batcher()
-        limit = self.settings.max_inflight_audio_bytes
-        if self.inflight_audio_bytes + nbytes > limit:
-            raise errors.MemoryBudgetFull(
-                f"server busy: {self.inflight_audio_bytes} bytes of audio held and {nbytes} more asked, the budget is "
-                f"{limit} bytes (PARAKEET_MAX_INFLIGHT_AUDIO_BYTES)",
-                retry_after_s=max(1, batcher.retry_after_s()),
-            )
+        self._serving_batcher()  # ShuttingDown / NotReady first, as for every request
         reservation = MemoryReservation(self)
-        reservation.resize(nbytes)
+        reservation.grow_to(nbytes, "the request body (its Content-Length, or the upload cap)")
         try:
             yield reservation
         finally:

@@ -19,6 +19,9 @@ from starlette.types import Scope
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 UI_PREFIX = "/ui"
+# What the page needs without an API key (ApiKeyMiddleware): the page itself and every file under UI_PREFIX.
+OPEN_PATHS = ("/",)
+OPEN_PREFIXES = (UI_PREFIX + "/",)
 # The page loads nothing from elsewhere; media and downloads come from blob: URLs of the user's own file.
 # 'self' covers same-origin ws:/wss: in CSP Level 3 (https://www.w3.org/TR/CSP3/#match-url-to-source-expression).
 CONTENT_SECURITY_POLICY = (
