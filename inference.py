@@ -29,12 +29,12 @@ from parakeet.core.engine import (
     StepBatchResult,
     StepRequest,
     StepResult,
-    VoiceActivityModel,
 )
 from parakeet.core.errors import DeviceOutOfMemory, ModelLoadError
 from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import BatchResult, TimedSpan, Transcript
+from parakeet.core.tuning import Tuning
 
 log = logging.getLogger("parakeet.inference")
 
@@ -160,7 +160,6 @@ class ParakeetEngine:
         hop_samples = round(self.window_stride_s * self.sample_rate_hz)
         self.encoder_frame_samples = hop_samples * self.subsampling_factor  # Parakeet: 160 x 8 = 1280 (80 ms)
         self.num_parameters = sum(p.numel() for p in model.parameters())
-        self.vad: VoiceActivityModel | None = None  # build_engine attaches Silero VAD
         self._conf_decoding: Any = None
         self.sync_stages = False  # benchmarks: synchronise after the encoder so stages_ms splits true device time
 
@@ -500,11 +499,11 @@ def _spans(hyp: Any, kind: str) -> tuple[TimedSpan, ...]:
     return tuple(out)
 
 
-def build_engine(settings: Settings, device: torch.device) -> ParakeetEngine:
+def build_engine(settings: Settings, device: torch.device, tuning: Tuning | None = None) -> ParakeetEngine:
     """Load `settings.model` onto `device` and wrap it for serving (see `load_asr_model`, `ParakeetEngine`).
 
-    Uses the settings `model`, `precision`, `cuda_graphs`, `max_symbols_per_step` and `torch_threads`
-    (README, "Settings").
+    Uses the settings `model`, `precision`, `cuda_graphs` and `torch_threads` (README, "Settings") and
+    `tuning.max_symbols_per_step`.
 
     Raises:
         ModelLoadError: the model could not be loaded.
@@ -524,9 +523,8 @@ def build_engine(settings: Settings, device: torch.device) -> ParakeetEngine:
         model_name=settings.model,
         precision=settings.precision,
         cuda_graphs=settings.cuda_graphs,
-        max_symbols_per_step=settings.max_symbols_per_step,
+        max_symbols_per_step=(tuning or Tuning()).max_symbols_per_step,
     )
-    engine.vad = SileroVad()
     log.info(
         "loaded %s on %s (%s, %.1f M parameters) in %.1f s",
         settings.model,

@@ -21,13 +21,21 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from loadtest_report import LoadTestError, markdown_table, verdict, write_outputs
+from loadtest_report import (
+    LoadTestError,
+    RequestRecord,
+    RunResult,
+    StageSummary,
+    markdown_table,
+    verdict,
+    write_outputs,
+)
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".webm"}
 ENDPOINTS = {"transcribe": "/transcribe", "openai": "/v1/audio/transcriptions"}
@@ -38,46 +46,6 @@ class AudioFile:
     path: Path
     data: bytes
     duration_s: float
-
-
-@dataclass
-class RequestRecord:
-    """One request that was scheduled, whatever became of it. Times are seconds from the run's start."""
-
-    stage: str
-    index: int
-    file: str
-    scheduled_s: float
-    sent_s: float | None = None
-    done_s: float | None = None
-    latency_ms: float | None = None  # from the scheduled time to the end of the response
-    status: int | None = None
-    error: str | None = None  # None, "http_<status>", "timeout", "connection", "non_json", "client_overloaded"
-    audio_s: float | None = None
-    gpu_id: str | None = None
-    batch_size: int | None = None
-    queue_ms: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass
-class StageSummary:
-    stage: str
-    offered_rps: float
-    achieved_rps: float
-    sent: int
-    ok: int
-    errors_by_status: dict[str, int]
-    errors_by_kind: dict[str, int]
-    error_rate: float
-    latency_ms: dict[str, float | None]  # avg, p50, p95, p99 of successful requests
-    rtfx: float | None  # audio seconds served per wall second
-    gpu_share: dict[str, float]
-    mean_batch_size: float | None
-    breaks: bool = False
 
 
 # --- pure parts: schedule, statistics, the breaking-point rule ------------------------------------------
@@ -311,24 +279,6 @@ class Runner:
                     rec.error, rec.done_s = "cancelled", self.now()
             raise
         return records
-
-
-@dataclass
-class RunResult:
-    stages: list[StageSummary]
-    requests: list[RequestRecord]
-    stable_up_to_rps: float | None
-    breaking_point_rps: float | None
-    interrupted: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "stable_up_to_rps": self.stable_up_to_rps,
-            "breaking_point_rps": self.breaking_point_rps,
-            "interrupted": self.interrupted,
-            "stages": [asdict(s) for s in self.stages],
-            "requests": [asdict(r) for r in self.requests],
-        }
 
 
 async def run_load(

@@ -1,19 +1,75 @@
-"""loadtest.py's reporting: the markdown table, the verdict line, JSON/CSV files and the plot.
+"""loadtest.py's records and reporting: the per-request and per-stage records, the markdown table, the verdict
+line, JSON/CSV files and the plot.
 
-Kept apart so that loadtest.py holds the schedule, the statistics and the runner. Works on loadtest's
-records by their fields; imports nothing from it at run time.
+Kept apart so that loadtest.py holds the schedule, the statistics and the runner; this module imports nothing
+of it (loadtest imports this one).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from loadtest import RunResult, StageSummary
+
+@dataclass
+class RequestRecord:
+    """One request that was scheduled, whatever became of it. Times are seconds from the run's start."""
+
+    stage: str
+    index: int
+    file: str
+    scheduled_s: float
+    sent_s: float | None = None
+    done_s: float | None = None
+    latency_ms: float | None = None  # from the scheduled time to the end of the response
+    status: int | None = None
+    error: str | None = None  # None, "http_<status>", "timeout", "connection", "non_json", "client_overloaded"
+    audio_s: float | None = None
+    gpu_id: str | None = None
+    batch_size: int | None = None
+    queue_ms: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class StageSummary:
+    stage: str
+    offered_rps: float
+    achieved_rps: float
+    sent: int
+    ok: int
+    errors_by_status: dict[str, int]
+    errors_by_kind: dict[str, int]
+    error_rate: float
+    latency_ms: dict[str, float | None]  # avg, p50, p95, p99 of successful requests
+    rtfx: float | None  # audio seconds served per wall second
+    gpu_share: dict[str, float]
+    mean_batch_size: float | None
+    breaks: bool = False
+
+
+@dataclass
+class RunResult:
+    stages: list[StageSummary]
+    requests: list[RequestRecord]
+    stable_up_to_rps: float | None
+    breaking_point_rps: float | None
+    interrupted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stable_up_to_rps": self.stable_up_to_rps,
+            "breaking_point_rps": self.breaking_point_rps,
+            "interrupted": self.interrupted,
+            "stages": [asdict(s) for s in self.stages],
+            "requests": [asdict(r) for r in self.requests],
+        }
 
 
 class LoadTestError(Exception):

@@ -24,16 +24,17 @@ from fastapi.middleware.cors import CORSMiddleware
 from gpu_lock import GpuClaim, NoFreeGpuError, claim_gpu
 from parakeet import VERSION
 from parakeet.api.errors import install_error_handlers
-from parakeet.api.middleware import ApiKeyMiddleware, RequestIdMiddleware, UploadLimitMiddleware
+from parakeet.api.middleware import PROBE_AND_METRICS_PATHS, ApiKeyMiddleware, RequestIdMiddleware, UploadLimitMiddleware
 from parakeet.api.routes import health, metrics, openai, realtime, streams, transcribe, web
 from parakeet.api.schemas import ErrorResponse
 from parakeet.api.wyoming import WyomingServer
 from parakeet.core import errors
-from parakeet.core.engine import Engine, EngineFactory
+from parakeet.core.engine import Engine, EngineFactory, VoiceActivityModel
 from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings, load_settings
+from parakeet.core.tuning import Tuning
 from parakeet.pipeline.fetch import UrlPolicy
-from parakeet.pipeline.worker import Worker
+from parakeet.pipeline.worker import VadFactory, Worker
 
 log = logging.getLogger("parakeet.server")
 _background: set[asyncio.Task[None]] = set()  # tasks started from signal handlers (the loop keeps weak refs)
@@ -41,6 +42,9 @@ _background: set[asyncio.Task[None]] = set()  # tasks started from signal handle
 
 class ParakeetEngineFactory:
     """Production factory: the NeMo model named by PARAKEET_MODEL on the claimed GPU (or the CPU)."""
+
+    def __init__(self, tuning: Tuning | None = None) -> None:
+        self.tuning = tuning or Tuning()
 
     def visible_gpus(self) -> int:
         import torch  # not inference: that imports NeMo (~5 s) before the worker can answer /health
@@ -52,7 +56,17 @@ class ParakeetEngineFactory:
 
         from inference import build_engine
 
-        return build_engine(settings, torch.device("cpu") if gpu_id is None else torch.device("cuda", gpu_id))
+        device = torch.device("cpu") if gpu_id is None else torch.device("cuda", gpu_id)
+        return build_engine(settings, device, self.tuning)
+
+
+class SileroVadFactory:
+    """Production VAD for live streams: Silero VAD on the CPU (inference.SileroVad; weights ship in its wheel)."""
+
+    def __call__(self) -> VoiceActivityModel | None:
+        from inference import SileroVad
+
+        return SileroVad()
 
 
 def exit_worker(message: str) -> NoReturn:
@@ -67,10 +81,11 @@ def exit_worker(message: str) -> NoReturn:
 
 
 def _chain_shutdown_signals(worker: Worker) -> Callable[[], None]:
-    """Mark the worker as shutting down the moment SIGTERM/SIGINT arrives, then let uvicorn's own handler
-    run (it stops accepting and waits for in-flight requests; the lifespan then drains the queue). uvicorn
-    installs its handlers before the lifespan starts, so ours wraps them. Returns a function that puts the
-    previous handlers back (an app served in-process, as in the tests, must not leave its handlers behind)."""
+    """The first step of the worker's one shutdown path: `begin_shutdown()` the moment SIGTERM/SIGINT arrives, then
+    let uvicorn's own handler run (it stops accepting and waits for in-flight requests; the lifespan then calls
+    `worker.close()`). uvicorn installs its handlers before the lifespan starts, so ours wraps them. Returns a
+    function that puts the previous handlers back (an app served in-process, as in the tests, must not leave its
+    handlers behind)."""
     previous_handlers: dict[int, Any] = {}
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,10 +128,7 @@ def _chain_shutdown_signals(worker: Worker) -> Callable[[], None]:
 
 def _claim_device(settings: Settings, factory: EngineFactory, on_fatal: Callable[[str], None]) -> GpuClaim | None:
     """The GPU lock this worker holds for its life, or None to run on the CPU."""
-    if settings.device == "cpu":
-        gpu_count = 0
-    else:
-        gpu_count = settings.gpu_count if settings.gpu_count is not None else factory.visible_gpus()
+    gpu_count = 0 if settings.device == "cpu" else factory.visible_gpus()
     if settings.device == "cuda" and gpu_count == 0:
         on_fatal("PARAKEET_DEVICE=cuda but no CUDA device is visible (check CUDA_VISIBLE_DEVICES, drivers)")
     if gpu_count == 0:
@@ -131,9 +143,11 @@ def _claim_device(settings: Settings, factory: EngineFactory, on_fatal: Callable
     return claim
 
 
-async def _load(worker: Worker, factory: EngineFactory, on_fatal: Callable[[str], None]) -> None:
+async def _load(
+    worker: Worker, factory: EngineFactory, vad_factory: VadFactory, on_fatal: Callable[[str], None]
+) -> None:
     try:
-        await worker.load(factory)
+        await worker.load(factory, vad_factory)
     except errors.ModelLoadError as exc:
         on_fatal(exc.message)
     except Exception:  # noqa: BLE001 - anything else at load time is just as fatal
@@ -145,24 +159,30 @@ async def _start_wyoming(settings: Settings, worker: Worker, on_fatal: Callable[
     """The Wyoming listener when PARAKEET_WYOMING_PORT is set (a port that cannot be bound is fatal)."""
     if settings.wyoming_port is None:
         return None
-    server = WyomingServer(worker, settings.wyoming_host, settings.wyoming_port)
+    server = WyomingServer(worker, settings.host, settings.wyoming_port)
     try:
         await server.start()
     except OSError as exc:
-        on_fatal(f"cannot listen for Wyoming on {settings.wyoming_host}:{settings.wyoming_port}: {exc.strerror}")
+        on_fatal(f"cannot listen for Wyoming on {settings.host}:{settings.wyoming_port}: {exc.strerror}")
         raise
     return server
 
 
-def _lifespan(settings: Settings, factory: EngineFactory, on_fatal: Callable[[str], None]) -> Callable[[FastAPI], Any]:
+def _lifespan(
+    settings: Settings,
+    tuning: Tuning,
+    factory: EngineFactory,
+    vad_factory: VadFactory,
+    on_fatal: Callable[[str], None],
+) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         claim = _claim_device(settings, factory, on_fatal)
-        worker = Worker(settings, gpu_id=claim.gpu_id if claim else None)
+        worker = Worker(settings, tuning, gpu_id=claim.gpu_id if claim else None)
         app.state.worker = worker
         await worker.start()
         wyoming = await _start_wyoming(settings, worker, on_fatal)
-        loader = asyncio.create_task(_load(worker, factory, on_fatal))
+        loader = asyncio.create_task(_load(worker, factory, vad_factory, on_fatal))
         restore_signals = _chain_shutdown_signals(worker)
         try:
             yield
@@ -194,14 +214,19 @@ def create_app(
     settings: Settings | None = None,
     engine_factory: EngineFactory | None = None,
     on_fatal: Callable[[str], None] = exit_worker,
+    *,
+    vad_factory: VadFactory | None = None,
+    tuning: Tuning | None = None,
 ) -> FastAPI:
     """Build the app. Nothing heavy happens until the lifespan starts.
 
     Args:
-        settings: defaults to the PARAKEET_* environment (invalid values: `on_fatal` with one message).
+        settings: defaults to the PARAKEET_* environment (invalid or unknown values: `on_fatal` with one message).
         engine_factory: builds the engine on the GPU thread; defaults to the NeMo Parakeet engine.
         on_fatal: called with one message when the worker cannot serve (bad settings, no free GPU, model load
             failed); the default logs it and exits with code 3 so that uvicorn's supervisor stops, not respawns.
+        vad_factory: builds the live streams' speech detector; defaults to Silero VAD.
+        tuning: the internal constants (parakeet/core/tuning.py); tests pass smaller limits.
 
     Raises:
         InvalidSettings: `settings` not given, the environment is invalid, and `on_fatal` returned.
@@ -212,15 +237,19 @@ def create_app(
         except errors.InvalidSettings as exc:
             on_fatal(exc.message)
             raise
+    tuning = tuning or Tuning()
     configure_logging(settings.log_format, settings.log_level)
+    lifespan = _lifespan(
+        settings, tuning, engine_factory or ParakeetEngineFactory(tuning), vad_factory or SileroVadFactory(), on_fatal
+    )
     app = FastAPI(
         title="Parakeet-TDT transcription server",
         version=VERSION,
-        lifespan=_lifespan(settings, engine_factory or ParakeetEngineFactory(), on_fatal),
+        lifespan=lifespan,
         responses={400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
     )
     try:
-        app.state.url_policy = UrlPolicy.from_settings(settings)
+        app.state.url_policy = UrlPolicy.from_settings(settings, tuning)
     except errors.InvalidSettings as exc:
         on_fatal(exc.message)
         raise
@@ -230,15 +259,15 @@ def create_app(
         UploadLimitMiddleware,
         max_upload_bytes=settings.max_upload_bytes,
         body_idle_timeout_s=settings.body_idle_timeout_s,
-        body_min_rate_bytes_s=settings.body_min_rate_bytes_s,
-        body_grace_s=settings.body_grace_s,
+        body_min_rate_bytes_s=tuning.body_min_rate_bytes_s,
+        body_grace_s=tuning.body_grace_s,
     )
     if keys := _api_keys(settings, on_fatal):
         # The browser page and its files are open (it asks for the key itself); the API calls it makes are not.
         app.add_middleware(
             ApiKeyMiddleware,
             keys=keys,
-            open_paths=[*settings.auth_open_path_list(), *(web.OPEN_PATHS if settings.web_ui else ())],
+            open_paths=[*PROBE_AND_METRICS_PATHS, *(web.OPEN_PATHS if settings.web_ui else ())],
             open_prefixes=web.OPEN_PREFIXES if settings.web_ui else (),
         )
     if origins := settings.cors_origin_list():

@@ -3,8 +3,8 @@
 Speaks digit words ("three seven one") with the espeak-ng command-line synthesizer (Debian package
 `espeak-ng`) and returns float32 mono 16 kHz waveforms. It does not encode containers (tests do that).
 
-For machines without espeak-ng (a lent GPU box runs the benchmarks): `PARAKEET_SPEECH_RECORD=speech.npz` saves
-every waveform spoken by a run at its exit, and `PARAKEET_SPEECH_CACHE=speech.npz` answers from such a file
+For machines without espeak-ng (a lent GPU box runs the benchmarks): `SPEECH_RECORD=speech.npz` saves
+every waveform spoken by a run at its exit, and `SPEECH_CACHE=speech.npz` answers from such a file
 (a text not in it raises), so a benchmark there speaks exactly what the same command spoke here.
 """
 
@@ -63,13 +63,13 @@ _recorded: dict[str, npt.NDArray[np.float32]] = {}
 
 
 def _save_recorded() -> None:
-    path = os.environ["PARAKEET_SPEECH_RECORD"]
+    path = os.environ["SPEECH_RECORD"]
     previous = dict(np.load(path)) if os.path.exists(path) else {}
     pcm16 = {k: np.round(np.clip(w, -1, 1) * 32767).astype(np.int16) for k, w in _recorded.items()}
     np.savez_compressed(path, **(previous | pcm16))  # 16-bit PCM: half the size, inaudibly different
 
 
-if os.environ.get("PARAKEET_SPEECH_RECORD"):
+if os.environ.get("SPEECH_RECORD"):
     atexit.register(_save_recorded)
 
 
@@ -85,16 +85,16 @@ def speak(text: str, voice: str = "en-us", speed_wpm: int = 160) -> npt.NDArray[
         float32 mono waveform at 16 kHz, shape [T], in [-1, 1].
 
     Raises:
-        RuntimeError: espeak-ng is missing or failed, or PARAKEET_SPEECH_CACHE lacks this text.
+        RuntimeError: espeak-ng is missing or failed, or SPEECH_CACHE lacks this text.
     """
     global _cache
     key = f"{voice}|{speed_wpm}|{text}"
-    if os.environ.get("PARAKEET_SPEECH_CACHE"):
+    if os.environ.get("SPEECH_CACHE"):
         if _cache is None:
-            stored = np.load(os.environ["PARAKEET_SPEECH_CACHE"])
+            stored = np.load(os.environ["SPEECH_CACHE"])
             _cache = {k: v.astype(np.float32) / 32767 for k, v in stored.items()}
         if key not in _cache:
-            raise RuntimeError(f"PARAKEET_SPEECH_CACHE has no waveform for {key!r}: record it with the same command")
+            raise RuntimeError(f"SPEECH_CACHE has no waveform for {key!r}: record it with the same command")
         return _cache[key]
     out = subprocess.run(
         [require_espeak(), "-v", voice, "-s", str(speed_wpm), "--stdout", text],
@@ -106,7 +106,7 @@ def speak(text: str, voice: str = "en-us", speed_wpm: int = 160) -> npt.NDArray[
     if rate != SAMPLE_RATE_HZ:
         data = soxr.resample(data, rate, SAMPLE_RATE_HZ, quality="HQ")
     wave = np.ascontiguousarray(data, dtype=np.float32)
-    if os.environ.get("PARAKEET_SPEECH_RECORD"):
+    if os.environ.get("SPEECH_RECORD"):
         _recorded[key] = wave
     return wave
 

@@ -1,8 +1,12 @@
-"""Shared fixtures: the project's own test models, synthesized speech, and a real 2-worker server on loopback
-(helpers they use: helpers.py).
+"""Shared fixtures of every level: the project's own test models, synthesized speech, the digits engine and Silero
+VAD (built once per session), the digits app in-process, and real uvicorn servers on loopback (helpers.py).
 
-Nothing here downloads anything: the tiny model is built from a config, the digits model is the committed
-models/digits_tdt.nemo (rebuilt by scripts/build_test_models.py when missing), speech comes from espeak-ng.
+Levels, by folder (each test gets the folder's marker): `unit` (a module or two, no app), `app` (the whole app
+in-process: httpx's ASGITransport, Starlette's TestClient), `e2e` (real uvicorn processes on loopback, where the
+subject is a process, a socket, a signal or HAProxy) and `browser` (the web page in Debian's chromium).
+`pytest -m "not e2e and not browser"` is the fast loop. Nothing here downloads anything: the tiny model is built
+from a config, the digits model is the committed models/digits_tdt.nemo (rebuilt by scripts/build_test_models.py
+when missing), speech comes from espeak-ng.
 """
 
 from __future__ import annotations
@@ -16,16 +20,25 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
+TESTS = ROOT / "tests"
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(TESTS)]
 
 import speech  # noqa: E402
-from helpers import ServerProcess, cpu_settings, start_server  # noqa: E402
+from helpers import Serve, ServerProcess, cpu_settings, digits_app, start_server  # noqa: E402
 
 MODELS = ROOT / "models"
 TINY_MODEL = MODELS / "tiny_tdt.nemo"
 DIGITS_MODEL = MODELS / "digits_tdt.nemo"
 # Test utterances use seeds far from the training corpus (seeds 0..2399 at --seed 0).
 TEST_SEED_BASE = 7_000_000
+LEVELS = ("unit", "app", "e2e", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        level = item.path.relative_to(TESTS).parts[0]
+        if level in LEVELS:
+            item.add_marker(getattr(pytest.mark, level))
 
 
 def _build(kind: str, out: Path, *extra: str) -> Path:
@@ -66,8 +79,27 @@ def digits_engine(digits_model_path: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
+def silero_vad() -> Any:
+    from inference import SileroVad
+
+    return SileroVad()
+
+
+@pytest.fixture(scope="session")
+def digits_client(digits_engine: Any, silero_vad: Any, digits_model_path: Path) -> Iterator[Any]:
+    """The digits model served in-process for the whole session (Starlette's TestClient: the app and its lifespan
+    run on a thread of their own), with small limits so that limit tests stay fast: uploads of at most 8 MiB and
+    60 s, 8 streams, streams idle for 3 s closed, WebSocket messages of at most 256 KiB, 2 s of stream lag."""
+    with digits_app(digits_engine, silero_vad, digits_model_path) as client:
+        yield client
+
+
+# --- real servers (e2e and browser) ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
 def digits_server(tmp_path_factory: pytest.TempPathFactory, digits_model_path: Path) -> Iterator[ServerProcess]:
-    """The digits model behind 2 real uvicorn workers; small limits so that limit tests stay fast."""
+    """The digits model behind 2 real uvicorn workers on loopback; small limits so that limit tests stay fast."""
     server = start_server(
         tmp_path_factory.mktemp("digits_server"),
         {
@@ -82,3 +114,33 @@ def digits_server(tmp_path_factory: pytest.TempPathFactory, digits_model_path: P
         yield server
     finally:
         server.stop()
+
+
+def _serve(serve: Serve, tmp_dir: Path, digits_model_path: Path) -> Iterator[ServerProcess]:
+    env = dict(serve.env)
+    if not serve.fake:
+        env.setdefault("PARAKEET_MODEL", str(digits_model_path))
+    proc = start_server(tmp_dir, env, workers=serve.workers, fake=serve.fake,
+                        healthcheck_timeout_s=serve.healthcheck_timeout_s,
+                        multiprocess_metrics=serve.multiprocess_metrics)  # fmt: skip
+    try:
+        if serve.ready:
+            proc.wait_ready(timeout_s=120, workers=serve.workers)
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, tmp_path: Path, digits_model_path: Path) -> Iterator[ServerProcess]:
+    """A real uvicorn server for one test, as `Serve` (the indirect parameter) describes it: the fake engine
+    (tests/fakes.py) or the digits model, its environment, its workers; ready unless `ready=False`."""
+    yield from _serve(request.param, tmp_path, digits_model_path)
+
+
+@pytest.fixture(scope="module")
+def module_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, digits_model_path: Path
+) -> Iterator[ServerProcess]:
+    """`server`, shared by the tests of a module: the module's `SERVE` describes it."""
+    yield from _serve(request.module.SERVE, tmp_path_factory.mktemp("module_server"), digits_model_path)

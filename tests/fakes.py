@@ -8,6 +8,7 @@ the FAKE_* environment variables below, plus a test-only `GET /_fake/batches` li
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -29,6 +30,7 @@ from parakeet.core.engine import (
 from parakeet.core.errors import DeviceOutOfMemory
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import BatchResult, TimedSpan, Transcript
+from parakeet.core.tuning import Tuning
 
 
 def tagged_wave(tag: int, duration_s: float = 1.0) -> npt.NDArray[np.float32]:
@@ -48,7 +50,6 @@ class FakeEngine:
 
     model_name: str = "fake"
     encoder_frame_samples: int = 1280
-    vad: VoiceActivityModel | None = None
     delay_s: float = 0.0
     per_item_s: float = 0.0
     fail_tag: int | None = None  # a batch containing this tag raises RuntimeError
@@ -101,15 +102,19 @@ class FakeEngine:
         return DeviceInfo(type="cpu", index=None, name="fake")
 
 
-class FakeFactory:
-    def __init__(self, engine: FakeEngine, load_delay_s: float = 0.0) -> None:
+class FixedEngineFactory:
+    """Serves a given engine (a FakeEngine, or the session's digits engine) after `load_delay_s`; claims from `gpus`
+    pretend GPUs (the locks are real: gpu_lock.py)."""
+
+    def __init__(self, engine: Any, load_delay_s: float = 0.0, gpus: int = 0) -> None:
         self.engine = engine
         self.load_delay_s = load_delay_s
+        self.gpus = gpus
 
     def visible_gpus(self) -> int:
-        return 0
+        return self.gpus
 
-    def __call__(self, settings: Settings, gpu_id: int | None) -> FakeEngine:
+    def __call__(self, settings: Settings, gpu_id: int | None) -> Any:
         time.sleep(self.load_delay_s)
         return self.engine
 
@@ -118,9 +123,27 @@ def _env_float(name: str) -> float:
     return float(os.environ.get(name, "0"))
 
 
+class NoVad:
+    """A VAD factory for apps whose streams never ask for VAD."""
+
+    def __call__(self) -> VoiceActivityModel | None:
+        return None
+
+
+class SharedVad:
+    """A VAD factory handing every app the same (session-wide) model."""
+
+    def __init__(self, vad: VoiceActivityModel) -> None:
+        self.vad = vad
+
+    def __call__(self) -> VoiceActivityModel | None:
+        return self.vad
+
+
 def build_app_from_env() -> Any:
     """The app with a FakeEngine configured by FAKE_DELAY_S, FAKE_PER_ITEM_S, FAKE_FAIL_TAG; FAKE_LOAD_DELAY_S
-    makes its model load take that long."""
+    makes its model load take that long, FAKE_GPU_COUNT pretends there are GPUs to claim, FAKE_TUNING (JSON) sets
+    internal constants (parakeet/core/tuning.py)."""
     from server import create_app
 
     fail = os.environ.get("FAKE_FAIL_TAG")
@@ -129,7 +152,9 @@ def build_app_from_env() -> Any:
         per_item_s=_env_float("FAKE_PER_ITEM_S"),
         fail_tag=int(fail) if fail else None,
     )
-    app = create_app(engine_factory=FakeFactory(engine, load_delay_s=_env_float("FAKE_LOAD_DELAY_S")))
+    factory = FixedEngineFactory(engine, _env_float("FAKE_LOAD_DELAY_S"), int(os.environ.get("FAKE_GPU_COUNT", "0")))
+    tuning = Tuning(**json.loads(os.environ.get("FAKE_TUNING", "{}")))
+    app = create_app(engine_factory=factory, vad_factory=NoVad(), tuning=tuning)
 
     @app.get("/_fake/batches", include_in_schema=False)
     async def fake_batches() -> list[list[int]]:

@@ -1,11 +1,12 @@
-"""Test helpers in one place: real uvicorn servers on loopback, the in-process app with its lifespan, NeMo's
-own reference transcripts, and process inspection. Fixtures that use them are in conftest.py; the fake
-engine is fakes.py, encoded audio is media.py.
+"""Test helpers in one place: the in-process app with its lifespan (fake engine or the digits model), real uvicorn
+servers on loopback, waiting for a condition (polling, never a sleep), NeMo's own reference transcripts, and process
+inspection. Fixtures that use them are in conftest.py; the fake engine is fakes.py, encoded audio is media.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import os
 import signal
@@ -13,9 +14,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,8 +27,9 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from parakeet.core.settings import Settings
+from parakeet.core.tuning import Tuning
 
-from fakes import FakeEngine, FakeFactory, tagged_wave
+from fakes import FakeEngine, FixedEngineFactory, NoVad, SharedVad, tagged_wave
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -36,8 +38,7 @@ T = TypeVar("T")
 def cpu_settings(model_path: Path, **overrides: Any) -> Settings:
     """Settings for an fp32 CPU engine on `model_path` (explicit values: the environment cannot change them)."""
     values: dict[str, Any] = {
-        "model": str(model_path), "device": "cpu", "precision": "fp32", "cuda_graphs": False,
-        "max_symbols_per_step": 10, "torch_threads": None,
+        "model": str(model_path), "device": "cpu", "precision": "fp32", "cuda_graphs": False, "torch_threads": None,
     }  # fmt: skip
     return Settings(**{**values, **overrides})
 
@@ -45,6 +46,30 @@ def cpu_settings(model_path: Path, **overrides: Any) -> Settings:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run one test's coroutine on a fresh event loop."""
     return asyncio.run(coro)
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 60.0, what: str = "the condition") -> Any:
+    """Poll `predicate` every 10 ms until it returns something true (returned); AssertionError after `timeout_s`
+    (a bound, never an expectation of speed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+async def until(predicate: Callable[[], Any], timeout_s: float = 60.0, what: str = "the condition") -> Any:
+    """`wait_until` on the event loop: poll every 5 ms without blocking it (`predicate` may be a coroutine function)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def wav_of(tag: int, duration_s: float = 1.0) -> bytes:
@@ -59,7 +84,12 @@ def wav_of(tag: int, duration_s: float = 1.0) -> bytes:
 
 @asynccontextmanager
 async def running_app(
-    engine: FakeEngine | None = None, *, load_delay_s: float = 0.0, wait_ready: bool = True, **settings: Any
+    engine: FakeEngine | None = None,
+    *,
+    load_delay_s: float = 0.0,
+    wait_ready: bool = True,
+    tuning: Tuning | None = None,
+    **settings: Any,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """`server.create_app` serving `engine` (a FakeEngine) in this process with its lifespan running
     (decoder subprocesses, GPU thread, batcher), and an httpx client on it (ASGITransport: no socket, for
@@ -72,8 +102,9 @@ async def running_app(
 
     values: dict[str, Any] = {"decode_workers": 1, "device": "cpu", "model": "fake", **settings}
     app = create_app(
-        Settings(**values), engine_factory=FakeFactory(engine or FakeEngine(), load_delay_s), on_fatal=fatal
-    )
+        Settings(**values), engine_factory=FixedEngineFactory(engine or FakeEngine(), load_delay_s), on_fatal=fatal,
+        vad_factory=NoVad(), tuning=tuning,
+    )  # fmt: skip
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://parakeet.test", timeout=60) as client:
@@ -89,10 +120,17 @@ async def running_app(
 
 @asynccontextmanager
 async def app_client(
-    engine: FakeEngine | None = None, *, load_delay_s: float = 0.0, wait_ready: bool = True, **settings: Any
+    engine: FakeEngine | None = None,
+    *,
+    load_delay_s: float = 0.0,
+    wait_ready: bool = True,
+    tuning: Tuning | None = None,
+    **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """`running_app`'s client alone."""
-    async with running_app(engine, load_delay_s=load_delay_s, wait_ready=wait_ready, **settings) as (_, client):
+    async with running_app(
+        engine, load_delay_s=load_delay_s, wait_ready=wait_ready, tuning=tuning, **settings
+    ) as (_, client):
         yield client
 
 
@@ -100,6 +138,35 @@ async def post_wav(client: httpx.AsyncClient, tag: int, duration_s: float = 1.0,
                    **data: str) -> httpx.Response:  # fmt: skip
     """POST a tagged WAV (see `wav_of`) as the multipart `file` part, with optional text fields."""
     return await client.post(route, files={"file": ("a.wav", wav_of(tag, duration_s))}, data=data or None)
+
+
+# Limits of the digits app (conftest.digits_client): small, so that limit tests stay fast.
+DIGITS_APP_SETTINGS: dict[str, Any] = {
+    "max_upload_bytes": 8 * 1024 * 1024, "max_audio_duration_s": 60, "stream_max_streams": 8,
+    "stream_idle_timeout_s": 3, "decode_workers": 2,
+}  # fmt: skip
+DIGITS_APP_TUNING = Tuning(stream_max_frame_bytes=256 * 1024, stream_max_lag_s=2.0)
+
+
+@contextmanager
+def digits_app(engine: Any, vad: Any, model_path: Path, **settings: Any) -> Iterator[Any]:
+    """`server.create_app` serving `engine` (the session's digits engine) and `vad` in-process through Starlette's
+    TestClient (the app and its lifespan on a thread of their own; HTTP, the OpenAI SDK with `http_client=` and
+    `websocket_connect` for the live protocols), waiting until /health is 200. Errors are answered as a real server
+    answers them (500 in the error shape), not raised into the test."""
+    from starlette.testclient import TestClient
+
+    from server import create_app
+
+    def fatal(message: str) -> None:
+        raise AssertionError(f"worker would exit: {message}")
+
+    values = {"model": str(model_path), "device": "cpu", **DIGITS_APP_SETTINGS, **settings}
+    app = create_app(Settings(**values), engine_factory=FixedEngineFactory(engine), on_fatal=fatal,
+                     vad_factory=SharedVad(vad), tuning=DIGITS_APP_TUNING)  # fmt: skip
+    with TestClient(app, base_url="http://testserver", raise_server_exceptions=False) as client:
+        wait_until(lambda: client.get("/health").status_code == 200, what="the digits app to be ready")
+        yield client
 
 
 # --- NeMo's own answer ------------------------------------------------------------------------------------
@@ -131,6 +198,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Serve:
+    """How conftest's `server` fixture starts a real uvicorn server (its indirect parameter): the fake engine
+    (tests/fakes.py, FAKE_* variables) or the digits model, the environment, the workers, and whether to wait until
+    every worker is ready."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    fake: bool = True
+    workers: int = 1
+    ready: bool = True
+    healthcheck_timeout_s: int = 60
+    multiprocess_metrics: bool = False  # PROMETHEUS_MULTIPROC_DIR in a new empty folder, as serve.sh sets it
 
 
 @dataclass
@@ -185,6 +266,7 @@ def start_server(
     fake: bool = False,
     port: int | None = None,
     healthcheck_timeout_s: int = 60,
+    multiprocess_metrics: bool = False,
 ) -> ServerProcess:
     """Start uvicorn with `env` added to a clean PARAKEET_* environment; does not wait for readiness.
     `fake`: serve tests/fakes.py's FakeEngine (FAKE_* variables) instead of a NeMo model.
@@ -198,9 +280,13 @@ def start_server(
             "PARAKEET_TORCH_THREADS": "1",
             "PARAKEET_DECODE_WORKERS": "1",
             "HF_HUB_OFFLINE": "1",
+            "HF_HOME": str(tmp_dir / "hf"),  # an empty Hugging Face cache: nothing from the user's
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if multiprocess_metrics:
+        (tmp_dir / "prom").mkdir(exist_ok=True)
+        base_env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_dir / "prom")
     base_env.update(env)
     log_path = tmp_dir / f"server-{port}.log"
     if fake:
@@ -213,18 +299,44 @@ def start_server(
     return ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
 
 
-@contextmanager
-def running_fake_server(tmp_dir: Path, env: dict[str, str]) -> Iterator[ServerProcess]:
-    """A ready uvicorn worker serving tests/fakes.py's FakeEngine, stopped on exit."""
-    server = start_server(tmp_dir, env, fake=True)
-    try:
-        server.wait_ready(timeout_s=60)
-        yield server
-    finally:
-        server.stop()
-
-
 # --- processes -------------------------------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+sys.path.insert(0, {root!r})
+import gpu_lock
+try:
+    claim = gpu_lock.claim_gpu(__import__("pathlib").Path({lock_dir!r}), {count})
+except gpu_lock.NoFreeGpuError as exc:
+    print("ERROR", exc, flush=True)
+    sys.exit(3)
+print("CLAIMED", claim.gpu_id, flush=True)
+time.sleep(120)
+"""
+
+
+class Holder:
+    """A plain Python process holding one GPU lock of `lock_dir` (gpu_lock.claim_gpu) for two minutes."""
+
+    def __init__(self, lock_dir: Path, count: int) -> None:
+        code = HOLDER.format(root=str(ROOT), lock_dir=str(lock_dir), count=count)
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.line = self.proc.stdout.readline().strip()
+
+    @property
+    def gpu_id(self) -> int:
+        assert self.line.startswith("CLAIMED"), self.line
+        return int(self.line.split()[1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
 
 
 def child_pids(pid: int) -> list[int]:

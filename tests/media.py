@@ -4,6 +4,7 @@ channel counts that the server accepts (soundfile for WAV/FLAC/OGG/MP3, PyAV for
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import av
@@ -87,17 +88,29 @@ def wav_bytes(data: npt.NDArray[np.float32], sample_rate_hz: int = 16000, subtyp
     return buf.getvalue()
 
 
-def misbehaving_decode(data: bytes, max_duration_s: float) -> object:
+def misbehaving_decode(data: bytes, max_duration_s: float) -> Iterator[object]:
     """A decoder for AudioDecoderPool tests: b"crash" kills its process with SIGSEGV (as a libsndfile or
     FFmpeg bug on a crafted file would), b"hang" never returns, anything else decodes normally."""
     import os
     import signal
     import time
 
-    from parakeet.pipeline.audio import decode_audio
+    from parakeet.pipeline.decoder_child import decode_in_child
 
     if data == b"crash":
         os.kill(os.getpid(), signal.SIGSEGV)
     if data == b"hang":
         time.sleep(3600)
-    return decode_audio(data, max_duration_s=max_duration_s)
+    yield from decode_in_child(data, max_duration_s)
+
+
+def unknown_length_decode(data: bytes, max_duration_s: float) -> Iterator[object]:
+    """A decoder for AudioDecoderPool tests: decodes normally, but its header does not say how long the file is
+    (as for a stream without a duration), so the pool must grow its buffer as samples come."""
+    from dataclasses import replace
+
+    from parakeet.pipeline.audio import AudioHeader
+    from parakeet.pipeline.decoder_child import decode_in_child
+
+    for item in decode_in_child(data, max_duration_s):
+        yield replace(item, expected_samples=None) if isinstance(item, AudioHeader) else item

@@ -35,10 +35,9 @@ class AudioRequest(BaseModel):
 
 
 @dataclass(frozen=True)
-class JsonAudio:
-    """The audio bytes, the field they came from (errors about the audio name it), and the options."""
+class JsonOptions:
+    """The field the audio came in (errors about the audio name it), and the options."""
 
-    data: bytes
     field: str
     timestamps: bool
     confidence: bool = False
@@ -91,7 +90,7 @@ def _describe(exc: ValidationError) -> errors.BadRequest:
     return errors.BadRequest(f"field '{field}': {err['msg']}", param=field)
 
 
-async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -> JsonAudio:
+async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -> tuple[bytes, JsonOptions]:
     """The audio bytes and options of a JSON request (the body's size is already capped by the upload limit).
 
     Raises:
@@ -115,6 +114,8 @@ async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -
         raise errors.BadRequest(f"send exactly one of audio_base64 and audio_url (got {which})", param="audio_base64")
     timestamps = bool(req.timestamps or req.timestamp or req.include_timestamps)
     if req.audio_base64 is not None:
-        return JsonAudio(decode_base64(req.audio_base64, max_bytes), "audio_base64", timestamps, bool(req.confidence))
+        options = JsonOptions("audio_base64", timestamps, bool(req.confidence))
+        return decode_base64(req.audio_base64, max_bytes), options
     assert req.audio_url is not None
-    return JsonAudio(await fetch_audio(req.audio_url, policy, max_bytes), "audio_url", timestamps, bool(req.confidence))
+    options = JsonOptions("audio_url", timestamps, bool(req.confidence))
+    return await fetch_audio(req.audio_url, policy, max_bytes), options

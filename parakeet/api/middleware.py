@@ -15,11 +15,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parakeet.api.errors import error_response
 from parakeet.core import errors, metrics
-from parakeet.core.settings import PROBE_AND_METRICS_PATHS
 
 log = logging.getLogger("parakeet.api")
 
-
+# Health, probes and metrics (routes/health.py, metrics.py, streams.py): open without an API key, and logged at
+# DEBUG (load balancers and scrapers call them every few seconds).
+PROBE_AND_METRICS_PATHS = (
+    "/health", "/health/live", "/health/ready", "/healthz", "/readyz", "/v1/health/live", "/v1/health/ready",
+    "/metrics", "/v1/metrics", "/status",
+)  # fmt: skip
 QUIET_PATHS = frozenset(PROBE_AND_METRICS_PATHS)  # their request lines go to DEBUG, not INFO
 # A browser's WebSocket carries the API key as this subprotocol + the key (ApiKeyMiddleware).
 WS_KEY_PROTOCOL = b"openai-insecure-api-key."
@@ -40,7 +44,9 @@ class RequestIdMiddleware:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         rid = uuid.uuid4().hex
-        state = scope.setdefault("state", {})
+        # A dict of this request's own: the server's lifespan state is shared by every request (uvicorn copies it
+        # per request; not every ASGI host does).
+        state = scope["state"] = dict(scope.get("state") or {})
         state["request_id"] = rid
         status = 0
 
@@ -84,9 +90,9 @@ class UploadLimitMiddleware:
         self,
         app: ASGIApp,
         max_upload_bytes: int,
-        body_idle_timeout_s: float = 30.0,
-        body_min_rate_bytes_s: float = 1024.0,
-        body_grace_s: float = 10.0,
+        body_idle_timeout_s: float,
+        body_min_rate_bytes_s: float,
+        body_grace_s: float,
     ) -> None:
         self.app = app
         self.max_bytes = max_upload_bytes
@@ -128,7 +134,7 @@ class UploadLimitMiddleware:
             if not body_done and elapsed > self.grace_s and received / elapsed < self.min_rate:
                 raise errors.BodyTimeout(
                     f"the request body arrives at {received / elapsed:.0f} bytes/s, below the minimum of "
-                    f"{self.min_rate:g} bytes/s after {self.grace_s:g} s (PARAKEET_BODY_MIN_RATE_BYTES_S)"
+                    f"{self.min_rate:g} bytes/s after {self.grace_s:g} s"
                 )
             return message
 

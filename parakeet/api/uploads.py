@@ -1,22 +1,19 @@
-"""Multipart uploads: the form and its fields, and running an upload through the worker while watching the
-client (a client that leaves has its queued work dropped before the GPU). Used by every upload route; the
-pipeline itself is `parakeet.pipeline.worker`.
+"""What every upload route shares: the multipart form and its fields, the body's declared size, the client's
+disconnect (the lifecycle, `Worker.request`, races the transcription against it), and the timings a response
+carries. The pipeline itself is `parakeet.pipeline.requests`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from parakeet.core import errors
-from parakeet.pipeline.batching import Ticket
-from parakeet.pipeline.worker import MemoryReservation, Outcome, Worker
+from parakeet.pipeline.requests import Outcome
 
 # Limits on the multipart form itself (python-multipart via Starlette): one file part, a few text fields,
 # text fields of at most 64 KiB. Abuse beyond them is a 400 (README error table).
@@ -46,19 +43,6 @@ async def multipart_form(request: Request) -> AsyncIterator[FormData]:
         ) from None
 
 
-@dataclass
-class UploadedFile:
-    """The bytes of the `file` part, handed on once (`take`) so that only the decoder holds them."""
-
-    data: bytes | None
-
-    def take(self) -> bytes:
-        data, self.data = self.data, None
-        if data is None:
-            raise RuntimeError("upload already taken")
-        return data
-
-
 def form_file(form: FormData) -> UploadFile:
     """The `file` part of a multipart form (check it before the other fields: a missing file is the first
     thing to tell the client).
@@ -74,9 +58,9 @@ def form_file(form: FormData) -> UploadFile:
     return upload
 
 
-async def read_file(upload: UploadFile) -> UploadedFile:
+async def read_file(upload: UploadFile) -> bytes:
     """The whole file part (its size is bounded by the upload cap: UploadLimitMiddleware)."""
-    return UploadedFile(await upload.read())
+    return await upload.read()
 
 
 def form_text(form: FormData, name: str) -> str | None:
@@ -107,42 +91,14 @@ def form_bool(form: FormData, name: str) -> bool:
 
 def declared_body_bytes(request: Request, cap: int) -> int:
     """The body's Content-Length, or the upload cap when there is none (chunked): the audio memory to reserve
-    before reading it (`Worker.reserved_memory`)."""
+    before reading it (`Worker.request`)."""
     value = request.headers.get("content-length", "")
     return min(int(value), cap) if value.isdigit() else cap
 
 
-async def transcribe_upload(
-    request: Request,
-    worker: Worker,
-    ticket: Ticket,
-    upload: UploadedFile,
-    *,
-    timestamps: bool,
-    confidence: bool = False,
-    memory: MemoryReservation | None = None,
-) -> Outcome:
-    """`worker.transcribe` on the upload (`timestamps`: whether the response needs them); if the client goes
-    away first, the work is cancelled (queued items are dropped before the GPU).
-
-    Raises:
-        ClientDisconnected: the client closed the connection before the transcript was ready.
-        ParakeetError subclasses: whatever the pipeline raised.
-    """
-    task = asyncio.ensure_future(
-        worker.transcribe(ticket, upload.take(), timestamps=timestamps, confidence=confidence, memory=memory)
-    )
-    disconnected = asyncio.ensure_future(wait_for_disconnect(request))
-    try:
-        await asyncio.wait({task, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnected.cancel()
-    if not task.done():
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
-        raise errors.ClientDisconnected("the client closed the connection before its transcript was ready")
-    return task.result()
+def disconnect_watcher(request: Request) -> Callable[[], Awaitable[None]]:
+    """What `Worker.request(disconnected=...)` awaits: the client closing the connection."""
+    return lambda: wait_for_disconnect(request)
 
 
 async def wait_for_disconnect(request: Request) -> None:

@@ -1,5 +1,8 @@
-"""What both live-stream protocols (/ws and /v1/realtime) share: an ordered outbox with a latest-wins partial slot,
-reading the socket within the stream limits, and the close codes (RFC 6455 section 7.4.1; docs/streaming.md).
+"""What both live-stream protocols (/ws and /v1/realtime) share: an ordered outbox in which consecutive partials
+collapse into the latest, reading the socket within the stream limits, the read loop with its one ending (finalize,
+send, close), and the close codes (RFC 6455 section 7.4.1; docs/streaming.md). The order of a stream's events
+(no partial of the next utterance before the final of the previous) is the session's
+(parakeet.pipeline.stream_session); the outbox keeps it.
 
 Close codes: 1000 normal; 1001 the worker is shutting down (after the current utterance's final); 1003 too many
 unusable messages; 1008 idle or too long a session; 1009 message too big; 1011 server fault; 1012 shutting down
@@ -13,15 +16,15 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from parakeet.api.middleware import WS_KEY_PROTOCOL
 from parakeet.core import errors
 from parakeet.core.settings import Settings
-from parakeet.pipeline.streaming import StreamSession
+from parakeet.pipeline.stream_session import StreamSession
 
 log = logging.getLogger("parakeet.streams")
 
@@ -56,47 +59,37 @@ Message = dict[str, Any]
 
 
 class Outbox:
-    """Messages to one client, sent in order by one task. A pending entry (an awaitable of messages, e.g. a final
-    being transcribed) holds everything queued after it; the partial slot is latest-wins and is sent only when
-    nothing is pending, so a partial of the next utterance never overtakes the final of the previous one."""
+    """Messages to one client, sent in order by one task. A partial that is still queued when the next one comes
+    is replaced by it (latest wins: a slow reader gets fewer partials, never a backlog of stale ones)."""
 
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
-        self._queue: deque[Message | asyncio.Task[list[Message]]] = deque()
-        self._partial: Message | None = None
+        self._queue: deque[tuple[Message, bool]] = deque()  # (message, is a partial)
         self._changed = asyncio.Event()
         self._closing = False
         self._task = asyncio.get_running_loop().create_task(self._send_loop())
 
     @property
     def unsent(self) -> int:
-        """Messages (and pending finals) queued for the client, not sent yet."""
+        """Messages queued for the client, not sent yet."""
         return len(self._queue)
 
     def put(self, message: Message) -> None:
-        self._queue.append(message)
+        self._queue.append((message, False))
         self._changed.set()
 
     def put_partial(self, message: Message) -> None:
-        self._partial = message
-        self._changed.set()
-
-    def put_pending(self, messages: Awaitable[list[Message]]) -> None:
-        self._queue.append(asyncio.ensure_future(messages))
+        if self._queue and self._queue[-1][1]:
+            self._queue[-1] = (message, True)
+        else:
+            self._queue.append((message, True))
         self._changed.set()
 
     async def _send_loop(self) -> None:
         while True:
             if self._queue:
-                head = self._queue[0]
-                out = [head] if isinstance(head, dict) else await head
-                for message in out:
-                    await self.websocket.send_json(message)
-                self._queue.popleft()
-                continue
-            if self._partial is not None:
-                partial, self._partial = self._partial, None
-                await self.websocket.send_json(partial)
+                message, _ = self._queue.popleft()
+                await self.websocket.send_json(message)
                 continue
             if self._closing:
                 return
@@ -104,7 +97,7 @@ class Outbox:
             await self._changed.wait()
 
     async def flush(self, timeout_s: float) -> None:
-        """Send everything queued (pending entries included) within `timeout_s`, then stop."""
+        """Send everything queued within `timeout_s`, then stop."""
         self._closing = True
         self._changed.set()
         with contextlib.suppress(Exception):
@@ -112,10 +105,7 @@ class Outbox:
         self.cancel()
 
     def cancel(self) -> None:
-        """Drop everything (the client is gone): pending finals are cancelled before they reach the GPU."""
-        for entry in self._queue:
-            if isinstance(entry, asyncio.Task):
-                entry.cancel()
+        """Drop everything (the client is gone)."""
         self._queue.clear()
         self._task.cancel()
 
@@ -124,8 +114,11 @@ class StreamReader:
     """Reads one socket within the stream limits: backpressure (`max_lag_s`), idle timeout, session length,
     message size, shutdown."""
 
-    def __init__(self, websocket: WebSocket, settings: Settings, session: StreamSession, outbox: Outbox) -> None:
+    def __init__(
+        self, websocket: WebSocket, settings: Settings, max_frame_bytes: int, session: StreamSession, outbox: Outbox
+    ) -> None:
         self.websocket, self.settings, self.session, self.outbox = websocket, settings, session, outbox
+        self.max_frame_bytes = max_frame_bytes
         self.deadline = time.monotonic() + settings.stream_max_session_s
         self.bad_messages = 0
 
@@ -136,11 +129,11 @@ class StreamReader:
             WebSocketDisconnect: the client went away.
             StreamClosing: a limit was hit, or the worker is shutting down (finalize, then close).
         """
-        s, closing = self.settings, self.session.scheduler.closing
+        s, closing = self.settings, self.session.closing
         if self.outbox.unsent > MAX_UNSENT_MESSAGES:  # the client sends but does not read: its backlog would grow
             why = f"{self.outbox.unsent} messages wait for the client to read them, the limit is {MAX_UNSENT_MESSAGES}"
             raise StreamClosing(POLICY, _error("client_not_reading", why), flush=False)
-        if not self.session._room.is_set():  # backpressure: do not read until the stream has caught up
+        if not self.session.has_room:  # backpressure: do not read until the stream has caught up
             await _first(self.session.wait_for_room(), closing.wait())
         if closing.is_set():
             raise StreamClosing(GOING_AWAY, _error("shutting_down", "the worker is shutting down"), finalize=True)
@@ -169,13 +162,12 @@ class StreamReader:
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
         payload: bytes | str = message["bytes"] if message.get("bytes") is not None else message.get("text") or ""
-        if len(payload) > s.stream_max_frame_bytes:
+        if len(payload) > self.max_frame_bytes:
             raise StreamClosing(
                 TOO_BIG,
                 _error(
                     "message_too_big",
-                    f"a message of {len(payload)} bytes exceeds the limit of {s.stream_max_frame_bytes} bytes "
-                    "(PARAKEET_STREAM_MAX_FRAME_BYTES)",
+                    f"a message of {len(payload)} bytes exceeds the limit of {self.max_frame_bytes} bytes",
                 ),
             )
         return payload
@@ -228,40 +220,60 @@ async def close(websocket: WebSocket, code: int, reason: str = "") -> None:
             await websocket.close(code, reason.encode()[:123].decode(errors="ignore"))
 
 
-async def serve_stream(
-    websocket: WebSocket,
-    outbox: Outbox,
-    close_session: Callable[[], None],
-    loop_body: Callable[[], Awaitable[None]],
-    finalize: Callable[[], None],
-    error_message: Callable[[Message], Message],
-    drain_s: float,
-) -> None:
+class StreamProtocol(Protocol):
+    """What a live protocol gives `serve_stream`: its current session, one read step, and its own messages."""
+
+    outbox: Outbox
+
+    @property
+    def session(self) -> StreamSession | None: ...
+
+    async def step(self) -> None:
+        """Read and handle one client message (raises WebSocketDisconnect or StreamClosing to end)."""
+
+    def finalize(self) -> None:
+        """End the current utterance so that its final is sent before the close."""
+
+    def error_message(self, detail: Message) -> Message:
+        """The protocol's error message for `{"code", "message"}`."""
+        ...
+
+
+async def serve_stream(websocket: WebSocket, protocol: StreamProtocol, drain_s: float) -> None:
     """Run a protocol's read loop until the client leaves or a limit/shutdown ends the stream; then finalize the
-    current utterance if the ending asks for it, flush the outbox, and close with the ending's code."""
+    current utterance if the ending asks for it, wait for its final (at most `drain_s`), send what is queued, close
+    the session and the socket with the ending's code."""
     code, reason = NORMAL, ""
+    outbox = protocol.outbox
     try:
         while True:
-            await loop_body()
+            await protocol.step()
     except WebSocketDisconnect:
-        outbox.cancel()  # the client is gone: drop its queued finals before they reach the GPU
-        close_session()
+        outbox.cancel()  # the client is gone: its pending finals are dropped before they reach the GPU
+        _close_session(protocol)
         return
     except StreamClosing as ending:
-        if ending.finalize:
-            finalize()
         code, reason = ending.code, (ending.message or {}).get("code", "")
         if not ending.flush:  # a client that does not read would hold the flush for the whole drain time
             outbox.cancel()
-            close_session()
+            _close_session(protocol)
             await close(websocket, code, reason)
             return
+        if ending.finalize:
+            protocol.finalize()
+        if protocol.session is not None:
+            await protocol.session.wait_finals(drain_s)
         if ending.message is not None:
-            outbox.put(error_message(ending.message))
+            outbox.put(protocol.error_message(ending.message))
     except Exception:  # noqa: BLE001 - never let one stream's bug escape as a 1006
         log.exception("stream failed")
         code, reason = SERVER_ERROR, "internal_error"
-        outbox.put(error_message(_error("internal_error", "the server failed on this stream")))
-    close_session()
+        outbox.put(protocol.error_message(_error("internal_error", "the server failed on this stream")))
+    _close_session(protocol)
     await outbox.flush(drain_s)
     await close(websocket, code, reason)
+
+
+def _close_session(protocol: StreamProtocol) -> None:
+    if protocol.session is not None:
+        protocol.session.close()

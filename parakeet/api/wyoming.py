@@ -1,19 +1,20 @@
 """Home Assistant's Wyoming protocol (https://github.com/OHF-Voice/wyoming): a TCP listener that answers `describe`
 with `info` and `transcribe` + `audio-start` / `audio-chunk`... / `audio-stop` with a `transcript`, through the same
-worker, admission and batcher as HTTP. Off unless `PARAKEET_WYOMING_PORT` is set. README "Wyoming (Home Assistant)".
+request lifecycle, admission and batcher as HTTP. Off unless `PARAKEET_WYOMING_PORT` is set. README "Wyoming (Home
+Assistant)".
 
 The event framing and types are the `wyoming` package's. Every uvicorn worker listens on the same port with
-SO_REUSEPORT, so the kernel spreads connections over the workers as it does for HTTP. The audio of an utterance is
-buffered as it arrives (at most `max_upload_bytes`), then wrapped in a WAV header and decoded exactly as an upload
-is: the transcript equals `/transcribe`'s for the same audio.
+SO_REUSEPORT, so the kernel spreads connections over the workers as it does for HTTP. An utterance's PCM is
+converted to 16 kHz samples as it arrives (parakeet.pipeline.stream_audio: the same conversion and resampler as an
+uploaded WAV file, so the transcript equals `/transcribe`'s for the same audio), its memory held against the budget
+as it grows; at most `max_upload_bytes` of PCM per utterance.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import contextlib
 import logging
-import wave
 
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -24,6 +25,8 @@ from wyoming.server import AsyncEventHandler
 
 from parakeet import VERSION
 from parakeet.core import errors
+from parakeet.pipeline.requests import RequestJob, TranscribeOptions
+from parakeet.pipeline.stream_audio import PcmRecording, StreamAudio
 from parakeet.pipeline.worker import Worker
 
 log = logging.getLogger("parakeet.wyoming")
@@ -42,60 +45,116 @@ def describe(worker: Worker) -> Info:
     return Info(asr=[program])
 
 
+class _Utterance:
+    """One utterance being received: its request (the lifecycle) and its recording so far, or the refusal that
+    will answer it at `audio-stop`."""
+
+    def __init__(self, worker: Worker, fmt: AudioStart) -> None:
+        self.worker, self.format = worker, fmt
+        self.stack = contextlib.AsyncExitStack()
+        self.job: RequestJob | None = None
+        self.recording: PcmRecording | None = None
+        self.received_bytes = 0
+        self.refusal: errors.ParakeetError | None = None
+
+    async def open(self) -> None:
+        try:
+            audio = StreamAudio("pcm", self.format.rate, width_bytes=self.format.width, channels=self.format.channels)
+            job = await self.stack.enter_async_context(self.worker.request(declared_bytes=0))
+        except errors.ParakeetError as exc:
+            self.refusal = exc
+            return
+        except ValueError as exc:
+            self.refusal = errors.InvalidAudio(f"unsupported audio format: {exc}")
+            return
+        self.job = job
+        self.recording = PcmRecording(audio, lambda nbytes: job.hold(nbytes, "the utterance's audio"))
+
+    def add(self, pcm: bytes) -> None:
+        if self.refusal is not None or self.recording is None:
+            return
+        try:
+            self.recording.add(pcm)
+        except errors.ParakeetError as exc:
+            self.refusal = exc
+            self.recording.clear()
+
+    async def transcribe(self) -> Transcript | Error:
+        try:
+            if self.refusal is not None:
+                raise self.refusal
+            assert self.job is not None and self.recording is not None
+            audio = self.recording.finish()
+            if audio.duration_s == 0:
+                return Transcript(text="")
+            outcome = await self.job.transcribe(TranscribeOptions(), audio=audio)
+        except errors.ParakeetError as exc:
+            return Error(exc.message, code=exc.code)
+        finally:
+            await self.close()
+        return Transcript(text=outcome.transcript.text)
+
+    async def close(self) -> None:
+        if self.recording is not None:
+            self.recording.clear()
+        await self.stack.aclose()
+
+
 class WyomingHandler(AsyncEventHandler):
     """One Wyoming connection: any number of utterances, one at a time."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, worker: Worker) -> None:
         super().__init__(reader, writer)
         self.worker = worker
-        self.format: AudioStart | None = None
-        self.audio = bytearray()
+        self.utterance: _Utterance | None = None
 
     async def handle_event(self, event: Event) -> bool:
         if Describe.is_type(event.type):
             await self.write_event(describe(self.worker).event())
         elif Transcribe.is_type(event.type):
-            self.format, self.audio = None, bytearray()  # language, model: one model detects the language itself
+            await self._drop()  # language, model: one model detects the language itself
         elif AudioStart.is_type(event.type):
-            self.format, self.audio = AudioStart.from_event(event), bytearray()
+            await self._start(AudioStart.from_event(event))
         elif AudioChunk.is_type(event.type):
             return await self._chunk(AudioChunk.from_event(event))
         elif AudioStop.is_type(event.type):
-            await self._transcribe()
+            await self._stop()
         return True
 
+    async def _start(self, fmt: AudioStart) -> None:
+        await self._drop()
+        self.utterance = _Utterance(self.worker, fmt)
+        await self.utterance.open()
+
+    async def _drop(self) -> None:
+        if self.utterance is not None:
+            await self.utterance.close()
+            self.utterance = None
+
     async def _chunk(self, chunk: AudioChunk) -> bool:
-        if self.format is None:
-            self.format = AudioStart(rate=chunk.rate, width=chunk.width, channels=chunk.channels)
+        if self.utterance is None:
+            await self._start(AudioStart(rate=chunk.rate, width=chunk.width, channels=chunk.channels))
+        assert self.utterance is not None
         limit = self.worker.settings.max_upload_bytes
-        if len(self.audio) + len(chunk.audio) > limit:
+        self.utterance.received_bytes += len(chunk.audio)
+        if self.utterance.received_bytes > limit:
+            await self._drop()
             await self.write_event(
                 Error(f"the audio passed the limit of {limit} bytes", code="upload_too_large").event()
             )
             return False  # disconnect: the rest of this utterance would be refused too
-        self.audio += chunk.audio
+        self.utterance.add(chunk.audio)
         return True
 
-    async def _transcribe(self) -> None:
-        fmt, audio = self.format, bytes(self.audio)
-        self.format, self.audio = None, bytearray()
-        if fmt is None or not audio:
+    async def _stop(self) -> None:
+        utterance, self.utterance = self.utterance, None
+        if utterance is None:
             await self.write_event(Transcript(text="").event())
             return
-        buf = io.BytesIO()
-        with wave.open(buf, "wb") as w:
-            w.setnchannels(fmt.channels)
-            w.setsampwidth(fmt.width)
-            w.setframerate(fmt.rate)
-            w.writeframes(audio)
-        data = buf.getvalue()
-        try:
-            with self.worker.reserved_memory(len(data)) as memory, self.worker.admitted() as ticket:
-                outcome = await self.worker.transcribe(ticket, data, timestamps=False, memory=memory)
-        except errors.ParakeetError as exc:
-            await self.write_event(Error(exc.message, code=exc.code).event())
-            return
-        await self.write_event(Transcript(text=outcome.transcript.text).event())
+        await self.write_event((await utterance.transcribe()).event())
+
+    async def disconnect(self) -> None:
+        await self._drop()
 
 
 class WyomingServer:
@@ -113,13 +172,15 @@ class WyomingServer:
             task = asyncio.current_task()
             assert task is not None
             self._handlers.add(task)
+            handler = WyomingHandler(reader, writer, self.worker)
             try:
-                await WyomingHandler(reader, writer, self.worker).run()
+                await handler.run()
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass  # the client went away
             except Exception:  # noqa: BLE001 - one connection's failure must not reach the listener
                 log.exception("wyoming connection failed")
             finally:
+                await handler.disconnect()
                 self._handlers.discard(task)
 
         self._server = await asyncio.start_server(connected, self.host, self.port, reuse_port=True)

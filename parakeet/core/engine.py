@@ -100,7 +100,8 @@ class StepBatchResult:
 class VoiceActivityModel(Protocol):
     """A frame-level speech detector (Silero VAD, https://github.com/snakers4/silero-vad): per 512-sample frame at
     16 kHz (32 ms), the probability that it holds speech. Stateless object: each stream keeps its opaque state.
-    Not thread-safe: the worker calls it from one thread."""
+    Not thread-safe: the worker calls it from its one VAD thread. It is its own dependency, not part of an
+    engine (server.py builds Silero's; tests pass fakes)."""
 
     frame_samples: int
 
@@ -126,7 +127,6 @@ class Engine(Protocol):
 
     model_name: str
     encoder_frame_samples: int  # input samples per encoder frame (Parakeet: 10 ms hop x 8 subsampling = 1280)
-    vad: VoiceActivityModel | None  # the speech detector streams use, if the engine has one
 
     def transcribe(
         self,

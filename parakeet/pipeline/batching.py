@@ -5,7 +5,8 @@ grouped into batches of similar length that run one at a time on the worker's GP
 loop (uploads, /health) never blocks. Shape follows Ray Serve's `@serve.batch` and text-embeddings-
 inference's queue: the wait clock starts at the oldest waiting item; batches are capped by count and by
 padded audio; cancelled requests are dropped before the GPU; an exception fails only its batch; the loop
-never dies. This module knows nothing of HTTP or torch: the engine is `parakeet.core.engine.Engine`.
+never dies. The batches run through the worker's GPU arbiter (parakeet.pipeline.gpu), which interleaves them
+with streaming steps. This module knows nothing of HTTP or torch: the engine is `parakeet.core.engine.Engine`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from parakeet.core import metrics
@@ -23,6 +23,8 @@ from parakeet.core.engine import SAMPLE_RATE_HZ, Engine, Waveform
 from parakeet.core.errors import DeadlineExceeded, DeviceOutOfMemory, InferenceError, Overloaded, ShuttingDown
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import Transcript
+from parakeet.core.tuning import Tuning
+from parakeet.pipeline.gpu import GpuArbiter
 
 log = logging.getLogger("parakeet.batching")
 
@@ -33,24 +35,26 @@ MAX_RETRY_AFTER_S = 120
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    """Knobs (README "Settings"). `max_batch_size=1` is the original one-request-at-a-time design."""
+    """Limits (README "Settings"; built from them by `from_settings`). `max_batch_size=1` is the original
+    one-request-at-a-time design. `max_batch_audio_s` is padded audio: batch size x longest item."""
 
-    max_batch_size: int = 32
-    max_batch_audio_s: float = 480.0  # padded: batch size x longest item
-    max_wait_ms: float = 5.0
-    max_queue_requests: int = 128
-    max_queue_audio_s: float = 1920.0
-    request_timeout_s: float = 30.0
+    max_batch_size: int
+    max_batch_audio_s: float
+    max_wait_ms: float
+    max_queue_requests: int
+    max_queue_audio_s: float
+    request_timeout_s: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> BatcherConfig:
-        """The batching knobs of `settings` (PARAKEET_MAX_BATCH_SIZE ... PARAKEET_REQUEST_TIMEOUT_S)."""
+    def from_settings(cls, settings: Settings, tuning: Tuning) -> BatcherConfig:
+        """The batching limits of `settings` (PARAKEET_MAX_BATCH_SIZE ... PARAKEET_REQUEST_TIMEOUT_S); the queue's
+        audio limit is `tuning.queue_audio_batches` full batches."""
         return cls(
             max_batch_size=settings.max_batch_size,
             max_batch_audio_s=settings.max_batch_audio_s,
             max_wait_ms=settings.max_wait_ms,
             max_queue_requests=settings.max_queue_requests,
-            max_queue_audio_s=settings.max_queue_audio_s,
+            max_queue_audio_s=tuning.queue_audio_batches * settings.max_batch_audio_s,
             request_timeout_s=settings.request_timeout_s,
         )
 
@@ -93,7 +97,6 @@ class Ticket:
 @dataclass
 class BatcherStats:
     batches: int = 0
-    items: int = 0
     cancelled: int = 0
     expired: int = 0
     failed_batches: int = 0
@@ -116,19 +119,19 @@ class Batcher:
     def __init__(
         self,
         engine: Engine,
-        executor: Executor,
+        gpu: GpuArbiter,
         config: BatcherConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Args:
-        engine: runs one padded batch on the device (`Engine.transcribe`); called only on `executor`'s thread.
-        executor: the worker's single GPU thread.
+        engine: runs one padded batch on the device (`Engine.transcribe`); called only on the GPU thread.
+        gpu: the worker's GPU thread and its arbiter.
         config: limits.
         clock: monotonic seconds (tests may inject one).
         """
         self.engine = engine
-        self.executor = executor
+        self.gpu = gpu
         self.config = config
         self.clock = clock
         self.stats = BatcherStats()
@@ -148,6 +151,11 @@ class Batcher:
     def queued_requests(self) -> int:
         """Admitted requests not yet answered (uploading, decoding, waiting or running)."""
         return self._tickets
+
+    @property
+    def waiting_items(self) -> int:
+        """Items (requests, or chunks of long ones) in the queue, not yet in a batch."""
+        return len(self._waiting)
 
     @property
     def queued_audio_s(self) -> float:
@@ -395,7 +403,6 @@ class Batcher:
     async def _run(self, batch: list[_Item]) -> None:
         """Run one batch on the GPU thread and answer each of its requests; any failure, including an engine
         result of the wrong length, fails exactly this batch's requests with InferenceError."""
-        loop = asyncio.get_running_loop()
         started = self.clock()
         for item in batch:
             item.started = True
@@ -407,7 +414,7 @@ class Batcher:
         try:
             flags = [i.timestamps for i in batch]
             conf = [i.confidence for i in batch]
-            transcripts, compute_ms = await loop.run_in_executor(self.executor, self._run_split, waveforms, flags, conf)
+            transcripts, compute_ms = await self.gpu.run("batch", self._run_split, waveforms, flags, conf)
             if len(transcripts) != len(batch):
                 raise RuntimeError(f"the engine returned {len(transcripts)} transcripts for a batch of {len(batch)}")
         except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep serving
@@ -429,7 +436,6 @@ class Batcher:
             self._running_items = 0
             self._publish()
         self.stats.batches += 1
-        self.stats.items += len(batch)
         self.stats.observe(audio_s, compute_ms / 1000, len(batch))
         queue_ms = [(started - i.enqueued_at) * 1000 for i in batch]
         metrics.BATCH_SIZE.observe(len(batch))

@@ -1,60 +1,40 @@
-"""Audio decoding in subprocesses, driven straight from the event loop.
+"""Audio decoding in subprocesses (parakeet.pipeline.decoder_child), driven straight from the event loop.
 
 libsndfile and FFmpeg have a history of crashes on crafted files; a crash in the worker itself would take its
 loaded model and every request in it down. So each worker keeps a few decoder subprocesses, each with an
-address-space cap, and talks to each over its stdin/stdout pipes with a small binary protocol read and
-written by asyncio: no executor threads and no pickling of the upload or the waveform (BENCHMARKS.md, "Front
-end": the ProcessPoolExecutor this replaces cost about 4 ms per request, mostly in its helper threads).
-
-Protocol, per request (little-endian): parent -> child `Q n_bytes, d max_duration_s` + the file's bytes;
-child -> parent one status byte, then for `b"0"` (decoded) `I source_rate_hz, I channels, B decoder, Q n`
-+ n float32 samples, for `b"1"` (refused) `Q n` + a pickled ParakeetError. A child that dies (EOF) crashed.
-Run as `python -m parakeet.pipeline.decoder_pool MODULE:FUNCTION MEMORY_LIMIT_BYTES` it is the child.
+address-space cap, and talks to each over its stdin/stdout pipes with a small binary protocol (decoder_child's
+docstring) read and written by asyncio: no executor threads and no pickling of the upload or the waveform
+(BENCHMARKS.md, "Front end"). The caller's `reserve` callback is asked for the waveform's memory when the file's
+header arrives, before any sample exists, and again whenever the samples outgrow it, so a request's memory budget
+covers what its decoder produces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import fcntl
-import importlib
 import logging
 import os
 import pickle
-import resource
-import signal
-import struct
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import BinaryIO, cast
+from typing import cast
 
 import numpy as np
 
-from parakeet.core.errors import DecoderUnavailable, ParakeetError, UnsupportedAudio
-from parakeet.pipeline.audio import DecodedAudio, decode_audio
+from parakeet.core.engine import SAMPLE_RATE_HZ
+from parakeet.core.errors import DecoderUnavailable, ParakeetError
+from parakeet.pipeline import decoder_child as wire
+from parakeet.pipeline.audio import DECODERS, DecodedAudio
 
 log = logging.getLogger("parakeet.audio")
 
-DecodeFn = Callable[[bytes, float], DecodedAudio]
-_REQUEST = struct.Struct("<Qd")
-_DECODED = struct.Struct("<IIBQ")
-_LENGTH = struct.Struct("<Q")
-_DECODERS = ("soundfile", "pyav")
-_READY = b"R"
-
-
-def decode_in_child(data: bytes, max_duration_s: float) -> DecodedAudio:
-    """The default decoder: `decode_audio`, with unexpected library failures on hostile input reported as
-    the input's fault (415), not ours."""
-    try:
-        return decode_audio(data, max_duration_s=max_duration_s)
-    except MemoryError:
-        raise  # the address-space cap: the parent treats it as a crash and retries the file alone
-    except (OSError, RuntimeError, ValueError, TypeError, IndexError, OverflowError) as exc:
-        raise UnsupportedAudio(f"the file could not be decoded as audio ({type(exc).__name__})") from None
+# reserve(nbytes): make the request's reservation for the waveform being decoded `nbytes` in all, or raise
+# (MemoryBudgetFull, ClientDisconnected: the decode stops and the decoder goes back to the pool).
+Reserve = Callable[[int], None]
+UNKNOWN_LENGTH_SAMPLES = 30 * SAMPLE_RATE_HZ  # first buffer when the container gives no length; doubled as needed
+SLACK_SAMPLES = SAMPLE_RATE_HZ  # a header's length is the resampler's estimate: room for one more second
 
 
 class _DecoderDied(Exception):
@@ -62,25 +42,31 @@ class _DecoderDied(Exception):
 
 
 class _DecoderProtocol(asyncio.SubprocessProtocol):
-    """Reads the child's answers straight into their final buffers: the samples land in the waveform array
-    as they arrive (one copy per pipe read), with none of StreamReader's buffer growth and slicing, which a
-    profile of the worker under load put at ~13% of the event loop. Also the write side's flow control."""
+    """Reads the child's answers straight into their final buffers: the samples land in the waveform array as they
+    arrive (one copy per pipe read), with none of StreamReader's buffer growth and slicing. Also the write side's
+    flow control, and the one-byte go/stop answer to a header."""
 
     def __init__(self) -> None:
         self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.writable = asyncio.Event()
         self.writable.set()
+        self.in_sync = True  # False once an answer was abandoned part-way: the decoder must be replaced
+        self.stdin: asyncio.WriteTransport | None = None
         self._answer: asyncio.Future[object] | None = None
+        self._reserve: Reserve | None = None
         self._stage = ""
         self._target = memoryview(bytearray(0))
         self._pos = 0
         self._meta: tuple[int, int, int] = (0, 0, 0)
-        self._samples: np.ndarray | None = None
+        self._wave = np.zeros(0, dtype=np.float32)
+        self._filled = 0
+        self._refusal: ParakeetError | None = None  # the reservation failed mid-file: its samples are skipped
         self._dead: str | None = None
 
-    def expect(self, stage: str) -> asyncio.Future[object]:
+    def expect(self, stage: str, reserve: Reserve | None = None) -> asyncio.Future[object]:
         """Start reading one answer: "ready" (the start-up byte) or "status" (a decode answer)."""
         self._answer = asyncio.get_running_loop().create_future()
+        self._reserve, self._refusal, self._filled = reserve, None, 0
         if self._dead is not None:
             self._answer.set_exception(_DecoderDied(self._dead))
         else:
@@ -98,7 +84,7 @@ class _DecoderProtocol(asyncio.SubprocessProtocol):
             return
         view = memoryview(data)
         while view:
-            if self._answer is None or self._answer.done():
+            if self._answer is None or not self._stage:
                 self._fail("the decoder wrote output nobody asked for")
                 return
             k = min(len(view), len(self._target) - self._pos)
@@ -109,38 +95,95 @@ class _DecoderProtocol(asyncio.SubprocessProtocol):
                 self._advance()
 
     def _advance(self) -> None:
-        assert self._answer is not None
         got = b"" if self._stage == "samples" else bytes(self._target)
-        if self._stage == "ready":
-            if got == _READY:
-                self._answer.set_result(None)
+        stage = self._stage
+        if stage == "ready":
+            if got == wire.READY:
+                self._settle(None)
             else:
                 self._fail(f"unexpected start-up byte {got!r} from the decoder")
-        elif self._stage == "status":
-            if got == b"0":
-                self._read("decoded", _DECODED.size)
-            elif got == b"1":
-                self._read("length", _LENGTH.size)
-            else:
-                self._fail(f"unexpected status byte {got!r} from the decoder")
-        elif self._stage == "decoded":
-            rate, channels, decoder, n = _DECODED.unpack(got)
-            self._meta = (rate, channels, decoder)
-            self._samples = np.empty(n, dtype=np.float32)
-            self._read("samples", 4 * n, self._samples.data.cast("B"))
-        elif self._stage == "samples":
+        elif stage in ("status", "kind", "stopped"):
+            self._on_tag(got, stage)
+        elif stage == "header":
+            self._on_header(*wire.HEADER.unpack(got))
+        elif stage == "block":
+            self._on_block(wire.LENGTH.unpack(got)[0])
+        elif stage == "samples":
+            self._filled += len(self._target) // 4 if self._refusal is None else 0
+            self._read("kind", 1)
+        elif stage == "length":
+            self._read("error", wire.LENGTH.unpack(got)[0])
+        elif stage == "error":
+            error = pickle.loads(got)
+            self._settle(self._refusal or error)
+
+    def _on_tag(self, tag: bytes, stage: str) -> None:
+        if tag == wire.REFUSED:
+            self._read("length", wire.LENGTH.size)
+        elif tag == wire.HEADER_TAG and stage == "status":
+            self._read("header", wire.HEADER.size)
+        elif tag == wire.STOPPED and stage == "stopped":
+            self._settle(self._refusal)
+        elif tag == wire.BLOCK and stage == "kind":
+            self._read("block", wire.LENGTH.size)
+        elif tag == wire.END and stage == "kind":
             rate, channels, decoder = self._meta
-            assert self._samples is not None
-            self._answer.set_result(DecodedAudio(self._samples, rate, channels, _DECODERS[decoder]))
-            self._samples = None
-        elif self._stage == "length":
-            (n,) = _LENGTH.unpack(got)
-            self._read("error", n)
-        elif self._stage == "error":
-            self._answer.set_result(pickle.loads(got))
+            if self._refusal is not None:
+                self._settle(self._refusal)
+            else:
+                self._settle(DecodedAudio(self._wave[: self._filled], rate, channels, DECODERS[decoder]))
+        else:
+            self._fail(f"unexpected byte {tag!r} from the decoder ({stage})")
+
+    def _on_header(self, rate: int, channels: int, decoder: int, expected: int) -> None:
+        self._meta = (rate, channels, decoder)
+        capacity = UNKNOWN_LENGTH_SAMPLES if expected == wire.UNKNOWN_LENGTH else expected + SLACK_SAMPLES
+        try:
+            if self._reserve is not None:
+                self._reserve(4 * capacity)
+        except ParakeetError as exc:  # e.g. the memory budget: stop the child before it decodes anything
+            self._refusal = exc
+            self._write(wire.STOP)
+            self._read("stopped", 1)
+            return
+        self._wave = np.empty(capacity, dtype=np.float32)  # pages are touched only as samples arrive
+        self._write(wire.GO)
+        self._read("kind", 1)
+
+    def _on_block(self, n: int) -> None:
+        if self._refusal is None and self._filled + n > len(self._wave):
+            capacity = max(2 * len(self._wave), self._filled + n)
+            try:
+                if self._reserve is not None:
+                    self._reserve(4 * capacity)
+            except ParakeetError as exc:  # the rest of the file is read and dropped: the pipes stay in step
+                self._refusal = exc
+            else:
+                grown = np.empty(capacity, dtype=np.float32)
+                grown[: self._filled] = self._wave[: self._filled]
+                self._wave = grown
+        if self._refusal is not None:
+            self._read("samples", 4 * n)  # into a scratch buffer
+        else:
+            self._read("samples", 4 * n, self._wave[self._filled : self._filled + n].data.cast("B"))
+
+    def _write(self, byte: bytes) -> None:
+        if self.stdin is None or self.stdin.is_closing():
+            self._fail("the decoder's input pipe is closed")
+        else:
+            self.stdin.write(byte)
+
+    def _settle(self, result: object) -> None:
+        if self._answer is not None and not self._answer.done():
+            if isinstance(result, BaseException):
+                self._answer.set_exception(result)
+            else:
+                self._answer.set_result(result)
+        self._stage, self._wave = "", np.zeros(0, dtype=np.float32)
 
     def _fail(self, why: str) -> None:
         self._dead = self._dead or why
+        self.in_sync = False
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(_DecoderDied(self._dead))
         self.writable.set()  # wake a writer: it will find the decoder dead
@@ -166,19 +209,21 @@ class _Decoder:
     def __init__(self, transport: asyncio.SubprocessTransport, protocol: _DecoderProtocol) -> None:
         self.transport = transport
         self.protocol = protocol
+        # (uvloop's pipe transports are not asyncio.WriteTransport subclasses, but have its methods)
+        protocol.stdin = cast(asyncio.WriteTransport | None, transport.get_pipe_transport(0))
 
     @property
     def pid(self) -> int:
         return self.transport.get_pid()
 
     @classmethod
-    async def spawn(cls, decode_fn: DecodeFn, memory_limit_bytes: int | None) -> _Decoder:
+    async def spawn(cls, decode_fn: wire.DecodeFn, memory_limit_bytes: int | None) -> _Decoder:
         """Start a child and wait until it has imported its decoders (~0.3 s)."""
         ref = f"{decode_fn.__module__}:{decode_fn.__qualname__}"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         transport, protocol = await asyncio.get_running_loop().subprocess_exec(
             _DecoderProtocol,
-            sys.executable, "-m", "parakeet.pipeline.decoder_pool", ref, str(memory_limit_bytes or 0),
+            sys.executable, "-m", "parakeet.pipeline.decoder_child", ref, str(memory_limit_bytes or 0),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env,
         )  # fmt: skip
         decoder = cls(transport, protocol)
@@ -190,26 +235,23 @@ class _Decoder:
             raise
         return decoder
 
-    async def decode(self, data: bytes, max_duration_s: float) -> DecodedAudio:
+    async def decode(self, data: bytes, max_duration_s: float, reserve: Reserve | None) -> DecodedAudio:
         """Send one file, read its answer.
 
         Raises:
-            ParakeetError: the decoder refused the file (the child's own exception).
+            ParakeetError: the decoder refused the file (the child's own exception), or `reserve` refused.
             _DecoderDied: the child crashed or its pipe broke.
         """
-        stdin = cast(asyncio.WriteTransport | None, self.transport.get_pipe_transport(0))
+        stdin = self.protocol.stdin
         if stdin is None or stdin.is_closing() or self.protocol.exited.done():
             raise _DecoderDied("the decoder's input pipe is closed")
-        # (uvloop's pipe transports are not asyncio.WriteTransport subclasses, but have its methods)
-        answer = self.protocol.expect("status")
-        stdin.write(_REQUEST.pack(len(data), max_duration_s))
+        answer = self.protocol.expect("status", reserve)
+        stdin.write(wire.REQUEST.pack(len(data), max_duration_s))
         stdin.write(data)
         await self.protocol.writable.wait()
         result = await answer
-        if isinstance(result, DecodedAudio):
-            return result
-        assert isinstance(result, ParakeetError)
-        raise result
+        assert isinstance(result, DecodedAudio)
+        return result
 
     def kill(self) -> None:
         if self.transport.get_returncode() is None:
@@ -225,24 +267,24 @@ class _Decoder:
 class AudioDecoderPool:
     """Decodes uploads in a pool of subprocesses, each with an address-space cap.
 
-    A decoder that crashes (SIGSEGV in libsndfile/FFmpeg, or a MemoryError at the cap) or runs past
-    `timeout_s` costs only its subprocess: it is killed and replaced, and the request it was serving is
-    retried once, alone, in a one-off subprocess, so that only a file that breaks its own subprocess too gets
-    `DecoderUnavailable`. A caller that is cancelled (client gone) leaves its decoder to finish the file and
-    return to the pool. Create, `await start()` on the event loop that will use it, `await close()` at the end.
+    A decoder that crashes (SIGSEGV in libsndfile/FFmpeg, or a MemoryError at the cap) or runs past `timeout_s`
+    costs only its subprocess: it is killed and replaced, and the request it was serving is retried once, alone, in
+    a one-off subprocess, so that only a file that breaks its own subprocess too gets `DecoderUnavailable`. A caller
+    that is cancelled (client gone) leaves its decoder to finish (or stop) the file and return to the pool.
+    Create, `await start()` on the event loop that will use it, `await close()` at the end.
     """
 
     def __init__(
-        self, workers: int, timeout_s: float, memory_limit_bytes: int | None, decode_fn: DecodeFn | None = None
+        self, workers: int, timeout_s: float, memory_limit_bytes: int | None, decode_fn: wire.DecodeFn | None = None
     ) -> None:
         """Args:
         workers: subprocesses.
         timeout_s: per-file decode limit, seconds.
         memory_limit_bytes: RLIMIT_AS of each subprocess, or None.
-        decode_fn: a top-level function (data, max_duration_s) -> DecodedAudio, importable by the child by
-            module and name; defaults to `decode_in_child` (tests pass one that crashes or hangs).
+        decode_fn: a top-level generator function like `decoder_child.decode_in_child`, importable by the child by
+            module and name; defaults to that one (tests pass one that crashes or hangs).
         """
-        self.decode_fn = decode_fn or decode_in_child
+        self.decode_fn = decode_fn or wire.decode_in_child
         self.workers = workers
         self.timeout_s = timeout_s
         self.memory_limit_bytes = memory_limit_bytes
@@ -250,6 +292,11 @@ class AudioDecoderPool:
         self._live: set[_Decoder] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+
+    @property
+    def pids(self) -> list[int]:
+        """The pids of the pool's live subprocesses."""
+        return sorted(d.pid for d in self._live)
 
     async def _spawn(self) -> _Decoder:
         decoder = await _Decoder.spawn(self.decode_fn, self.memory_limit_bytes)
@@ -287,12 +334,14 @@ class AudioDecoderPool:
             self._idle.put_nowait(decoder)
             return
 
-    async def _exchange(self, decoder: _Decoder, data: bytes, max_duration_s: float) -> DecodedAudio:
+    async def _exchange(
+        self, decoder: _Decoder, data: bytes, max_duration_s: float, reserve: Reserve | None
+    ) -> DecodedAudio:
         """One request on a pooled decoder, which goes back to the pool, or is replaced if it failed."""
         try:
-            result = await asyncio.wait_for(decoder.decode(data, max_duration_s), self.timeout_s)
+            result = await asyncio.wait_for(decoder.decode(data, max_duration_s, reserve), self.timeout_s)
         except ParakeetError:
-            self._give_back(decoder)
+            self._give_back(decoder) if decoder.protocol.in_sync else self._discard(decoder)
             raise
         except BaseException:  # died, timed out, or cancelled mid-exchange: its pipes are out of step
             self._discard(decoder)
@@ -307,18 +356,21 @@ class AudioDecoderPool:
             assert self._idle is not None
             self._idle.put_nowait(decoder)
 
-    async def decode(self, data: bytes, *, max_duration_s: float) -> DecodedAudio:
+    async def decode(self, data: bytes, *, max_duration_s: float, reserve: Reserve | None = None) -> DecodedAudio:
         """Decode `data` in a subprocess; same contract as `parakeet.pipeline.audio.decode_audio`.
 
+        Args:
+            reserve: asked for the waveform's bytes before they are produced (see `Reserve`); None: no budget.
+
         Raises:
-            Everything `decode_audio` raises, and DecoderUnavailable when the decoder crashed or timed out
-            twice on this input.
+            Everything `decode_audio` raises, what `reserve` raises, and DecoderUnavailable when the decoder crashed
+            or timed out twice on this input.
         """
         if self._idle is None:
             raise RuntimeError("AudioDecoderPool.start() was not awaited")
         decoder = await self._idle.get()
         # Shielded: a caller cancelled mid-file (client gone) leaves the decoder to finish and return.
-        exchange = asyncio.ensure_future(self._exchange(decoder, data, max_duration_s))
+        exchange = asyncio.ensure_future(self._exchange(decoder, data, max_duration_s, reserve))
         exchange.add_done_callback(_retrieve)
         try:
             return await asyncio.shield(exchange)
@@ -328,11 +380,11 @@ class AudioDecoderPool:
         solo: _Decoder | None = None
         try:
             solo = await _Decoder.spawn(self.decode_fn, self.memory_limit_bytes)
-            return await asyncio.wait_for(solo.decode(data, max_duration_s), self.timeout_s)
+            return await asyncio.wait_for(solo.decode(data, max_duration_s, reserve), self.timeout_s)
         except (_DecoderDied, TimeoutError) as exc:
             reason = _failure(exc, self.timeout_s)
             log.warning("audio decoder %s again on the same file (%d bytes); refusing it", reason, len(data))
-            raise DecoderUnavailable(f"the audio decoder {reason} on this file", param="file") from None
+            raise DecoderUnavailable(f"the audio decoder {reason} on this file") from None
         finally:
             if solo is not None:
                 solo.kill()
@@ -358,75 +410,3 @@ def _retrieve(task: asyncio.Future[DecodedAudio]) -> None:
 
 def _failure(exc: BaseException, timeout_s: float) -> str:
     return f"took longer than the limit of {timeout_s:g} s" if isinstance(exc, TimeoutError) else "crashed"
-
-
-# --- the child ---------------------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the thread that spawned it exits (prctl PR_SET_PDEATHSIG),
-    so that decoders never outlive a worker that died by SIGKILL or os._exit."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (linux/prctl.h)
-    except (OSError, AttributeError):  # not Linux: EOF on stdin still ends the child
-        pass
-
-
-def _widen_pipes() -> None:
-    """Grow both pipes to 1 MiB (Linux F_SETPIPE_SZ; the default 64 KiB cuts a 15 s clip's samples into
-    ~15 writes, each a wake-up of both processes). Capped by /proc/sys/fs/pipe-max-size; best effort."""
-    for fd in (0, 1):
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
-
-
-def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
-    """n bytes, or None at a clean EOF before the first byte (the parent closed the pipe)."""
-    chunks, got = [], 0
-    while got < n:
-        chunk = stream.read(n - got)
-        if not chunk:
-            if got == 0:
-                return None
-            raise EOFError(f"pipe closed after {got} of {n} bytes")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def child_main(ref: str, memory_limit_bytes: int) -> None:
-    """Serve decode requests on stdin/stdout until stdin closes. Library chatter on fd 1 goes to stderr."""
-    parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker handles Ctrl-C and shuts us down
-    if memory_limit_bytes > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
-    _widen_pipes()
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    inp = os.fdopen(os.dup(0), "rb")
-    module, _, name = ref.partition(":")
-    decode_fn: DecodeFn = getattr(importlib.import_module(module), name)
-    out.write(_READY)
-    out.flush()
-    while (head := _read_exact(inp, _REQUEST.size)) is not None:
-        n, max_duration_s = _REQUEST.unpack(head)
-        data = _read_exact(inp, n) or b""
-        try:
-            decoded = decode_fn(data, max_duration_s)
-        except ParakeetError as exc:
-            payload = pickle.dumps(exc)
-            out.write(b"1" + _LENGTH.pack(len(payload)) + payload)
-        else:
-            w = np.ascontiguousarray(decoded.waveform, dtype=np.float32)
-            code = _DECODERS.index(decoded.decoder)
-            out.write(b"0" + _DECODED.pack(decoded.source_sample_rate_hz, decoded.source_channels, code, len(w)))
-            out.write(w.data.cast("B"))  # contiguous float32: its bytes, without a copy
-        out.flush()
-
-
-if __name__ == "__main__":
-    child_main(sys.argv[1], int(sys.argv[2]))

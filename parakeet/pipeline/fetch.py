@@ -21,6 +21,7 @@ import httpx
 
 from parakeet.core import errors
 from parakeet.core.settings import Settings
+from parakeet.core.tuning import Tuning
 
 REDIRECTS = {301, 302, 303, 307, 308}
 # Cloud metadata endpoints that are not inside the private ranges below (AWS IPv6 IMDS).
@@ -31,15 +32,15 @@ METADATA = (ipaddress.ip_network("fd00:ec2::254/128"),)
 class UrlPolicy:
     """Where `audio_url` may point (see the module docstring; README "JSON and URL input")."""
 
-    enabled: bool = False
-    allowed_hosts: tuple[str, ...] = ()
-    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    connect_timeout_s: float = 5.0
-    timeout_s: float = 60.0
-    max_redirects: int = 3
+    enabled: bool
+    allowed_hosts: tuple[str, ...]
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    connect_timeout_s: float
+    timeout_s: float
+    max_redirects: int
 
     @classmethod
-    def from_settings(cls, s: Settings) -> UrlPolicy:
+    def from_settings(cls, s: Settings, tuning: Tuning) -> UrlPolicy:
         """Raises: InvalidSettings: a network in PARAKEET_URL_ALLOWED_NETWORKS does not parse."""
         hosts = tuple(h.strip().lower() for h in (s.url_allowed_hosts or "").split(",") if h.strip())
         try:
@@ -48,7 +49,7 @@ class UrlPolicy:
             )
         except ValueError as exc:
             raise errors.InvalidSettings(f"PARAKEET_URL_ALLOWED_NETWORKS: {exc}") from None
-        return cls(s.url_input, hosts, nets, s.url_connect_timeout_s, s.url_timeout_s, s.url_max_redirects)
+        return cls(s.url_input, hosts, nets, tuning.url_connect_timeout_s, tuning.url_timeout_s, tuning.url_max_redirects)
 
 
 def _refused(message: str) -> errors.UrlRefused:
@@ -126,7 +127,7 @@ async def fetch_audio(url: str, policy: UrlPolicy, max_bytes: int) -> bytes:
     except TimeoutError:
         raise errors.UrlTimeout(
             f"fetching audio_url from {target.host!r} took longer than the limit of {policy.timeout_s:g} s "
-            "(PARAKEET_URL_TIMEOUT_S)",
+            "(a fixed limit: parakeet/core/tuning.py)",
             param="audio_url",
         ) from None
     except httpx.TimeoutException:
@@ -138,7 +139,7 @@ async def fetch_audio(url: str, policy: UrlPolicy, max_bytes: int) -> bytes:
     except httpx.HTTPError as exc:
         raise errors.UrlFetchFailed(f"audio_url host {target.host!r} could not be fetched ({type(exc).__name__})",
                                     param="audio_url") from None  # fmt: skip
-    raise _refused(f"audio_url took more than {policy.max_redirects} redirects (PARAKEET_URL_MAX_REDIRECTS)")
+    raise _refused(f"audio_url took more than {policy.max_redirects} redirects")
 
 
 async def _read_capped(response: httpx.Response, max_bytes: int, host: str) -> bytes:

@@ -7,7 +7,7 @@ handed the connection to."""
 from __future__ import annotations
 
 import os
-import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,44 +20,42 @@ from parakeet.api.schemas import DeviceInfo, HealthResponse, ProbeResponse
 router = APIRouter()
 
 
-def _mean(values: list[int]) -> float | None:
+def _mean(values: Sequence[int]) -> float | None:
     return round(sum(values) / len(values), 3) if values else None
 
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def health(worker: WorkerDep) -> JSONResponse:
     """This worker's health (each request reaches one worker, chosen by the kernel)."""
-    batcher = worker.batcher
-    stats = batcher.stats if batcher is not None else None
-    streams = worker.streams
-    step_ms = sorted(streams.stats.compute_ms) if streams else []
+    snap = worker.snapshot()
+    step_ms = sorted(snap.step_compute_ms)
     body = HealthResponse(
-        status=worker.phase,
-        ready=worker.ready,
-        model=worker.settings.model,
-        gpu_id=worker.gpu_id,
-        device=DeviceInfo.model_validate(worker.device_info) if worker.device_info else None,
+        status=snap.phase,
+        ready=snap.ready,
+        model=snap.model,
+        gpu_id=snap.gpu_id,
+        device=DeviceInfo.model_validate(snap.device) if snap.device else None,
         worker_pid=os.getpid(),
-        uptime_s=round(time.monotonic() - worker.started_at, 3),
-        requests_served=worker.requests_served,
-        queued_requests=batcher.queued_requests if batcher else 0,
-        uploads_in_progress=worker.uploads_in_progress,
-        inflight_audio_bytes=worker.inflight_audio_bytes,
-        queued_audio_s=round(batcher.queued_audio_s, 3) if batcher else 0.0,
-        mean_batch_size=_mean(stats.batch_sizes) if stats else None,
-        batches=stats.batches if stats else 0,
-        dropped_requests=stats.cancelled + stats.expired if stats else 0,
-        failed_batches=stats.failed_batches if stats else 0,
-        streams_open=streams.open_streams if streams else 0,
-        streams_refused=streams.stats.refused if streams else 0,
-        stream_steps=streams.stats.steps if streams else 0,
-        mean_step_batch=_mean(streams.stats.batch_sizes) if streams else None,
+        uptime_s=round(snap.uptime_s, 3),
+        requests_served=snap.requests_served,
+        queued_requests=snap.queued_requests,
+        uploads_in_progress=snap.uploads_in_progress,
+        inflight_audio_bytes=snap.inflight_audio_bytes,
+        queued_audio_s=round(snap.queued_audio_s, 3),
+        mean_batch_size=_mean(snap.batch_sizes),
+        batches=snap.batches,
+        dropped_requests=snap.dropped_requests,
+        failed_batches=snap.failed_batches,
+        streams_open=snap.streams_open,
+        streams_refused=snap.streams_refused,
+        stream_steps=snap.stream_steps,
+        mean_step_batch=_mean(snap.step_batch_sizes),
         step_compute_ms_p95=round(step_ms[int(0.95 * (len(step_ms) - 1))], 2) if step_ms else None,
-        max_stream_lag_s=round(max((s.lag_s for s in streams.sessions.values()), default=0.0), 3) if streams else 0.0,
-        detail=worker.detail,
+        max_stream_lag_s=round(snap.max_stream_lag_s, 3),
+        detail=snap.detail,
     )
-    headers = {} if worker.ready else {"Retry-After": str(RETRY_AFTER_LOADING_S)}
-    return JSONResponse(body.model_dump(), status_code=200 if worker.ready else 503, headers=headers)
+    headers = {} if snap.ready else {"Retry-After": str(RETRY_AFTER_LOADING_S)}
+    return JSONResponse(body.model_dump(), status_code=200 if snap.ready else 503, headers=headers)
 
 
 def _probe(status: str, message: str, code: int, retry_after_s: int | None = None) -> JSONResponse:

@@ -1,6 +1,6 @@
 """`GET /metrics` (and NIM's `/v1/metrics`): Prometheus exposition of every worker on the port when
-PROMETHEUS_MULTIPROC_DIR is set (serve.sh sets it), else of the worker that answered. Open by default
-(PARAKEET_AUTH_OPEN_PATHS)."""
+PROMETHEUS_MULTIPROC_DIR is set (serve.sh sets it), else of the worker that answered. Open without an API key
+(parakeet.api.middleware.PROBE_AND_METRICS_PATHS)."""
 
 from __future__ import annotations
 

@@ -10,12 +10,10 @@ formats outcomes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import ExitStack
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,8 @@ from starlette.datastructures import FormData
 from parakeet.api.deps import WorkerDep
 from parakeet.api.subtitles import Cue, CueLimits, cues, fallback_cues, to_srt, to_vtt
 from parakeet.api.uploads import (
-    UploadedFile,
     declared_body_bytes,
+    disconnect_watcher,
     form_bool,
     form_file,
     form_text,
@@ -36,14 +34,12 @@ from parakeet.api.uploads import (
     read_file,
     record_outcome,
     timing_headers,
-    transcribe_upload,
-    wait_for_disconnect,
 )
 from parakeet.core import errors
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import TimedSpan, Transcript
-from parakeet.pipeline.batching import Ticket
-from parakeet.pipeline.worker import MemoryReservation, Outcome, Worker
+from parakeet.pipeline.requests import Outcome, TranscribeOptions, WordStream
+from parakeet.pipeline.worker import Worker
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -67,26 +63,24 @@ def served_model_id(model: str) -> str:
 
 @dataclass(frozen=True)
 class TranscriptionForm:
+    """The validated fields of one request (temperature is checked and then not used: greedy decoding)."""
+
     model: str
     language: str | None
     response_format: str
-    temperature: float
     granularities: tuple[str, ...]
     stream: bool
-    logprobs: bool = False  # include[]=logprobs: token log-probabilities (and word confidence in verbose_json)
+    logprobs: bool  # include[]=logprobs: token log-probabilities (and word confidence in verbose_json)
+    cue_limits: CueLimits
 
     @property
-    def needs_timestamps(self) -> bool:
+    def options(self) -> TranscribeOptions:
         """Subtitles, verbose_json and the streamed word deltas are built from timestamps; json/text not."""
-        return self.stream or self.response_format in ("srt", "vtt", "verbose_json")
+        timestamps = self.stream or self.response_format in ("srt", "vtt", "verbose_json")
+        return TranscribeOptions(timestamps=timestamps, confidence=self.logprobs)
 
 
-def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
-    """Validate the OpenAI transcription fields (all but `file`).
-
-    Raises:
-        BadRequest: naming the field, the accepted values and the value sent.
-    """
+def _model(form: FormData, accepted_models: set[str]) -> str:
     model = form_text(form, "model")
     if not model:
         raise errors.BadRequest("missing form field 'model'", param="model")
@@ -95,20 +89,44 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
             f"model {model[:80]!r} is not served here; use one of {', '.join(sorted(accepted_models))}",
             param="model",
         )
-    fmt = (form_text(form, "response_format") or "json").strip()
-    if fmt not in RESPONSE_FORMATS:
-        raise errors.BadRequest(
-            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt[:40]!r}", param="response_format"
-        )
-    raw_temperature = form_text(form, "temperature") or "0"
+    return model
+
+
+def _number(form: FormData, name: str, default: float, low: float, high: float) -> float:
+    """A numeric text field within [low, high] (absent: `default`).
+
+    Raises:
+        BadRequest: naming the field, the range and the value sent.
+    """
+    raw = form_text(form, name)
+    if raw is None or not raw.strip():
+        return default
     try:
-        temperature = float(raw_temperature)
+        value = float(raw)
     except ValueError:
-        temperature = float("nan")
-    if not 0.0 <= temperature <= 1.0:
-        raise errors.BadRequest(
-            f"temperature must be a number from 0 to 1, got {raw_temperature[:40]!r}", param="temperature"
-        )
+        value = float("nan")
+    if not low <= value <= high:
+        raise errors.BadRequest(f"{name} must be a number from {low:g} to {high:g}, got {raw[:40]!r}", param=name)
+    return value
+
+
+def _cue_limits(form: FormData) -> CueLimits:
+    """The subtitle cue limits of an SRT/VTT request (extension fields; CueLimits' defaults otherwise)."""
+    d = CueLimits()
+    return CueLimits(
+        max_line_chars=int(_number(form, "subtitle_max_line_chars", d.max_line_chars, 10, 200)),
+        max_lines=int(_number(form, "subtitle_max_lines", d.max_lines, 1, 10)),
+        max_cue_s=_number(form, "subtitle_max_cue_s", d.max_cue_s, 0.5, 60),
+    )
+
+
+def _check_text_fields(form: FormData) -> str | None:
+    """The language code (checked), and the fields accepted and ignored, checked to be text.
+
+    Raises:
+        BadRequest: a language that is not an ISO-639-1 code, or an ignored field sent as a file.
+    """
+    _number(form, "temperature", 0.0, 0.0, 1.0)  # checked, not used: greedy decoding
     language = form_text(form, "language")
     if language is not None and not re.fullmatch(r"[a-z]{2}", language.strip().lower()):
         raise errors.BadRequest(
@@ -119,6 +137,10 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
             for value in form.getlist(key):
                 if not isinstance(value, str):
                     raise errors.BadRequest(f"form field '{name}' must be text, not a file", param=name)
+    return language.strip().lower() if language else None
+
+
+def _granularities(form: FormData, fmt: str) -> tuple[str, ...]:
     granularities: list[str] = []
     for key in ("timestamp_granularities[]", "timestamp_granularities"):
         for value in form.getlist(key):
@@ -133,6 +155,10 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
             f"timestamp_granularities requires response_format 'verbose_json', got {fmt!r}",
             param="timestamp_granularities",
         )
+    return tuple(dict.fromkeys(granularities))
+
+
+def _logprobs(form: FormData, fmt: str) -> bool:
     include = [v for key in ("include[]", "include") for v in form.getlist(key)]
     for value in include:
         if not isinstance(value, str) or value not in INCLUDE:
@@ -141,13 +167,28 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
         raise errors.BadRequest(
             f"include[]=logprobs needs response_format json or verbose_json, got {fmt!r}", param="include"
         )
+    return bool(include)
+
+
+def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
+    """Validate the OpenAI transcription fields (all but `file`).
+
+    Raises:
+        BadRequest: naming the field, the accepted values and the value sent.
+    """
+    model = _model(form, accepted_models)
+    fmt = (form_text(form, "response_format") or "json").strip()
+    if fmt not in RESPONSE_FORMATS:
+        raise errors.BadRequest(
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt[:40]!r}", param="response_format"
+        )
+    language = _check_text_fields(form)
+    granularities = _granularities(form, fmt)
+    logprobs = _logprobs(form, fmt)
     stream = form_bool(form, "stream")
     if stream and fmt not in ("json", "text"):
         raise errors.BadRequest(f"stream is supported with response_format json or text, not {fmt!r}", param="stream")
-    return TranscriptionForm(
-        model, language.strip().lower() if language else None, fmt, temperature, tuple(dict.fromkeys(granularities)),
-        stream, bool(include),
-    )  # fmt: skip
+    return TranscriptionForm(model, language, fmt, granularities, stream, logprobs, _cue_limits(form))
 
 
 # --- formatting ----------------------------------------------------------------------------------------------
@@ -222,85 +263,33 @@ def _event(body: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
-async def _start_stream(
-    request: Request,
-    worker: Worker,
-    ticket: Ticket,
-    upload: UploadedFile,
-    held: ExitStack,
-    with_logprobs: bool,
-    memory: MemoryReservation,
-) -> Response:
+async def _sse(request: Request, worker: Worker, words: WordStream, with_logprobs: bool) -> AsyncIterator[bytes]:
     """`stream=true`: `transcript.text.delta` per word, sent as each chunk of the audio is transcribed (the first
     delta of a long file comes after its first chunk, not after the whole file), then `transcript.text.done`
-    (without `usage`: the spec types it as token usage only). Errors before the first delta are ordinary error
-    responses; later ones end the stream with an `error` event. `held` (the worker ticket) is released when
-    the stream ends."""
-    words: asyncio.Queue[Sequence[TimedSpan]] = asyncio.Queue()
-    task = asyncio.ensure_future(
-        worker.transcribe(
-            ticket, upload.take(), timestamps=True, on_words=words.put_nowait, confidence=with_logprobs, memory=memory
-        )
-    )
-    first = asyncio.ensure_future(words.get())
-    gone = asyncio.ensure_future(wait_for_disconnect(request))
+    (without `usage`: the spec types it as token usage only). Errors before the first delta were ordinary error
+    responses; later ones end the stream with an `error` event. The request's resources are released when the
+    stream ends (or the client leaves: Starlette cancels this generator, and queued chunks never reach the GPU)."""
+    sent = 0
     try:
-        await asyncio.wait({task, first, gone}, return_when=asyncio.FIRST_COMPLETED)
+        async for batch in words:
+            for word in batch:
+                yield _event({"type": "transcript.text.delta", "delta": word.text if sent == 0 else " " + word.text})
+                sent += 1
+        outcome = await words.outcome()
+        record_outcome(request, outcome, worker.gpu_id)
+        done: dict[str, Any] = {"type": "transcript.text.done", "text": outcome.transcript.text}
+        if with_logprobs:
+            done["logprobs"] = logprobs(outcome.transcript)
+        yield _event(done)
+    except errors.ParakeetError as exc:
+        yield _event({"type": "error", "error": {"message": exc.message, "type": "server_error", "code": exc.code}})
     finally:
-        gone.cancel()
-    if not first.done():
-        first.cancel()
-        if not task.done():  # the client left before anything was ready
-            task.cancel()
-            held.close()
-            raise errors.ClientDisconnected("the client closed the connection before its transcript was ready")
-        held.close()
-        task.result()  # raises the pipeline's error as an ordinary error response
-        raise RuntimeError("transcription finished without reporting its words")  # not reached: on_words ran
-
-    async def next_words() -> Sequence[TimedSpan] | None:
-        """The next chunk's words, or None once the transcription has ended (its task then holds the outcome)."""
-        while True:
-            if not words.empty():
-                return words.get_nowait()
-            if task.done():
-                return None
-            getter = asyncio.ensure_future(words.get())
-            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                return getter.result()
-            getter.cancel()
-
-    async def events() -> AsyncIterator[bytes]:
-        sent = 0
-        try:
-            batch: Sequence[TimedSpan] | None = first.result()
-            while batch is not None:
-                for word in batch:
-                    yield _event(
-                        {"type": "transcript.text.delta", "delta": word.text if sent == 0 else " " + word.text}
-                    )
-                    sent += 1
-                batch = await next_words()
-            outcome = await task
-            record_outcome(request, outcome, worker.gpu_id)
-            done: dict[str, Any] = {"type": "transcript.text.done", "text": outcome.transcript.text}
-            if with_logprobs:
-                done["logprobs"] = logprobs(outcome.transcript)
-            yield _event(done)
-        except errors.ParakeetError as exc:
-            yield _event({"type": "error", "error": {"message": exc.message, "type": "server_error", "code": exc.code}})
-        finally:
-            if not task.done():
-                task.cancel()  # the client left mid-stream: queued chunks are dropped before the GPU
-            held.close()
-
-    headers = {"X-Gpu-Id": "cpu" if worker.gpu_id is None else str(worker.gpu_id)}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+        await words.aclose()
 
 
-def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str], limits: CueLimits) -> Response:
+def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str]) -> Response:
     t = outcome.transcript
+    limits = form.cue_limits
     if form.response_format == "json":
         body = {"text": t.text, "usage": usage(outcome)} | ({"logprobs": logprobs(t)} if form.logprobs else {})
         return JSONResponse(body, headers=headers)
@@ -318,28 +307,28 @@ def accepted_models(settings: Settings) -> set[str]:
     return {served_model_id(settings.model), settings.model, *MODEL_ALIASES}
 
 
+async def _read_form(request: Request, accepted: set[str]) -> tuple[bytes, TranscriptionForm]:
+    async with multipart_form(request) as form:
+        part = form_file(form)
+        fields = parse_form(form, accepted)
+        return await read_file(part), fields
+
+
 @router.post("/audio/transcriptions")
 async def create_transcription(request: Request, worker: WorkerDep) -> Response:
     """OpenAI `audio.transcriptions.create`: multipart `file`, `model`, and the optional fields."""
-    with ExitStack() as held:
-        declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
-        memory = held.enter_context(worker.reserved_memory(declared))  # 429 before the body when over the budget
-        with worker.receiving():  # 429/503 before a byte of the upload is read when the worker is full
-            async with multipart_form(request) as form:
-                part = form_file(form)
-                fields = parse_form(form, accepted_models(worker.settings))
-                upload = await read_file(part)
-        ticket = held.enter_context(worker.admitted())  # the GPU queue: taken once the audio is in hand
-        if fields.stream:  # the ticket and the memory are held until the stream ends
-            return await _start_stream(request, worker, ticket, upload, held.pop_all(), fields.logprobs, memory)
-        outcome = await transcribe_upload(
-            request, worker, ticket, upload, timestamps=fields.needs_timestamps, confidence=fields.logprobs,
-            memory=memory,
-        )  # fmt: skip
+    declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
+    async with worker.request(declared_bytes=declared, disconnected=disconnect_watcher(request)) as job:
+        fields = await job.receive(_read_form(request, accepted_models(worker.settings)))
+        if fields.stream:  # the stream holds the request's resources until it ends
+            words = await job.transcribe_stream(fields.options)
+            headers = {"X-Gpu-Id": "cpu" if worker.gpu_id is None else str(worker.gpu_id)}
+            return StreamingResponse(
+                _sse(request, worker, words, fields.logprobs), media_type="text/event-stream", headers=headers
+            )
+        outcome = await job.transcribe(fields.options)
     record_outcome(request, outcome, worker.gpu_id)
-    s = worker.settings
-    limits = CueLimits(s.subtitle_max_line_chars, s.subtitle_max_lines, s.subtitle_max_cue_s)
-    return render(outcome, fields, timing_headers(outcome, worker.gpu_id), limits)
+    return render(outcome, fields, timing_headers(outcome, worker.gpu_id))
 
 
 @router.post("/audio/translations")

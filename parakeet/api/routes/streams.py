@@ -4,23 +4,24 @@
 Client -> server: binary frames of PCM16LE mono 16 kHz audio of any size (an odd trailing byte carries over to the
 next frame); a frame (binary or text) exactly equal to `__CTRL__:EOS` ends the utterance and asks for its final at
 once, `__CTRL__:RESET` discards it. Server -> client: `{"type": "partial", "text", "audio_s"}` when the text changes,
-`{"type": "final", "text", "audio_s", "final_ms", "queue_ms", "compute_ms"[, "words"]}` per utterance, and
-`{"type": "error", "code", "message"}`. Query: `vad=1` ends utterances at pauses too; `timestamps=1` adds words.
+`{"type": "final", "text", "audio_s", "start_s", "final_ms", "queue_ms", "compute_ms"[, "words"]}` per utterance,
+and `{"type": "error", "code", "message"}`. Query: `vad=1` ends utterances at pauses too (`vad_threshold`,
+`vad_silence_ms`, `vad_prefix_ms` tune it); `timestamps=1` adds words. A thin adapter: the session
+(parakeet.pipeline.stream_session) does the streaming and the finals.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import Annotated
 
-import numpy as np
-from fastapi import APIRouter, WebSocket
+from fastapi import APIRouter, Query, WebSocket
 from fastapi.responses import PlainTextResponse
 
 from parakeet.api import websockets as wsx
 from parakeet.core import errors
 from parakeet.core.engine import SAMPLE_RATE_HZ
-from parakeet.pipeline.streaming import Partial, SpeechStarted, StepFailed, StreamEvent, Utterance, UtteranceEnded
+from parakeet.pipeline.stream_audio import StreamAudio
+from parakeet.pipeline.stream_session import Final, Partial, StepFailed, StreamEvent, StreamSession
 from parakeet.pipeline.vad import VadParams
 from parakeet.pipeline.worker import Worker
 
@@ -28,6 +29,7 @@ router = APIRouter(tags=["streaming"])
 
 EOS = b"__CTRL__:EOS"
 RESET = b"__CTRL__:RESET"
+_VAD = VadParams()  # the defaults (OpenAI's server_vad defaults: parakeet/pipeline/vad.py)
 
 
 @router.get("/status", response_class=PlainTextResponse, summary="Liveness for /ws clients: `ok`")
@@ -35,98 +37,103 @@ async def status() -> str:
     return "ok"
 
 
-def pcm16_to_float(data: bytes) -> np.ndarray:
-    """PCM16LE bytes (even length) -> float32 samples in [-1, 1): x / 32768, as soundfile reads a PCM16 WAV."""
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-
-
 def error_event(detail: wsx.Message) -> wsx.Message:
     return {"type": "error", **detail}
 
 
-async def final_event(
-    worker: Worker, utterance: Utterance | None, ended_at: float, timestamps: bool
-) -> list[wsx.Message]:
+def final_message(event: Final, timestamps: bool) -> wsx.Message:
     """The `final` message of one utterance: its offline transcript (or an `error` message)."""
-    if utterance is None or len(utterance.waveform) == 0:
-        return [{"type": "final", "text": "", "audio_s": 0.0, "final_ms": 0.0, "queue_ms": 0.0, "compute_ms": 0.0}]
-    try:
-        outcome = await worker.transcribe_waveform(utterance.waveform, timestamps=timestamps)
-    except errors.ParakeetError as exc:
-        return [error_event({"code": exc.code, "message": exc.message})]
+    if event.error is not None:
+        return error_event({"code": event.error.code, "message": event.error.message})
+    if event.outcome is None or event.utterance is None:
+        return {"type": "final", "text": "", "audio_s": 0.0, "final_ms": 0.0, "queue_ms": 0.0, "compute_ms": 0.0}
+    outcome, utterance = event.outcome, event.utterance
     message: wsx.Message = {
         "type": "final",
         "text": outcome.transcript.text,
         "audio_s": round(utterance.duration_s, 3),
         "start_s": round(utterance.start_sample / SAMPLE_RATE_HZ, 3),
-        "final_ms": round((time.monotonic() - ended_at) * 1000, 1),
+        "final_ms": round(event.final_ms, 1),
         "queue_ms": round(outcome.queue_ms, 1),
         "compute_ms": round(outcome.compute_ms, 1),
     }
     if timestamps:
         message["words"] = [{"word": w.text, "start": w.start_s, "end": w.end_s} for w in outcome.transcript.words]
-    return [message]
+    return message
+
+
+class WsStream:
+    """One `/ws` connection (implements `websockets.StreamProtocol`)."""
+
+    def __init__(self, websocket: WebSocket, worker: Worker, timestamps: bool) -> None:
+        self.websocket, self.worker, self.timestamps = websocket, worker, timestamps
+        self.outbox = wsx.Outbox(websocket)
+        self.audio = StreamAudio("pcm", SAMPLE_RATE_HZ)
+        self._session: StreamSession | None = None
+        self.reader: wsx.StreamReader | None = None
+
+    @property
+    def session(self) -> StreamSession | None:
+        return self._session
+
+    def open(self, vad: VadParams | None) -> None:
+        """Raises: ShuttingDown, NotReady, TooManyStreams, BadRequest (see `Worker.open_stream`)."""
+        self._session = self.worker.open_stream(self.on_event, vad=vad, timestamps=self.timestamps)
+        max_frame = self.worker.tuning.stream_max_frame_bytes
+        self.reader = wsx.StreamReader(self.websocket, self.worker.settings, max_frame, self._session, self.outbox)
+
+    def on_event(self, event: StreamEvent) -> None:
+        if isinstance(event, Partial):
+            self.outbox.put_partial({"type": "partial", "text": event.text, "audio_s": round(event.audio_s, 3)})
+        elif isinstance(event, Final):
+            self.outbox.put(final_message(event, self.timestamps))
+        elif isinstance(event, StepFailed):
+            self.outbox.put(error_event({"code": "inference_failed", "message": event.message}))
+
+    def finalize(self) -> None:
+        assert self._session is not None
+        self.audio.reset()
+        self._session.end_utterance()
+
+    def error_message(self, detail: wsx.Message) -> wsx.Message:
+        return error_event(detail)
+
+    async def step(self) -> None:
+        assert self.reader is not None and self._session is not None
+        payload = await self.reader.receive()
+        raw = payload.encode() if isinstance(payload, str) else payload
+        if raw == EOS:
+            self.finalize()  # a half sample left at EOS is dropped
+        elif raw == RESET:
+            self.audio.reset()
+            self._session.reset()
+        elif isinstance(payload, str):
+            self.reader.bad_message()
+            message = "text frames must be __CTRL__:EOS or __CTRL__:RESET; send audio as binary PCM16LE mono 16 kHz"
+            self.outbox.put(error_event({"code": "invalid_message", "message": message}))
+            return
+        else:
+            self._session.append(self.audio.convert(raw))
+        self.reader.good_message()
 
 
 @router.websocket("/ws")
-async def ws_stream(websocket: WebSocket, vad: bool = False, timestamps: bool = False) -> None:
+async def ws_stream(
+    websocket: WebSocket,
+    vad: bool = False,
+    timestamps: bool = False,
+    vad_threshold: Annotated[float, Query(gt=0, lt=1)] = _VAD.threshold,
+    vad_silence_ms: Annotated[float, Query(ge=0)] = _VAD.silence_duration_ms,
+    vad_prefix_ms: Annotated[float, Query(ge=0)] = _VAD.prefix_padding_ms,
+) -> None:
     worker: Worker = websocket.app.state.worker
-    settings = worker.settings
     await wsx.accept(websocket)
-    outbox = wsx.Outbox(websocket)
-
-    def finalize(utterance: Utterance | None) -> None:
-        outbox.put_pending(final_event(worker, utterance, time.monotonic(), timestamps))
-
-    def on_event(event: StreamEvent) -> None:
-        if isinstance(event, Partial):
-            outbox.put_partial({"type": "partial", "text": event.text, "audio_s": round(event.audio_s, 3)})
-        elif isinstance(event, UtteranceEnded):
-            finalize(event.utterance)
-        elif isinstance(event, StepFailed):
-            outbox.put(error_event({"code": "inference_failed", "message": event.message}))
-        elif isinstance(event, SpeechStarted):
-            pass
-
-    params = VadParams(settings.stream_vad_threshold, settings.stream_vad_prefix_ms, settings.stream_vad_silence_ms)
+    stream = WsStream(websocket, worker, timestamps)
     try:
-        session = worker.open_stream(on_event, vad=params if vad else None)
+        stream.open(VadParams(vad_threshold, vad_prefix_ms, vad_silence_ms) if vad else None)
     except errors.ParakeetError as exc:
-        outbox.put(error_event({"code": exc.code, "message": exc.message}))
-        await outbox.flush(5.0)
+        stream.outbox.put(error_event({"code": exc.code, "message": exc.message}))
+        await stream.outbox.flush(5.0)
         await wsx.close(websocket, wsx.refusal_code(exc), exc.code)
         return
-    reader = wsx.StreamReader(websocket, settings, session, outbox)
-    carry = b""
-
-    async def step() -> None:
-        nonlocal carry
-        payload: Any = await reader.receive()
-        raw = payload.encode() if isinstance(payload, str) else payload
-        if raw == EOS:
-            carry = b""
-            finalize(session.end_utterance())
-        elif raw == RESET:
-            carry = b""
-            session.reset()
-        elif isinstance(payload, str):
-            reader.bad_message()
-            message = "text frames must be __CTRL__:EOS or __CTRL__:RESET; send audio as binary PCM16LE mono 16 kHz"
-            outbox.put(error_event({"code": "invalid_message", "message": message}))
-            return
-        else:
-            data = carry + raw
-            cut = len(data) - len(data) % 2
-            carry = data[cut:]
-            session.append(pcm16_to_float(data[:cut]))
-        reader.good_message()
-
-    await wsx.serve_stream(
-        websocket,
-        outbox,
-        session.close,
-        step,
-        lambda: finalize(session.end_utterance()),
-        error_event,
-        settings.shutdown_drain_s,
-    )
+    await wsx.serve_stream(websocket, stream, worker.settings.shutdown_drain_s)

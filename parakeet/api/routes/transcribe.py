@@ -12,18 +12,16 @@ from parakeet.api.errors import request_id
 from parakeet.api.json_input import is_json, read_json_audio
 from parakeet.api.schemas import ErrorResponse, Timestamps, TranscriptionResponse
 from parakeet.api.uploads import (
-    UploadedFile,
     declared_body_bytes,
+    disconnect_watcher,
     form_bool,
     form_file,
     multipart_form,
     read_file,
     record_outcome,
     timing_headers,
-    transcribe_upload,
 )
-from parakeet.core import errors
-from parakeet.pipeline.worker import MemoryReservation, Worker
+from parakeet.pipeline.requests import TranscribeOptions
 
 router = APIRouter()
 
@@ -58,12 +56,27 @@ _MULTIPART_BODY = {
                         "timestamps": {"type": "boolean", "default": False},
                         "timestamp": {"type": "boolean", "description": "alias of timestamps"},
                         "include_timestamps": {"type": "boolean", "description": "alias of timestamps"},
+                        "confidence": {"type": "boolean", "description": "word/token confidence and logprobs"},
                     },
                 }
             },
         },
     }
 }
+
+
+async def _read_multipart(request: Request) -> tuple[bytes, TranscribeOptions]:
+    async with multipart_form(request) as form:
+        part = form_file(form)
+        timestamps = form_bool(form, "timestamps") or form_bool(form, "include_timestamps")
+        confidence = form_bool(form, "confidence")
+        form_bool(form, "should_chunk")  # accepted (checked), ignored: long audio is always chunked
+        return await read_file(part), TranscribeOptions(timestamps=timestamps, confidence=confidence)
+
+
+async def _read_json(request: Request, max_bytes: int) -> tuple[bytes, tuple[TranscribeOptions, str]]:
+    data, body = await read_json_audio(request, request.app.state.url_policy, max_bytes)
+    return data, (TranscribeOptions(timestamps=body.timestamps, confidence=body.confidence), body.field)
 
 
 @router.post(
@@ -77,35 +90,12 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
     `audio_base64` or `audio_url` (README "JSON and URL input")."""
     t0 = time.perf_counter()
     declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
-    with worker.reserved_memory(declared) as memory:  # 429 before the body is read when over the budget
-        return await _transcribe(request, response, worker, memory, t0)
-
-
-async def _transcribe(
-    request: Request, response: Response, worker: Worker, memory: MemoryReservation, t0: float
-) -> TranscriptionResponse:
-    with worker.receiving():  # 429/503 before a byte of the upload is read when the worker is full
+    async with worker.request(declared_bytes=declared, disconnected=disconnect_watcher(request)) as job:
         if is_json(request):
-            settings = worker.settings
-            body = await read_json_audio(request, request.app.state.url_policy, settings.max_upload_bytes)
-            upload, want_timestamps, field = UploadedFile(body.data), body.timestamps, body.field
-            want_confidence = body.confidence
+            options, field = await job.receive(_read_json(request, worker.settings.max_upload_bytes))
         else:
-            field = "file"
-            async with multipart_form(request) as form:
-                part = form_file(form)
-                want_timestamps = form_bool(form, "timestamps") or form_bool(form, "include_timestamps")
-                want_confidence = form_bool(form, "confidence")
-                form_bool(form, "should_chunk")  # accepted (checked), ignored: long audio is always chunked
-                upload = await read_file(part)
-    with worker.admitted() as ticket:  # the GPU queue: taken once the audio is in hand
-        try:
-            outcome = await transcribe_upload(
-                request, worker, ticket, upload, timestamps=want_timestamps, confidence=want_confidence, memory=memory
-            )
-        except errors.AudioError as exc:
-            exc.param = field  # the JSON field the audio came in
-            raise
+            options, field = await job.receive(_read_multipart(request)), "file"
+        outcome = await job.transcribe(options, audio_param=field)
     record_outcome(request, outcome, worker.gpu_id)
     response.headers.update(timing_headers(outcome, worker.gpu_id))
     t = outcome.transcript
@@ -123,5 +113,5 @@ async def _transcribe(
         chunks=outcome.chunks,
         source_sample_rate_hz=outcome.audio.source_sample_rate_hz,
         source_channels=outcome.audio.source_channels,
-        timestamps=Timestamps.of(t) if want_timestamps or want_confidence else None,
+        timestamps=Timestamps.of(t) if options.timestamps or options.confidence else None,
     )

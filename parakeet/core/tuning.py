@@ -1,0 +1,84 @@
+"""Internal constants of the pipeline, each with the reason for its value: knobs a user would never touch, so they
+are not `PARAKEET_*` settings (README "Settings" lists those). One frozen record so that the modules that use them
+take them from one place, and so that a test can build the app with smaller values (`create_app(tuning=...)`) to
+stay fast; production always runs `Tuning()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Attributes, by the module that reads them:
+
+    inference.py
+        max_symbols_per_step: TDT greedy decoding's most tokens per encoder frame (`greedy.max_symbols`); 10 is
+            NeMo's default for Parakeet-TDT's decoding config.
+    parakeet/pipeline/worker.py
+        warmup_audio_s: seconds of synthetic audio in the warm-up batch run before the worker reports ready (enough
+            to trigger every lazy initialisation; its time also seeds the first Retry-After estimate).
+        queue_audio_batches: the GPU queue refuses new requests (429) once this many full batches of audio
+            (`max_batch_audio_s` each) wait: 4 x 480 s = 32 minutes of audio, minutes of work even on a CPU.
+        uploads_per_queue_place: request bodies being received at once, per place in the GPU queue
+            (`max_queue_requests`): uploads in progress wait apart from the queue (slow ones are cut off by the
+            body limits), so there can be more of them; 4 x 128 = 512.
+    parakeet/pipeline/decoder_pool.py
+        decode_timeout_s: per-file limit on a decoder subprocess; decoding a 3-hour MP3 takes ~60 s on one core.
+        decode_memory_limit_bytes: address-space cap (RLIMIT_AS) of each decoder subprocess: the worst legitimate
+            file (3 h at 96 kHz in 8 channels, decoded block by block) stays far below it; None for no cap.
+    parakeet/api/middleware.py
+        body_grace_s: how long a request body may take before the minimum rate applies (TCP slow start, a phone
+            on a bad link).
+        body_min_rate_bytes_s: the slowest average body rate accepted after the grace period (408 below it): 1 KiB/s
+            is far below any real upload and far above a slow-loris trickle.
+    parakeet/pipeline/fetch.py
+        url_connect_timeout_s, url_timeout_s: limits on fetching an `audio_url` (connect per hop; the whole fetch).
+        url_max_redirects: redirects an `audio_url` may take (pre-signed object-store URLs take at most one).
+    parakeet/pipeline/transcriber.py (long audio)
+        long_audio_chunk_s: longest stretch between two cuts of a long file: short enough for full attention to
+            stay cheap, long enough that the 2 s of context on each side is a small overhead.
+        long_audio_context_s: audio each chunk also hears beyond each of its cuts.
+        long_audio_search_s: each cut goes at the quietest 0.1 s within this many seconds before its target.
+        long_audio_chunks_in_flight: chunks of one file queued or running at a time, so that short requests
+            interleave with a long file batch by batch.
+    parakeet/pipeline/stream_scheduler.py, stream_session.py and parakeet/api/websockets.py
+        stream_max_step_batch: most streams advanced in one batched step (a step of 64 x 5.6 s windows is ~360 s of
+            padded audio, under one offline batch's budget).
+        stream_max_catchup_chunks: a stream behind real time commits up to this many chunks in one step.
+        stream_max_lag_s: unprocessed audio per stream before the server stops reading its socket (backpressure).
+        stream_max_frame_bytes: largest WebSocket message (4 MiB: two minutes of 16 kHz PCM16).
+        stream_max_utterance_s: an utterance with no end this long is finalized as if it had ended (the final is
+            an offline transcription: full attention over at most this much audio).
+    """
+
+    max_symbols_per_step: int = 10
+    warmup_audio_s: float = 2.0
+    queue_audio_batches: float = 4.0
+    uploads_per_queue_place: int = 4
+    decode_timeout_s: float = 120.0
+    decode_memory_limit_bytes: int | None = 8 * 1024**3
+    body_grace_s: float = 10.0
+    body_min_rate_bytes_s: float = 1024.0
+    url_connect_timeout_s: float = 5.0
+    url_timeout_s: float = 60.0
+    url_max_redirects: int = 3
+    long_audio_chunk_s: float = 60.0
+    long_audio_context_s: float = 2.0
+    long_audio_search_s: float = 4.0
+    long_audio_chunks_in_flight: int = 4
+    stream_max_step_batch: int = 64
+    stream_max_catchup_chunks: int = 4
+    stream_max_lag_s: float = 10.0
+    stream_max_frame_bytes: int = 4 * 1024 * 1024
+    stream_max_utterance_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        """Raises: ValueError: the quiet-point search window is not shorter than a chunk (the search runs inside
+        each chunk's own length: parakeet/pipeline/long_audio.py)."""
+        if not 0 < self.long_audio_search_s < self.long_audio_chunk_s:
+            raise ValueError(
+                f"long_audio_search_s ({self.long_audio_search_s:g}) must be positive and less than "
+                f"long_audio_chunk_s ({self.long_audio_chunk_s:g})"
+            )

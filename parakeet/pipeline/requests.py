@@ -1,0 +1,351 @@
+"""The one request lifecycle: what every transcription request holds from before its body is read until it is
+answered, and the order it takes things in. `Worker.request()` opens a `RequestJob`; every entry point
+(`/transcribe`, `/v1/audio/transcriptions` with or without SSE, Wyoming) goes through it and nothing else:
+
+1. at open: readiness (503), the memory budget for the declared body (429 `memory_full`), the GPU queue's room
+   (429 `queue_full`), and a place in the upload pool (429 `uploads_full`), all before a byte of the body is read;
+2. `receive()`: the body, read while the upload place is held; the job keeps the audio bytes;
+3. `transcribe()` / `transcribe_stream()`: a GPU-queue ticket, decoding in a subprocess with the waveform's memory
+   reserved before its samples exist, the batcher, and a race with the client's disconnect (the work of a client
+   that left is dropped before the GPU);
+4. at close: everything released, once (a streamed answer takes the resources over until it ends).
+
+This module never sees a request, a form or a socket (the routes pass a `disconnected` awaitable), and never
+touches tensors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from parakeet.core import errors, metrics
+from parakeet.core.engine import SAMPLE_RATE_HZ
+from parakeet.core.transcripts import TimedSpan, Transcript
+from parakeet.pipeline.audio import DecodedAudio
+from parakeet.pipeline.batching import Batcher
+from parakeet.pipeline.decoder_pool import AudioDecoderPool
+from parakeet.pipeline.memory import Reservation
+from parakeet.pipeline.transcriber import Transcriber
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """What a request asks for beyond the text.
+
+    Attributes:
+        timestamps: word, segment and char timestamps (they cost the GPU thread Python time; README).
+        confidence: word and token confidence and token log-probabilities (implies timestamps).
+    """
+
+    timestamps: bool = False
+    confidence: bool = False
+
+
+@dataclass(frozen=True)
+class AudioSummary:
+    """What a response says about the audio: its decoded duration and the upload's own format."""
+
+    duration_s: float
+    source_sample_rate_hz: int
+    source_channels: int
+
+    @classmethod
+    def of(cls, audio: DecodedAudio) -> AudioSummary:
+        return cls(audio.duration_s, audio.source_sample_rate_hz, audio.source_channels)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished transcription and where its time went.
+
+    Attributes:
+        transcript: the (merged) transcript of the whole audio.
+        audio: its duration and source format.
+        model: the engine's model name.
+        decode_ms: decoding and resampling, ms (0 for audio that came as samples).
+        queue_ms: wait of its (first) item before its batch started, ms.
+        compute_ms: engine time of its batch (summed over chunks), ms.
+        batch_size: requests in its batch (the largest over chunks).
+        chunks: pieces the audio was transcribed in (1 up to the long-audio threshold).
+    """
+
+    transcript: Transcript
+    audio: AudioSummary
+    model: str
+    decode_ms: float
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+    chunks: int
+
+
+class Places:
+    """A counted pool of places (the upload pool), refused with `UploadsFull` when all are taken.
+
+    Args:
+        limit: places.
+        retry_after_s: seconds a refused client should wait.
+        source: how the limit is set, for the refusal's message.
+    """
+
+    def __init__(self, limit: int, retry_after_s: Callable[[], int], source: str) -> None:
+        self.limit, self.taken, self.source = limit, 0, source
+        self._retry_after_s = retry_after_s
+
+    def take(self) -> Callable[[], None]:
+        """A place; call the returned function to give it back (once; later calls do nothing).
+
+        Raises:
+            UploadsFull: `limit` places are taken (429 with Retry-After).
+        """
+        if self.taken >= self.limit:
+            raise errors.UploadsFull(
+                f"server busy: {self.taken} uploads in progress, the limit is {self.limit} ({self.source})",
+                retry_after_s=max(1, self._retry_after_s()),
+            )
+        self.taken += 1
+        held = True
+
+        def give_back() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.taken -= 1
+
+        return give_back
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a request needs of its worker (handed over by `Worker.request` once the worker is ready)."""
+
+    decoder: AudioDecoderPool
+    batcher: Batcher
+    transcriber: Transcriber
+    model_name: str
+    max_audio_duration_s: float
+    on_served: Callable[[Outcome], None]
+
+
+class RequestJob:
+    """One request inside `Worker.request()`; see the module docstring for the order of things.
+
+    Args:
+        serving: the worker's pipeline.
+        reservation: the request's share of the memory budget (its declared body size so far).
+        give_back_upload: returns the request's place in the upload pool.
+        disconnected: returns when the client goes away (None: never watched).
+    """
+
+    def __init__(
+        self,
+        serving: Serving,
+        reservation: Reservation,
+        give_back_upload: Callable[[], None],
+        disconnected: Callable[[], Awaitable[object]] | None,
+    ) -> None:
+        self._serving, self._reservation = serving, reservation
+        self._give_back_upload, self._disconnected = give_back_upload, disconnected
+        self._audio: bytes | None = None
+        self._handed_off = self._closed = False
+
+    async def receive(self, body: Awaitable[tuple[bytes, T]]) -> T:
+        """Read the body (`body` gives the audio bytes and whatever else the route parsed) while holding the upload
+        place. The job keeps the bytes, so that once decoding starts only the decoder holds them.
+
+        Raises:
+            Whatever `body` raises.
+        """
+        try:
+            self._audio, rest = await body
+        finally:
+            self.received()
+        return rest
+
+    def received(self) -> None:
+        """The body is in hand (or never will be): the upload place is free for another request."""
+        self._give_back_upload()
+
+    def hold(self, nbytes: int, what: str) -> None:
+        """Hold `nbytes` of the memory budget in all (audio that arrives in pieces, as Wyoming's does).
+
+        Raises:
+            MemoryBudgetFull: past the budget.
+        """
+        self._reservation.grow_to(nbytes, what)
+
+    async def transcribe(
+        self, options: TranscribeOptions, *, audio: DecodedAudio | None = None, audio_param: str = "file"
+    ) -> Outcome:
+        """Transcribe the received audio bytes (or `audio`, already samples), watching the client.
+
+        Args:
+            audio_param: the request field an audio error names (`param` of the error response).
+
+        Raises:
+            ParakeetError subclasses: every refusal in the error table (README "Errors"); ClientDisconnected when
+            the client left first (its queued work is dropped before the GPU).
+        """
+        self.received()
+        task = asyncio.ensure_future(self._run(options, audio, audio_param, None))
+        del audio
+        return await self._race(task, task)
+
+    async def transcribe_stream(self, options: TranscribeOptions, *, audio_param: str = "file") -> WordStream:
+        """Transcribe the received bytes, chunk by chunk: returns once the first chunk's words are ready (so a
+        refusal is still an ordinary error), then yields each chunk's words in file order; the finished
+        `Outcome` is the value of `WordStream.outcome()`. The stream takes over the job's resources until it is
+        exhausted or closed (`aclose`: the client left, queued chunks are dropped).
+
+        Raises:
+            As `transcribe`, before the first words.
+        """
+        self.received()
+        words: asyncio.Queue[Sequence[TimedSpan]] = asyncio.Queue()
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_words(chunk_words: Sequence[TimedSpan]) -> None:
+            words.put_nowait(chunk_words)
+            if not first.done():
+                first.set_result(None)
+
+        task = asyncio.ensure_future(self._run(options, None, audio_param, on_words))
+        await self._race(task, first)
+        self._handed_off = True
+        return WordStream(words, task, self._release)
+
+    async def _race(self, task: asyncio.Future[Outcome], wanted: asyncio.Future[T]) -> T:
+        """Wait for `wanted` (or the transcription's end); cancel the transcription if the client leaves first."""
+        waiters: set[asyncio.Future[object]] = {task, wanted}
+        gone = asyncio.ensure_future(self._disconnected()) if self._disconnected is not None else None
+        if gone is not None:
+            waiters.add(gone)
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            if gone is not None:
+                gone.cancel()
+        if not wanted.done() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise errors.ClientDisconnected("the client closed the connection before its transcript was ready")
+        if wanted.done():
+            return wanted.result()
+        task.result()  # the transcription failed: raise its error
+        raise RuntimeError("the transcription finished without reporting its words")
+
+    async def _run(
+        self,
+        options: TranscribeOptions,
+        audio: DecodedAudio | None,
+        audio_param: str,
+        on_words: Callable[[Sequence[TimedSpan]], None] | None,
+    ) -> Outcome:
+        s = self._serving
+        ticket = s.batcher.admit()  # the GPU queue: taken once the audio is in hand, before decoding
+        try:
+            t0 = time.perf_counter()
+            try:
+                decoded = audio if audio is not None else await self._decode()
+            except (errors.AudioError, errors.DecoderUnavailable) as exc:
+                exc.param = audio_param
+                raise
+            del audio
+            decode_ms = (time.perf_counter() - t0) * 1000 if decoded.decoder != "pcm" else 0.0
+            if decoded.decoder != "pcm":
+                metrics.DECODE.observe(decode_ms / 1000)
+            done = await s.transcriber.run(
+                ticket, decoded.waveform, timestamps=options.timestamps or options.confidence,
+                confidence=options.confidence, on_words=on_words,
+            )  # fmt: skip
+        finally:
+            s.batcher.release(ticket)
+        outcome = Outcome(
+            done.transcript, AudioSummary.of(decoded), s.model_name, decode_ms, done.queue_ms, done.compute_ms,
+            done.batch_size, done.chunks,
+        )  # fmt: skip
+        s.on_served(outcome)
+        return outcome
+
+    async def _decode(self) -> DecodedAudio:
+        """The received bytes, decoded in a subprocess. The reservation grows from the bytes to the bytes plus the
+        waveform being produced (the decoder holds both), then shrinks to the waveform alone."""
+        data, self._audio = self._audio, None
+        if data is None:
+            raise RuntimeError("no audio was received for this request")
+        upload = len(data)
+        self._reservation.grow_to(upload, f"the audio ({upload} bytes)")
+
+        def reserve(wave_bytes: int) -> None:
+            if self._closed:
+                raise errors.ClientDisconnected("the client left while its audio was being decoded")
+            seconds = wave_bytes / (4 * SAMPLE_RATE_HZ)
+            what = f"the upload ({upload} bytes) with its decoded audio ({seconds:.0f} s, {wave_bytes} bytes)"
+            self._reservation.grow_to(upload + wave_bytes, what)
+
+        s = self._serving
+        decoded = await s.decoder.decode(data, max_duration_s=s.max_audio_duration_s, reserve=reserve)
+        self._reservation.shrink_to(decoded.waveform.nbytes)
+        return decoded
+
+    def _release(self) -> None:
+        self._closed = True
+        self._audio = None
+        self._give_back_upload()
+        self._reservation.release()
+
+    def close(self) -> None:
+        """The end of `Worker.request()`: release everything, unless a `WordStream` took it over."""
+        if not self._handed_off:
+            self._release()
+
+
+class WordStream:
+    """The words of a transcription as each chunk finishes (`async for words in stream`), then `await outcome()`.
+    Owns the request's resources until the transcription ends or `aclose()` is called."""
+
+    def __init__(
+        self, queue: asyncio.Queue[Sequence[TimedSpan]], task: asyncio.Future[Outcome], release: Callable[[], None]
+    ) -> None:
+        self._queue, self._task, self._release = queue, task, release
+
+    def __aiter__(self) -> WordStream:
+        return self
+
+    async def __anext__(self) -> Sequence[TimedSpan]:
+        while self._queue.empty():
+            if self._task.done():
+                raise StopAsyncIteration
+            getter = asyncio.ensure_future(self._queue.get())
+            await asyncio.wait({self._task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                return getter.result()
+            getter.cancel()
+        return self._queue.get_nowait()
+
+    async def outcome(self) -> Outcome:
+        """The finished transcription (after the last words).
+
+        Raises:
+            ParakeetError: the transcription failed after its first words.
+        """
+        return await self._task
+
+    async def aclose(self) -> None:
+        """End the stream: a transcription still running is cancelled (queued chunks never reach the GPU)."""
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, errors.ParakeetError):
+                await self._task
+        self._release()

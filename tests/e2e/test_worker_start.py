@@ -1,0 +1,125 @@
+"""A worker's start and stop as a process (real uvicorn on loopback, the subject being the process, its exit code and
+its log): 503 + Retry-After while the model loads, then ready, and a clean exit on SIGTERM; and a worker that cannot
+serve (bad or unknown settings, every GPU taken, the model's hub unreachable) stops with one line naming why and
+uvicorn's start-up-failure code, instead of a restart loop."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import Holder, Serve, ServerProcess, child_pids, free_port, wait_gone, wait_until, wav_of
+
+
+def critical_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "CRITICAL" in line]
+
+
+@pytest.mark.parametrize("server", [Serve({"FAKE_LOAD_DELAY_S": "3"}, ready=False)], indirect=True)
+def test_not_ready_while_loading_then_ready_then_a_clean_exit(server: ServerProcess) -> None:
+    """/health and /transcribe answer 503 + Retry-After while the model loads, then 200; SIGTERM ends it cleanly."""
+    first = wait_until(lambda: _get(f"{server.url}/health"), what="the worker's event loop to answer")
+    assert first.status_code == 503, first.text
+    assert first.json()["status"] == "loading" and first.json()["ready"] is False
+    assert first.headers["retry-after"] == "10"
+    r = httpx.post(f"{server.url}/transcribe", files={"file": ("a.wav", wav_of(1))}, timeout=30)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready" and r.headers["retry-after"] == "10"
+    server.wait_ready()
+    assert httpx.post(f"{server.url}/transcribe", files={"file": ("a.wav", wav_of(2))}, timeout=30).status_code == 200
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a graceful shutdown
+    assert "Application shutdown complete" in server.log()
+
+
+def _get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.TransportError:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        (Serve({"PARAKEET_MAX_BATCH_SIZE": "0"}, ready=False),
+         "invalid settings: PARAKEET_MAX_BATCH_SIZE: Input should be greater than or equal to 1 (got '0')"),
+        (Serve({"PARAKEET_MAX_BACH_SIZE": "16"}, ready=False),
+         "invalid settings: unknown setting PARAKEET_MAX_BACH_SIZE (did you mean PARAKEET_MAX_BATCH_SIZE?)"),
+    ],
+    indirect=["server"],
+    ids=["bad-value", "typo"],
+)  # fmt: skip
+def test_a_worker_with_bad_settings_stops_with_one_line(server: ServerProcess, expected: str) -> None:
+    """Before: every long upload was a 500 (a bad value), or a typo was silently ignored. Now the worker says why
+    and exits with uvicorn's start-up-failure code, so the supervisor does not respawn it."""
+    code = server.proc.wait(60)
+    log = server.log()
+    assert code == 3, log
+    (line,) = critical_lines(log)
+    assert line.endswith(expected)
+    assert "Traceback" not in log
+
+
+@pytest.fixture
+def gpu_taken(tmp_path: Path) -> Iterator[Holder]:
+    """The only (pretend) GPU's lock, held by another process before the server starts (`server` uses
+    tmp_path/locks)."""
+    holder = Holder(tmp_path / "locks", 1)
+    assert holder.gpu_id == 0
+    yield holder
+    holder.stop()
+
+
+# uvicorn's supervisor pings each worker with this timeout; a worker that exits while a ping is out makes the
+# supervisor wait the whole timeout before it notices (the pipe's other end stays open in the parent), so keep it
+# short here and wait well past it.
+@pytest.mark.parametrize(
+    "server", [Serve({"FAKE_GPU_COUNT": "1"}, workers=2, ready=False, healthcheck_timeout_s=10)], indirect=True
+)
+def test_a_worker_exits_with_one_line_when_every_gpu_is_taken(
+    gpu_taken: Holder, server: ServerProcess, tmp_path: Path
+) -> None:
+    """A worker that finds all GPUs taken exits (code 3, uvicorn stops: no restart loop) and says why."""
+    code = server.proc.wait(120)
+    log = server.log()
+    assert code == 0  # the supervisor stopped by itself: uvicorn's parent exits 0 after "failed to start"
+    lines = [line for line in log.splitlines() if "no free GPU" in line]
+    assert len(lines) >= 1, log
+    assert str(tmp_path / "locks") in lines[0] and "all 1 GPU lock(s)" in lines[0]
+    assert f"pid {gpu_taken.proc.pid}" in lines[0]
+    assert "Traceback" not in log
+    assert log.count("Started server process") <= 2  # the supervisor did not respawn workers
+    assert "failed to start, stopping the parent process" in log
+
+
+# "unreachable": a hub endpoint on a closed loopback port (nothing leaves this machine).
+HUB_MODEL = {"PARAKEET_MODEL": "nvidia/parakeet-tdt-0.6b-v3", "PARAKEET_DEVICE": "cpu"}
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        (Serve({**HUB_MODEL, "HF_HUB_OFFLINE": "1"}, fake=False, ready=False),
+         "the hub is disabled (HF_HUB_OFFLINE=1) and the model is not in the local"),
+        (Serve({**HUB_MODEL, "HF_HUB_OFFLINE": "0", "HF_HUB_ETAG_TIMEOUT": "3",
+                "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}, fake=False, ready=False),
+         "the Hugging Face hub is unreachable"),
+    ],
+    indirect=["server"],
+    ids=["offline", "unreachable"],
+)  # fmt: skip
+def test_a_worker_stops_with_one_message_when_the_hub_is_unavailable(server: ServerProcess, expected: str) -> None:
+    decoders = wait_until(  # single-process uvicorn: the worker is server.proc; its decoders start at once, the
+        lambda: child_pids(server.proc.pid) or server.proc.poll() is not None, 30, "the decoder subprocesses"
+    )  # model load (NeMo import, then the hub) fails seconds later
+    assert server.proc.wait(90) == 3  # uvicorn's STARTUP_FAILURE
+    assert isinstance(decoders, list) and not wait_gone(decoders)  # its decoder subprocesses died with it
+    log = server.log()
+    (line,) = critical_lines(log)
+    assert "could not load model 'nvidia/parakeet-tdt-0.6b-v3'" in line and expected in line
+    assert "PARAKEET_MODEL" in line and "hf download" in line
+    assert "Traceback" not in log

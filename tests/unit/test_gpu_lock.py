@@ -1,0 +1,77 @@
+"""gpu_lock across real processes (plain Python holders, no server): distinct GPUs, exhaustion, release on SIGKILL,
+stale files (the worker's own behaviour when every GPU is taken: tests/e2e/test_worker_start.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import gpu_lock
+
+from helpers import Holder
+
+@pytest.fixture
+def holders() -> Iterator[list[Holder]]:
+    started: list[Holder] = []
+    yield started
+    for h in started:
+        h.stop()
+
+
+def test_gpu_lock_distinct_gpus_across_processes(tmp_path: Path, holders: list[Holder]) -> None:
+    holders.extend(Holder(tmp_path, 3) for _ in range(3))
+    assert sorted(h.gpu_id for h in holders) == [0, 1, 2]
+    for h in holders:
+        assert gpu_lock.read_holder_pid(gpu_lock.lock_path(tmp_path, h.gpu_id)) == h.proc.pid
+
+
+def test_gpu_lock_exhaustion_names_dir_count_and_pids(tmp_path: Path, holders: list[Holder]) -> None:
+    holders.extend(Holder(tmp_path, 2) for _ in range(2))
+    third = Holder(tmp_path, 2)
+    holders.append(third)
+    assert third.proc.wait(10) == 3
+    assert third.line.startswith("ERROR no free GPU")
+    assert str(tmp_path) in third.line and "all 2 GPU lock(s)" in third.line
+    for h in holders[:2]:
+        assert f"pid {h.proc.pid}" in third.line
+
+
+def test_gpu_lock_in_process_second_claim_is_refused(tmp_path: Path) -> None:
+    claim = gpu_lock.claim_gpu(tmp_path, 1)
+    with pytest.raises(gpu_lock.NoFreeGpuError) as info:
+        gpu_lock.claim_gpu(tmp_path, 1)
+    assert info.value.holders == {0: os.getpid()}
+    claim.release()
+    gpu_lock.claim_gpu(tmp_path, 1).release()
+
+
+def test_gpu_lock_released_after_sigkill(tmp_path: Path, holders: list[Holder]) -> None:
+    first = Holder(tmp_path, 1)
+    holders.append(first)
+    assert first.gpu_id == 0
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    second = Holder(tmp_path, 1)
+    holders.append(second)
+    assert second.gpu_id == 0
+    assert gpu_lock.read_holder_pid(gpu_lock.lock_path(tmp_path, 0)) == second.proc.pid
+
+
+def test_gpu_lock_stale_file_from_crashed_run_does_not_block(tmp_path: Path) -> None:
+    for i in range(2):
+        gpu_lock.lock_path(tmp_path, i).write_text("999999\n")  # pids of a run that is long gone
+    claim = gpu_lock.claim_gpu(tmp_path, 2)
+    assert claim.gpu_id == 0
+    assert gpu_lock.read_holder_pid(claim.path) == os.getpid()
+    claim.release()
+
+
+def test_gpu_lock_rejects_zero_gpus(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="gpu_count must be >= 1"):
+        gpu_lock.claim_gpu(tmp_path, 0)

@@ -1,0 +1,180 @@
+"""The layer rules (README, "How it works"): import-linter's contracts bite on a violation, the root modules that
+import-linter cannot analyse (it takes packages only) import what their role allows, no module of the project (root
+modules included, imports under TYPE_CHECKING too) is part of an import cycle, and no module reads another object's
+private attribute."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT
+
+PROJECT = {"parakeet", "server", "inference", "gpu_lock", "loadtest", "loadtest_report"}
+
+
+def project_imports(module: Path) -> set[str]:
+    """Dotted names of the project's modules that `module` imports (anywhere in the file, TYPE_CHECKING included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        else:
+            continue
+        found |= {n for n in names if n.split(".")[0] in PROJECT}
+    return found
+
+
+def all_imports(module: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_layers_inference_imports_only_the_core_of_the_project() -> None:
+    imports = project_imports(ROOT / "inference.py")
+    assert imports and all(name.startswith("parakeet.core") for name in imports), imports
+
+
+def test_layers_gpu_lock_imports_only_the_standard_library() -> None:
+    imports = all_imports(ROOT / "gpu_lock.py") - {"__future__"}
+    assert imports <= set(sys.stdlib_module_names), imports - set(sys.stdlib_module_names)
+
+
+@pytest.mark.parametrize("module", ["loadtest.py", "loadtest_report.py"])
+def test_layers_load_tester_imports_nothing_of_the_server(module: str) -> None:
+    assert project_imports(ROOT / module) <= {"loadtest", "loadtest_report"}
+
+
+def test_layers_every_package_module_sits_in_a_layer() -> None:
+    layers = {"api", "pipeline", "core"}
+    modules = [p.relative_to(ROOT / "parakeet") for p in (ROOT / "parakeet").rglob("*.py")]
+    outside = [str(m) for m in modules if m.parts[0] not in layers and str(m) != "__init__.py"]
+    assert not outside, outside
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("parakeet/core/transcripts.py", "import parakeet.pipeline.batching", "Layers: api -> pipeline -> core"),
+        ("parakeet/pipeline/long_audio.py", "import parakeet.api.errors", "Layers: api -> pipeline -> core"),
+        ("parakeet/pipeline/batching.py", "import starlette.requests", "never import the HTTP framework"),
+        ("parakeet/core/engine.py", "import torch", "never imports torch or NeMo"),
+        ("parakeet/api/deps.py", "import server", "never imports a root module"),
+        ("parakeet/api/uploads.py", "import numpy", "never touches arrays or audio codecs"),
+        ("parakeet/pipeline/batching.py", "import parakeet.pipeline.worker", "No import cycle"),
+    ],
+)
+def test_layers_import_linter_refuses_a_violation(tmp_path: Path, module: str, line: str, contract: str) -> None:
+    """The same contracts (pyproject.toml) on a copy of the package with one forbidden import added."""
+    shutil.copytree(ROOT / "parakeet", tmp_path / "parakeet", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    with open(tmp_path / module, "a") as f:
+        f.write(f"\n{line}  # the violation under test\n")
+    lint = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(lint), "--no-cache"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    broken = [ln.removesuffix(" BROKEN") for ln in out.stdout.splitlines() if ln.endswith(" BROKEN")]
+    assert any(contract in name for name in broken), out.stdout  # (an indirect import may break another too)
+
+
+def test_layers_import_linter_keeps_the_tree_as_committed() -> None:
+    lint = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout
+
+
+def test_layers_readme_module_map_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## How it works") :]
+    modules = [p for p in (ROOT / "parakeet").rglob("*.py") if p.name != "__init__.py"]
+    missing = [str(p.relative_to(ROOT)) for p in modules if p.name not in section]
+    assert not missing, f"README 'How it works' does not mention {missing}"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _project_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (a package import counts as its __init__), for every module of the
+    package and the root modules."""
+    files = [*(ROOT / "parakeet").rglob("*.py"), *(ROOT / f"{m}.py" for m in sorted(PROJECT - {"parakeet"}))]
+    names = {_module_name(f) for f in files}
+    graph: dict[str, set[str]] = {}
+    for f in files:
+        found = set()
+        for name in project_imports(f):
+            while name and name not in names:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+        graph[_module_name(f)] = found - {_module_name(f)}
+    return graph
+
+
+def test_layers_no_import_cycle_anywhere() -> None:
+    graph = _project_graph()
+    assert len(graph) > 30
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            assert visit(module) is None, f"import cycle: {' -> '.join(path)}"
+
+
+def test_layers_no_module_reads_another_objects_private_attributes() -> None:
+    """`x._name` only on `self`, `cls` or the module's own names (a private attribute is its owner's business)."""
+    offences = []
+    for path in sorted((ROOT / "parakeet").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        own = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and not (isinstance(node.value, ast.Name) and node.value.id in {"self", "cls", *own})
+            ):
+                offences.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
+    assert not offences, offences
+
+
+def test_importing_server_is_cheap_and_side_effect_free(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; t=time.perf_counter(); import server; "
+        "assert 'torch' not in sys.modules and 'nemo' not in sys.modules, 'heavy import'; "
+        "print(round(time.perf_counter()-t, 2))"
+    )
+    env = {**os.environ, "PARAKEET_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "locks").exists()  # no GPU claimed at import
