@@ -63,11 +63,11 @@ def load_asr_model(name_or_path: str, device: torch.device) -> Any:
             raise ModelLoadError(f"model file not found: {path} (PARAKEET_MODEL names a .nemo file that is not there)")
         try:
             return ASRModel.restore_from(str(path), map_location=device)
-        except Exception as exc:  # noqa: BLE001 - NeMo raises many types; the operator needs one sentence
+        except Exception as exc:
             raise ModelLoadError(f"could not restore {path}: {type(exc).__name__}: {exc}") from exc
     try:
         return ASRModel.from_pretrained(name_or_path, map_location=device)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelLoadError(_hub_failure_message(name_or_path, exc)) from exc
 
 

@@ -24,7 +24,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from gpu_lock import GpuClaim, NoFreeGpuError, claim_gpu
 from parakeet import VERSION
 from parakeet.api.errors import install_error_handlers
-from parakeet.api.middleware import PROBE_AND_METRICS_PATHS, ApiKeyMiddleware, RequestIdMiddleware, UploadLimitMiddleware
+from parakeet.api.middleware import (
+    PROBE_AND_METRICS_PATHS,
+    ApiKeyMiddleware,
+    RequestIdMiddleware,
+    UploadLimitMiddleware,
+)
 from parakeet.api.routes import health, metrics, openai, realtime, streams, transcribe, web
 from parakeet.api.schemas import ErrorResponse
 from parakeet.api.wyoming import WyomingServer
@@ -150,7 +155,7 @@ async def _load(
         await worker.load(factory, vad_factory)
     except errors.ModelLoadError as exc:
         on_fatal(exc.message)
-    except Exception:  # noqa: BLE001 - anything else at load time is just as fatal
+    except Exception:
         log.exception("model load failed")
         on_fatal(worker.detail or "model load failed")
 

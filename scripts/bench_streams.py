@@ -79,6 +79,28 @@ def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values), q))
 
 
+def _record(m: dict[str, Any], since_start_s: float, pending: list[tuple[float, str]], got_first: list[bool],
+            st: StageStats) -> None:  # fmt: skip
+    """One server message of a stream into the stage's numbers."""
+    now = time.monotonic()
+    if m["type"] == "partial":
+        st.partial_lag_s.append(since_start_s - m["audio_s"])
+        if m["text"] and not got_first[0]:
+            got_first[0] = True
+            st.first_partial_s.append(since_start_s)
+    elif m["type"] == "final":
+        eos_at, offline = pending.pop(0)
+        st.eos_to_final_ms.append((now - eos_at) * 1000)
+        st.final_queue_ms.append(m["queue_ms"])
+        st.final_compute_ms.append(m["compute_ms"])
+        st.finals += 1
+        st.finals_equal += m["text"] == offline
+    else:
+        if m.get("code") == "too_many_streams":
+            st.refused += 1
+        st.errors.append(str(m.get("code")))
+
+
 async def one_stream(url: str, utterances: list[tuple[bytes, str]], offset: int, until: float, st: StageStats) -> None:
     """One open-loop real-time stream until the wall clock passes `until` (after its current utterance)."""
     try:
@@ -92,24 +114,7 @@ async def one_stream(url: str, utterances: list[tuple[bytes, str]], offset: int,
 
     async def receive() -> None:
         async for raw in ws:
-            m = json.loads(raw)
-            now = time.monotonic()
-            if m["type"] == "partial":
-                st.partial_lag_s.append(now - utt_start[0] - m["audio_s"])
-                if m["text"] and not got_first[0]:
-                    got_first[0] = True
-                    st.first_partial_s.append(now - utt_start[0])
-            elif m["type"] == "final":
-                eos_at, offline = pending.pop(0)
-                st.eos_to_final_ms.append((now - eos_at) * 1000)
-                st.final_queue_ms.append(m["queue_ms"])
-                st.final_compute_ms.append(m["compute_ms"])
-                st.finals += 1
-                st.finals_equal += m["text"] == offline
-            else:
-                if m.get("code") == "too_many_streams":
-                    st.refused += 1
-                st.errors.append(str(m.get("code")))
+            _record(json.loads(raw), time.monotonic() - utt_start[0], pending, got_first, st)
 
     receiver = asyncio.create_task(receive())
     try:
@@ -169,7 +174,7 @@ async def sample_health(base: str, until: float, st: StageStats) -> None:
 
 async def stage(
     base: str, n: int, stage_s: float, utterances: list[tuple[bytes, str]], rps: float, clip: bytes
-) -> StageStats:  # noqa: E501
+) -> StageStats:
     st = StageStats()
     h0 = httpx.get(f"{base}/health").json()
     until = time.monotonic() + stage_s

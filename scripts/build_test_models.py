@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import speech  # noqa: E402
+import speech
 
 log = logging.getLogger("build_test_models")
 

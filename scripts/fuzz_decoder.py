@@ -1,5 +1,5 @@
 """Coverage-guided fuzzing of the audio decoder with atheris (https://github.com/google/atheris), for longer runs by
-hand than the property tests in tests/test_fuzz_decoding.py do in CI.
+hand than the property tests in tests/unit/test_fuzz_decoding.py do in CI.
 
 It calls `parakeet.pipeline.audio.decode_audio` (what every decoder subprocess runs) in this process on mutated
 inputs, starting from a corpus of small valid WAV/FLAC/OGG/MP3 files it writes itself. Allowed outcomes: a finite

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Set up everything the tests need and run them: espeak-ng, haproxy, chromium and chromium-driver (Debian packages),
 # .venv with requirements-dev.txt, the test models (built by scripts/build_test_models.py when missing).
-# First the layer contracts (import-linter, pyproject.toml), then pytest. Extra arguments go to pytest.
+# First the static checks (scripts/check.sh: ruff, mypy --strict, the import contracts), then pytest in two
+# processes (pytest-xdist, a test file per process at a time). Extra arguments go to pytest (`-n 0`: one process;
+# `-m "not e2e and not browser"`: the fast loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Debian packages the tests use: espeak-ng (speech fixtures), haproxy (tests/test_haproxy.py), chromium and
-# chromium-driver (tests/test_web_ui.py drives the browser page through Selenium; nothing is downloaded).
+# Debian packages the tests use: espeak-ng (speech fixtures), haproxy (tests/e2e/test_haproxy.py), chromium and
+# chromium-driver (tests/browser/test_web_ui.py drives the browser page through Selenium; nothing is downloaded).
 missing=""
 command -v espeak-ng >/dev/null 2>&1 || missing="$missing espeak-ng"
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || missing="$missing haproxy"
@@ -18,6 +20,5 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq $missing >/dev/null
 fi
-scripts/setup.sh requirements-dev.txt
-.venv/bin/lint-imports --no-cache
-exec .venv/bin/python -m pytest "$@"
+scripts/check.sh
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -24,7 +24,7 @@ TESTS = ROOT / "tests"
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(TESTS)]
 
 import speech  # noqa: E402
-from helpers import Serve, ServerProcess, cpu_settings, digits_app, start_server  # noqa: E402
+from helpers import LiveServer, Serve, ServerProcess, cpu_settings, digits_app, live_digits_server, start_server  # noqa: E402
 
 MODELS = ROOT / "models"
 TINY_MODEL = MODELS / "tiny_tdt.nemo"
@@ -98,22 +98,12 @@ def digits_client(digits_engine: Any, silero_vad: Any, digits_model_path: Path) 
 
 
 @pytest.fixture(scope="session")
-def digits_server(tmp_path_factory: pytest.TempPathFactory, digits_model_path: Path) -> Iterator[ServerProcess]:
-    """The digits model behind 2 real uvicorn workers on loopback; small limits so that limit tests stay fast."""
-    server = start_server(
-        tmp_path_factory.mktemp("digits_server"),
-        {
-            "PARAKEET_MODEL": str(digits_model_path),
-            "PARAKEET_MAX_UPLOAD_BYTES": str(8 * 1024 * 1024),
-            "PARAKEET_MAX_AUDIO_DURATION_S": "60",
-        },
-        workers=2,
-    )
-    try:
-        server.wait_ready(workers=2)
+def digits_server(digits_engine: Any, silero_vad: Any, digits_model_path: Path) -> Iterator[LiveServer]:
+    """The digits app served by a real uvicorn on a loopback socket, in a thread of this process, sharing the
+    session's engine (for browsers, the load tester and the SDK's Realtime client; the same small limits as
+    `digits_client`)."""
+    with live_digits_server(digits_engine, silero_vad, digits_model_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _serve(serve: Serve, tmp_dir: Path, digits_model_path: Path) -> Iterator[ServerProcess]:

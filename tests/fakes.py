@@ -27,7 +27,7 @@ from parakeet.core.engine import (
     StepResult,
     VoiceActivityModel,
 )
-from parakeet.core.errors import DeviceOutOfMemory
+from parakeet.core.errors import DeviceOutOfMemory, ModelLoadError
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import BatchResult, TimedSpan, Transcript
 from parakeet.core.tuning import Tuning
@@ -106,16 +106,19 @@ class FixedEngineFactory:
     """Serves a given engine (a FakeEngine, or the session's digits engine) after `load_delay_s`; claims from `gpus`
     pretend GPUs (the locks are real: gpu_lock.py)."""
 
-    def __init__(self, engine: Any, load_delay_s: float = 0.0, gpus: int = 0) -> None:
+    def __init__(self, engine: Any, load_delay_s: float = 0.0, gpus: int = 0, load_error: str | None = None) -> None:
         self.engine = engine
         self.load_delay_s = load_delay_s
         self.gpus = gpus
+        self.load_error = load_error
 
     def visible_gpus(self) -> int:
         return self.gpus
 
     def __call__(self, settings: Settings, gpu_id: int | None) -> Any:
         time.sleep(self.load_delay_s)
+        if self.load_error is not None:
+            raise ModelLoadError(self.load_error)
         return self.engine
 
 
@@ -142,8 +145,8 @@ class SharedVad:
 
 def build_app_from_env() -> Any:
     """The app with a FakeEngine configured by FAKE_DELAY_S, FAKE_PER_ITEM_S, FAKE_FAIL_TAG; FAKE_LOAD_DELAY_S
-    makes its model load take that long, FAKE_GPU_COUNT pretends there are GPUs to claim, FAKE_TUNING (JSON) sets
-    internal constants (parakeet/core/tuning.py)."""
+    makes its model load take that long, FAKE_LOAD_ERROR makes it fail with that message, FAKE_GPU_COUNT pretends
+    there are GPUs to claim, FAKE_TUNING (JSON) sets internal constants (parakeet/core/tuning.py)."""
     from server import create_app
 
     fail = os.environ.get("FAKE_FAIL_TAG")
@@ -152,7 +155,8 @@ def build_app_from_env() -> Any:
         per_item_s=_env_float("FAKE_PER_ITEM_S"),
         fail_tag=int(fail) if fail else None,
     )
-    factory = FixedEngineFactory(engine, _env_float("FAKE_LOAD_DELAY_S"), int(os.environ.get("FAKE_GPU_COUNT", "0")))
+    factory = FixedEngineFactory(engine, _env_float("FAKE_LOAD_DELAY_S"), int(os.environ.get("FAKE_GPU_COUNT", "0")),
+                                 os.environ.get("FAKE_LOAD_ERROR"))  # fmt: skip
     tuning = Tuning(**json.loads(os.environ.get("FAKE_TUNING", "{}")))
     app = create_app(engine_factory=factory, vad_factory=NoVad(), tuning=tuning)
 

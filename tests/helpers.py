@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -128,9 +129,10 @@ async def app_client(
     **settings: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """`running_app`'s client alone."""
-    async with running_app(
-        engine, load_delay_s=load_delay_s, wait_ready=wait_ready, tuning=tuning, **settings
-    ) as (_, client):
+    async with running_app(engine, load_delay_s=load_delay_s, wait_ready=wait_ready, tuning=tuning, **settings) as (
+        _,
+        client,
+    ):
         yield client
 
 
@@ -148,6 +150,17 @@ DIGITS_APP_SETTINGS: dict[str, Any] = {
 DIGITS_APP_TUNING = Tuning(stream_max_frame_bytes=256 * 1024, stream_max_lag_s=2.0)
 
 
+def _digits_app(engine: Any, vad: Any, model_path: Path, **settings: Any) -> FastAPI:
+    from server import create_app
+
+    def fatal(message: str) -> None:
+        raise AssertionError(f"worker would exit: {message}")
+
+    values = {"model": str(model_path), "device": "cpu", **DIGITS_APP_SETTINGS, **settings}
+    return create_app(Settings(**values), engine_factory=FixedEngineFactory(engine), on_fatal=fatal,
+                      vad_factory=SharedVad(vad), tuning=DIGITS_APP_TUNING)  # fmt: skip
+
+
 @contextmanager
 def digits_app(engine: Any, vad: Any, model_path: Path, **settings: Any) -> Iterator[Any]:
     """`server.create_app` serving `engine` (the session's digits engine) and `vad` in-process through Starlette's
@@ -156,17 +169,48 @@ def digits_app(engine: Any, vad: Any, model_path: Path, **settings: Any) -> Iter
     answers them (500 in the error shape), not raised into the test."""
     from starlette.testclient import TestClient
 
-    from server import create_app
-
-    def fatal(message: str) -> None:
-        raise AssertionError(f"worker would exit: {message}")
-
-    values = {"model": str(model_path), "device": "cpu", **DIGITS_APP_SETTINGS, **settings}
-    app = create_app(Settings(**values), engine_factory=FixedEngineFactory(engine), on_fatal=fatal,
-                     vad_factory=SharedVad(vad), tuning=DIGITS_APP_TUNING)  # fmt: skip
+    app = _digits_app(engine, vad, model_path, **settings)
     with TestClient(app, base_url="http://testserver", raise_server_exceptions=False) as client:
         wait_until(lambda: client.get("/health").status_code == 200, what="the digits app to be ready")
         yield client
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """An app served by uvicorn on a loopback socket, in this process (`live_digits_server`)."""
+
+    url: str
+
+
+@contextmanager
+def live_digits_server(engine: Any, vad: Any, model_path: Path, **settings: Any) -> Iterator[LiveServer]:
+    """The digits app served by a real uvicorn on 127.0.0.1 in a thread of this process (for clients that need a
+    socket: a browser, the load tester, the SDK's Realtime client), sharing the session's engine instead of loading
+    the model again in a new process; ready once /health is 200."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(_digits_app(engine, vad, model_path, **settings), host="127.0.0.1", port=port,
+                            log_level="warning", timeout_graceful_shutdown=10)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), what="uvicorn to start")
+        assert thread.is_alive(), "uvicorn stopped at start-up"
+        wait_until(lambda: _status(f"{url}/health") == 200, what="the digits app to be ready")
+        yield LiveServer(url)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.TransportError:
+        return None
 
 
 # --- NeMo's own answer ------------------------------------------------------------------------------------
@@ -241,7 +285,7 @@ class ServerProcess:
                         return
             except httpx.TransportError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log()[-4000:]}")
 
     def fake_batches(self) -> list[list[int]]:
@@ -335,8 +379,6 @@ class Holder:
         self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-
 
 
 def child_pids(pid: int) -> list[int]:

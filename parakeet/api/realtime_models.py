@@ -64,7 +64,9 @@ class TurnDetection(BaseModel):
     @classmethod
     def _known(cls, kind: str) -> str:
         if kind not in ("server_vad", "semantic_vad"):
-            raise ValueError("turn_detection must be null, or of type server_vad (semantic_vad is treated as server_vad)")
+            raise ValueError(
+                "turn_detection must be null, or of type server_vad (semantic_vad is treated as server_vad)"
+            )
         return kind
 
     @field_validator("threshold")

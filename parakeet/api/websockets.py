@@ -45,7 +45,7 @@ def refusal_code(exc: errors.ParakeetError) -> int:
     return POLICY
 
 
-class StreamClosing(Exception):  # noqa: N818 - a control-flow signal, not an error
+class StreamClosing(Exception):
     """End the connection: send `message` (if any) and close with `code`; finalize first if `finalize`."""
 
     def __init__(
@@ -265,7 +265,7 @@ async def serve_stream(websocket: WebSocket, protocol: StreamProtocol, drain_s: 
             await protocol.session.wait_finals(drain_s)
         if ending.message is not None:
             outbox.put(protocol.error_message(ending.message))
-    except Exception:  # noqa: BLE001 - never let one stream's bug escape as a 1006
+    except Exception:
         log.exception("stream failed")
         code, reason = SERVER_ERROR, "internal_error"
         outbox.put(protocol.error_message(_error("internal_error", "the server failed on this stream")))

@@ -177,7 +177,7 @@ class WyomingServer:
                 await handler.run()
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass  # the client went away
-            except Exception:  # noqa: BLE001 - one connection's failure must not reach the listener
+            except Exception:
                 log.exception("wyoming connection failed")
             finally:
                 await handler.disconnect()

@@ -77,7 +77,7 @@ BUILD_INFO = Gauge(
     multiprocess_mode="livemax",
 )  # fmt: skip
 
-# Live streams (WebSocket /ws and /v1/realtime; parakeet/pipeline/streaming.py).
+# Live streams (WebSocket /ws and /v1/realtime; parakeet/pipeline/stream_scheduler.py).
 STREAMS_OPEN = Gauge("parakeet_streams_open", "Open live streams.", multiprocess_mode="livesum")
 STREAMS_REFUSED = Counter("parakeet_streams_refused_total", "Streams refused at connect.", ["reason"])
 STREAM_STEP_BATCH = Histogram(

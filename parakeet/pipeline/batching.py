@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from parakeet.core import metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, Engine, Waveform
 from parakeet.core.errors import DeadlineExceeded, DeviceOutOfMemory, InferenceError, Overloaded, ShuttingDown
-from parakeet.core.settings import Settings
 from parakeet.core.transcripts import Transcript
-from parakeet.core.tuning import Tuning
+from parakeet.pipeline.batch_policy import BatcherConfig, nearest_in_length
 from parakeet.pipeline.gpu import GpuArbiter
 
 log = logging.getLogger("parakeet.batching")
@@ -31,32 +30,6 @@ log = logging.getLogger("parakeet.batching")
 # The official openai-python SDK honours Retry-After only when 0 < value <= 120 s
 # (openai/_constants.py MAX_RETRY_AFTER_DELAY, used in _base_client.py), so a longer one would be ignored.
 MAX_RETRY_AFTER_S = 120
-
-
-@dataclass(frozen=True)
-class BatcherConfig:
-    """Limits (README "Settings"; built from them by `from_settings`). `max_batch_size=1` is the original
-    one-request-at-a-time design. `max_batch_audio_s` is padded audio: batch size x longest item."""
-
-    max_batch_size: int
-    max_batch_audio_s: float
-    max_wait_ms: float
-    max_queue_requests: int
-    max_queue_audio_s: float
-    request_timeout_s: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings, tuning: Tuning) -> BatcherConfig:
-        """The batching limits of `settings` (PARAKEET_MAX_BATCH_SIZE ... PARAKEET_REQUEST_TIMEOUT_S); the queue's
-        audio limit is `tuning.queue_audio_batches` full batches."""
-        return cls(
-            max_batch_size=settings.max_batch_size,
-            max_batch_audio_s=settings.max_batch_audio_s,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue_requests=settings.max_queue_requests,
-            max_queue_audio_s=tuning.queue_audio_batches * settings.max_batch_audio_s,
-            request_timeout_s=settings.request_timeout_s,
-        )
 
 
 @dataclass(frozen=True)
@@ -323,7 +296,7 @@ class Batcher:
                     await self._run(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a scheduler bug must not strand every queued request
+            except Exception:
                 log.exception("batch scheduler fault; carrying on")
             if self._waiting:
                 self._wake.set()
@@ -372,32 +345,17 @@ class Batcher:
         self._waiting = keep
 
     def _take_batch(self) -> list[_Item]:
-        """The oldest item (the oldest priority item, if any) plus its nearest neighbours in length, within the
-        count and padded-audio caps."""
+        """The next batch (parakeet.pipeline.batch_policy), taken out of the queue."""
         self._purge()
         if not self._waiting:
             return []
+        anchor = next((n for n, i in enumerate(self._waiting) if i.priority), 0)
+        lengths = [len(i.waveform) for i in self._waiting]
         cfg = self.config
-        oldest = next((i for i in self._waiting if i.priority), self._waiting[0])
-        by_len = sorted(self._waiting, key=lambda i: len(i.waveform))
-        lengths = [len(i.waveform) for i in by_len]
-        pos = by_len.index(oldest)
-        lo, hi = pos, pos + 1  # the batch is by_len[lo:hi]
-        budget = cfg.max_batch_audio_s * SAMPLE_RATE_HZ
-        while hi - lo < cfg.max_batch_size:
-            left = lengths[lo - 1] if lo > 0 else None
-            right = lengths[hi] if hi < len(by_len) else None
-            if left is None and right is None:
-                break
-            ref = lengths[pos]
-            take_left = right is None or (left is not None and ref - left <= right - ref)
-            new_lo, new_hi = (lo - 1, hi) if take_left else (lo, hi + 1)
-            if (new_hi - new_lo) * lengths[new_hi - 1] > budget:
-                break
-            lo, hi = new_lo, new_hi
-        batch = by_len[lo:hi]
-        taken = set(map(id, batch))
-        self._waiting = [i for i in self._waiting if id(i) not in taken]
+        chosen = nearest_in_length(lengths, anchor, cfg.max_batch_size, int(cfg.max_batch_audio_s * SAMPLE_RATE_HZ))
+        batch = [self._waiting[n] for n in chosen]
+        taken = set(chosen)
+        self._waiting = [i for n, i in enumerate(self._waiting) if n not in taken]
         return batch
 
     async def _run(self, batch: list[_Item]) -> None:
@@ -417,7 +375,7 @@ class Batcher:
             transcripts, compute_ms = await self.gpu.run("batch", self._run_split, waveforms, flags, conf)
             if len(transcripts) != len(batch):
                 raise RuntimeError(f"the engine returned {len(transcripts)} transcripts for a batch of {len(batch)}")
-        except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep serving
+        except Exception as exc:
             self.stats.failed_batches += 1
             log.error("batch of %d failed: %s: %s", len(batch), type(exc).__name__, exc, exc_info=exc)
             for item in batch:
@@ -463,12 +421,8 @@ class Batcher:
                 raise
             self.stats.oom_splits += 1
             mid = len(waveforms) // 2
-            log.warning(
-                "device out of memory on a batch of %d; splitting into %d + %d",
-                len(waveforms),
-                mid,
-                len(waveforms) - mid,
-            )
+            log.warning("device out of memory on a batch of %d; splitting into %d + %d", len(waveforms), mid,
+                        len(waveforms) - mid)  # fmt: skip
             first, ms1 = self._run_split(waveforms[:mid], timestamps[:mid], confidence[:mid])
             second, ms2 = self._run_split(waveforms[mid:], timestamps[mid:], confidence[mid:])
             return first + second, ms1 + ms2

@@ -49,7 +49,9 @@ class UrlPolicy:
             )
         except ValueError as exc:
             raise errors.InvalidSettings(f"PARAKEET_URL_ALLOWED_NETWORKS: {exc}") from None
-        return cls(s.url_input, hosts, nets, tuning.url_connect_timeout_s, tuning.url_timeout_s, tuning.url_max_redirects)
+        return cls(
+            s.url_input, hosts, nets, tuning.url_connect_timeout_s, tuning.url_timeout_s, tuning.url_max_redirects
+        )
 
 
 def _refused(message: str) -> errors.UrlRefused:

@@ -75,7 +75,8 @@ class GpuArbiter:
         self._waiting[kind].append(job)
         self._wake.set()
         try:
-            return await asyncio.shield(job.future)  # type: ignore[no-any-return]
+            result: T = await asyncio.shield(job.future)
+            return result
         except asyncio.CancelledError:
             job.future.cancel()  # dropped if still waiting; ignored if running
             raise

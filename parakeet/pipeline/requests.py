@@ -21,7 +21,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ
@@ -223,7 +223,7 @@ class RequestJob:
 
     async def _race(self, task: asyncio.Future[Outcome], wanted: asyncio.Future[T]) -> T:
         """Wait for `wanted` (or the transcription's end); cancel the transcription if the client leaves first."""
-        waiters: set[asyncio.Future[object]] = {task, wanted}
+        waiters: set[asyncio.Future[Any]] = {task, wanted}
         gone = asyncio.ensure_future(self._disconnected()) if self._disconnected is not None else None
         if gone is not None:
             waiters.add(gone)
@@ -328,7 +328,8 @@ class WordStream:
             if self._task.done():
                 raise StopAsyncIteration
             getter = asyncio.ensure_future(self._queue.get())
-            await asyncio.wait({self._task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {self._task, getter}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if getter.done():
                 return getter.result()
             getter.cancel()

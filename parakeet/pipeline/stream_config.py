@@ -65,5 +65,3 @@ class StreamGeometry:
             round(config.right_context_ms / frame_ms),
             round(config.left_context_ms / frame_ms),
         )
-
-

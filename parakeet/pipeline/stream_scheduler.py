@@ -27,6 +27,7 @@ from parakeet.pipeline.vad import VadParams
 
 log = logging.getLogger("parakeet.streaming")
 
+
 @dataclass
 class StreamStats:
     steps: int = 0
@@ -155,7 +156,7 @@ class StreamScheduler:
                 await self._run_step()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a scheduling bug must not end every stream's partials
+            except Exception:
                 log.exception("stream step scheduler fault; carrying on")
 
     async def _run_step(self) -> None:
@@ -173,7 +174,7 @@ class StreamScheduler:
             out = await self.gpu.run("step", self.engine.stream_step, [r for _, r, _ in batch])
             if len(out.results) != len(batch):
                 raise RuntimeError(f"the engine returned {len(out.results)} step results for {len(batch)} streams")
-        except Exception as exc:  # noqa: BLE001 - fail this step's streams, keep streaming
+        except Exception as exc:
             self.stats.failed_steps += 1
             log.error("stream step of %d failed: %s: %s", len(batch), type(exc).__name__, exc, exc_info=exc)
             for session, _, epoch in batch:
@@ -199,7 +200,7 @@ class StreamScheduler:
                     self._wake.set()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("VAD fault; carrying on")
                 await asyncio.sleep(0.1)
                 self._wake_vad.set()  # retry the pending frames (a stream gives up VAD after three failures)

@@ -235,10 +235,7 @@ class StreamSession:
         Returns:
             The ended utterance, or None when there was none (VAD between speech) or it was discarded.
         """
-        if self._start is None:
-            utterance = None
-        else:
-            utterance = self._cut(self._audio.end, keep_open=self.vad is None)
+        utterance = None if self._start is None else self._cut(self._audio.end, keep_open=self.vad is None)
         if min_s is not None:
             if utterance is None or utterance.duration_s < min_s:
                 return None

@@ -22,7 +22,8 @@ from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, VoiceActivityModel, Waveform
 from parakeet.core.settings import Settings
 from parakeet.core.tuning import Tuning
-from parakeet.pipeline.batching import Batcher, BatcherConfig
+from parakeet.pipeline.batch_policy import BatcherConfig
+from parakeet.pipeline.batching import Batcher
 from parakeet.pipeline.decoder_pool import AudioDecoderPool
 from parakeet.pipeline.gpu import GpuArbiter
 from parakeet.pipeline.memory import MemoryBudget

@@ -4,10 +4,7 @@ configured. (401 before the body is read, a socket matter: tests/e2e/test_admiss
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx

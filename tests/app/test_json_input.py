@@ -92,7 +92,7 @@ def test_json_timestamp_names_and_form_aliases() -> None:
             "invalid_request",
             "audio_base64",
             "got both",
-        ),  # noqa: E501
+        ),
         ('{"timestamps": true}', 400, "invalid_request", "audio_base64", "got neither"),
         ('{"audio_base64": "not base64!"}', 400, "invalid_request", "audio_base64", "not valid base64"),
         ('{"audio_base64": "ab+c-d=="}', 400, "invalid_request", "audio_base64", "mixes"),
@@ -105,13 +105,13 @@ def test_json_timestamp_names_and_form_aliases() -> None:
             "unsupported_audio",
             "audio_base64",
             "",
-        ),  # noqa: E501
+        ),
         ('{"audio_url": "https://example.com/a.wav"}', 400, "url_refused", "audio_url", "PARAKEET_URL_INPUT=true"),
     ],
 )
 def test_bad_json_bodies_are_400_naming_the_field(
     body: str, status: int, code: str, param: str | None, words: str
-) -> None:  # noqa: E501
+) -> None:
     async def main() -> httpx.Response:
         async with app_client() as client:
             return await client.post("/transcribe", content=body, headers={"content-type": "application/json"})
@@ -153,7 +153,7 @@ def test_base64_gives_the_upload_text_on_real_speech(digits_client: httpx.Client
 class _Handler(http.server.BaseHTTPRequestHandler):
     routes: dict[str, Any] = {}
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         action = self.routes.get(self.path)
         if action is None:
             self.send_response(404)
@@ -213,6 +213,7 @@ def origin() -> Iterator[str]:
     thread.start()
     yield base
     server.shutdown()
+    server.server_close()
 
 
 URL_ON = {"url_input": True, "url_allowed_networks": "127.0.0.2/32", "max_upload_bytes": 1024 * 1024,

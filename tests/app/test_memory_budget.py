@@ -70,5 +70,7 @@ def test_memory_budget_counts_decoded_audio_before_it_is_decoded() -> None:
     assert second.status_code == 429 and second.json()["error"]["code"] == "memory_full"
     message = second.json()["error"]["message"]
     upload, wave = len(pcm16), 4 * 16000 * (60 + 1)  # the header's 60 s, and a second of slack for the resampler
-    assert f"the upload ({upload} bytes) with its decoded audio (61 s, {wave} bytes) is {upload + wave} bytes" in message
+    assert (
+        f"the upload ({upload} bytes) with its decoded audio (61 s, {wave} bytes) is {upload + wave} bytes" in message
+    )
     assert "the budget is 6000000 bytes (PARAKEET_MAX_INFLIGHT_AUDIO_BYTES)" in message

@@ -136,7 +136,8 @@ def test_openai_unbracketed_granularities_key_is_accepted(digits_client: httpx.C
     r = digits_client.post(
         "/v1/audio/transcriptions",
         files={"file": ("a.wav", placed.wav)},
-        data={"model": "whisper-1", "response_format": "verbose_json", "timestamp_granularities": "word"})
+        data={"model": "whisper-1", "response_format": "verbose_json", "timestamp_granularities": "word"},
+    )
     assert r.status_code == 200 and "words" in r.json() and "segments" not in r.json()
 
 

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
-from typing import Any
 
 import httpx
-import numpy as np
 import openai
 import pytest
 import soundfile as sf
@@ -63,7 +60,8 @@ def test_stream_events_validate_against_the_sdk_types(digits_client: httpx.Clien
     r = digits_client.post(
         "/v1/audio/transcriptions",
         files={"file": ("a.wav", spoken)},
-        data={"model": "gpt-transcribe", "stream": "true"})
+        data={"model": "gpt-transcribe", "stream": "true"},
+    )
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     deltas = [TranscriptionTextDeltaEvent.model_validate(e, strict=True) for e in events[:-1]]
     done = TranscriptionTextDoneEvent.model_validate(events[-1], strict=True)
@@ -101,7 +99,8 @@ def test_openai_logprobs_in_the_stream_done_event(digits_client: httpx.Client, s
     r = digits_client.post(
         "/v1/audio/transcriptions",
         files={"file": ("a.wav", spoken)},
-        data={"model": "gpt-4o-transcribe", "stream": "true", "include[]": "logprobs"})
+        data={"model": "gpt-4o-transcribe", "stream": "true", "include[]": "logprobs"},
+    )
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     done = TranscriptionTextDoneEvent.model_validate(events[-1], strict=True)
     assert done.logprobs and "".join(lp.token or "" for lp in done.logprobs).strip() == done.text

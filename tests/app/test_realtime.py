@@ -106,8 +106,8 @@ def test_realtime_bad_events_get_error_events_and_the_session_goes_on(
     digits_client: TestClient, utterances: list[bytes]
 ) -> None:
     pcm24 = to_24k(utterances[2])
-    bad_rate = {"type": "session.update",
-                "session": {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 44100}}}}}  # fmt: skip
+    rate_44k = {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 44100}}}}
+    bad_rate = {"type": "session.update", "session": rate_44k}
     bad = ["{not json", json.dumps({"type": "no.such.event", "event_id": "evt_1"}),
            json.dumps({"type": "input_audio_buffer.append", "audio": "***not base64***"}),
            json.dumps({"type": "input_audio_buffer.commit"}),  # 5 ms buffered (below): too small
@@ -130,8 +130,10 @@ def test_realtime_bad_events_get_error_events_and_the_session_goes_on(
         ws.send_text(json.dumps({"type": "response.create"}))  # the older clients' way to commit
         completed = events_until(ws, "conversation.item.input_audio_transcription.completed")[-1]
     assert all(e.type == "error" for e in errors), errors
-    assert [e.error.code for e in errors] == ["invalid_json", "unknown_event", "invalid_base64",
-                                              "input_audio_buffer_commit_empty", "invalid_value", "invalid_message"]  # fmt: skip
+    assert [e.error.code for e in errors] == [
+        "invalid_json", "unknown_event", "invalid_base64", "input_audio_buffer_commit_empty", "invalid_value",
+        "invalid_message",
+    ]  # fmt: skip
     assert errors[1].error.event_id == "evt_1"
     assert "at least 100ms" in errors[3].error.message and "5.00ms" in errors[3].error.message
     assert "44100" in errors[4].error.message and errors[4].error.param == "session.audio.input.format.rate"

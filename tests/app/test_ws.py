@@ -6,6 +6,7 @@ VAD at pauses; word timestamps; the session limit and API keys (an app of their 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,10 +41,8 @@ def stream_utterance(
 
         def collect() -> None:  # partials arrive while audio is still being sent
             while not done.is_set():
-                try:
+                with contextlib.suppress(TimeoutError):
                     received.append(receive(ws, 0.2))
-                except TimeoutError:
-                    pass
 
         reader = threading.Thread(target=collect)
         reader.start()
@@ -59,7 +58,9 @@ def health(client: TestClient) -> dict[str, Any]:
     return dict(client.get("/health").json())
 
 
-def test_ws_final_equals_transcribe_with_partials_before_eos(digits_client: TestClient, utterances: list[bytes]) -> None:
+def test_ws_final_equals_transcribe_with_partials_before_eos(
+    digits_client: TestClient, utterances: list[bytes]
+) -> None:
     pcm = utterances[0]
     partials, final = stream_utterance(digits_client, pcm)
     assert final["type"] == "final", final

@@ -1,6 +1,7 @@
 """The browser page at `/` in a real browser: Debian's chromium, headless, driven by Selenium through Debian's
-chromedriver (both installed by scripts/test.sh; nothing is downloaded). The server is real uvicorn on loopback
-serving the digits model, so the texts checked are real transcripts of espeak-ng speech.
+chromedriver (both installed by scripts/test.sh; nothing is downloaded). The server is a real uvicorn on loopback
+serving the digits model (in this process, sharing the session's engine: conftest.digits_server), so the texts
+checked are real transcripts of espeak-ng speech.
 
 The microphone is chromium's fake capture device playing a WAV file (`--use-fake-device-for-media-stream
 --use-file-for-fake-audio-capture`): the page's AudioWorklet, the PCM16 over `/v1/realtime` and the server VAD
@@ -15,14 +16,11 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +40,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 import speech
-from fakes import FakeEngine
-from helpers import ServerProcess, app_client, free_port, run, start_server, wav_of
+from helpers import LiveServer, Serve, ServerProcess, free_port, live_digits_server, run, wait_until, wav_of
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -126,8 +123,8 @@ class Browser:
 
     def downloaded(self, name: str, timeout_s: float = 30) -> str:
         path = self.downloads / name
+        # chromium writes <name>.crdownload and renames it into place once the content is complete
         self.wait(lambda d: path.exists() and path.stat().st_size > 0, timeout_s, what=f"download {name}")
-        time.sleep(0.2)  # chromium renames the .crdownload into place; the content is complete then
         return path.read_text()
 
 
@@ -176,17 +173,13 @@ def mic_browser(tmp_path_factory: pytest.TempPathFactory, screenshots: Path, spo
 
 
 @pytest.fixture(scope="module")
-def keyed_digits_server(tmp_path_factory: pytest.TempPathFactory, digits_model_path: Path) -> Iterator[ServerProcess]:
-    server = start_server(tmp_path_factory.mktemp("keyed_digits"),
-                          {"PARAKEET_MODEL": str(digits_model_path), "PARAKEET_API_KEYS": KEY})  # fmt: skip
-    try:
-        server.wait_ready()
+def keyed_server(digits_engine: Any, silero_vad: Any, digits_model_path: Path) -> Iterator[LiveServer]:
+    """The digits app behind API keys, on a loopback socket (the other tests use conftest.digits_server)."""
+    with live_digits_server(digits_engine, silero_vad, digits_model_path, api_keys=KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
-def ready_page(b: Browser, server: ServerProcess) -> None:
+def ready_page(b: Browser, server: LiveServer | ServerProcess) -> None:
     b.open(f"{server.url}/")
     b.wait(lambda d: b.el("server-state").get_attribute("data-state") == "ready", what="the page to show Ready")
 
@@ -240,7 +233,7 @@ def stop_mic(b: Browser) -> None:
 # ------------------------------------------------------------------------------------ without a browser
 
 
-def test_a_websocket_may_carry_the_key_as_a_subprotocol(keyed_digits_server: ServerProcess) -> None:
+def test_a_websocket_may_carry_the_key_as_a_subprotocol(keyed_server: LiveServer) -> None:
     """Browsers cannot set headers on a WebSocket: the key rides in Sec-WebSocket-Protocol, and the server
     answers with the other protocol offered (never echoing the key)."""
     import websockets
@@ -249,7 +242,7 @@ def test_a_websocket_may_carry_the_key_as_a_subprotocol(keyed_digits_server: Ser
         async with websockets.connect(url, subprotocols=protocols) as ws:  # type: ignore[arg-type]
             return ws.subprotocol, json.loads(await ws.recv())
 
-    url = keyed_digits_server.url.replace("http", "ws") + "/v1/realtime?intent=transcription"
+    url = keyed_server.url.replace("http", "ws") + "/v1/realtime?intent=transcription"
     chosen, event = run(connect(["realtime", f"openai-insecure-api-key.{KEY}"], url))
     assert (chosen, event["type"]) == ("realtime", "session.created"), event
     for protocols in (["realtime", "openai-insecure-api-key.wrong"], ["realtime"]):
@@ -262,7 +255,7 @@ def test_a_websocket_may_carry_the_key_as_a_subprotocol(keyed_digits_server: Ser
 
 
 def test_upload_shows_the_transcript_with_word_timestamps(
-    browser: Browser, digits_server: ServerProcess, spoken: Spoken
+    browser: Browser, digits_server: LiveServer, spoken: Spoken
 ) -> None:
     expected = httpx.post(f"{digits_server.url}/transcribe", files={"file": spoken.wav.read_bytes()},
                           data={"timestamps": "true"}, timeout=60).json()  # fmt: skip
@@ -318,7 +311,7 @@ ctx.audioWorklet.addModule('ui/pcm-worklet.js').then(async () => {
 
 @pytest.mark.parametrize("rate", [48000, 44100])
 def test_the_worklet_resamples_when_the_browser_cannot(
-    browser: Browser, digits_server: ServerProcess, spoken: Spoken, rate: int
+    browser: Browser, digits_server: LiveServer, spoken: Spoken, rate: int
 ) -> None:
     """Where the AudioContext cannot run at 24 kHz (Firefox with a microphone), the page's AudioWorklet resamples
     the device rate itself: its output must match soxr's (the server's resampler) closely and transcribe the same."""
@@ -347,7 +340,7 @@ def test_the_worklet_resamples_when_the_browser_cannot(
     assert text == spoken.text
 
 
-def test_a_dropped_file_is_transcribed(browser: Browser, digits_server: ServerProcess, spoken: Spoken) -> None:
+def test_a_dropped_file_is_transcribed(browser: Browser, digits_server: LiveServer, spoken: Spoken) -> None:
     """Drag-and-drop: a `drop` event carrying the WAV as a File (what the browser makes of a dragged file)."""
     ready_page(browser, digits_server)
     browser.driver.execute_script(
@@ -365,7 +358,7 @@ def test_a_dropped_file_is_transcribed(browser: Browser, digits_server: ServerPr
     assert browser.el("file-name").text.startswith("dropped.wav")
 
 
-def test_downloads_come_from_the_api_formats(browser: Browser, digits_server: ServerProcess, spoken: Spoken) -> None:
+def test_downloads_come_from_the_api_formats(browser: Browser, digits_server: LiveServer, spoken: Spoken) -> None:
     ready_page(browser, digits_server)
     browser.upload(spoken.wav)
     browser.wait_file_done()
@@ -384,7 +377,7 @@ def test_downloads_come_from_the_api_formats(browser: Browser, digits_server: Se
     assert body["text"] == spoken.text and [w["word"] for w in body["timestamps"]["word"]] == spoken.text.split()
 
 
-def test_an_error_shows_the_servers_message(browser: Browser, digits_server: ServerProcess, tmp_path: Path) -> None:
+def test_an_error_shows_the_servers_message(browser: Browser, digits_server: LiveServer, tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("this is not audio\n" * 20)
     direct = httpx.post(f"{digits_server.url}/transcribe", files={"file": ("notes.txt", notes.read_bytes())})
@@ -406,7 +399,7 @@ def test_an_error_shows_the_servers_message(browser: Browser, digits_server: Ser
 
 
 def test_microphone_streams_partials_and_the_final(
-    mic_browser: Browser, digits_server: ServerProcess, spoken: Spoken
+    mic_browser: Browser, digits_server: LiveServer, spoken: Spoken
 ) -> None:
     ready_page(mic_browser, digits_server)
     mic_browser.upload(spoken.wav)  # a file too, so that the screenshot (README's) shows both halves in use
@@ -447,7 +440,7 @@ backend parakeet
 
 
 def test_behind_a_reverse_proxy_under_a_path_prefix(
-    mic_browser: Browser, digits_server: ServerProcess, spoken: Spoken, tmp_path: Path
+    mic_browser: Browser, digits_server: LiveServer, spoken: Spoken, tmp_path: Path
 ) -> None:
     """HAProxy serves the app under /stt/ only (anything else 404): the page, its files, its API calls and the
     microphone's WebSocket all go through the prefix, because every URL in the page is relative."""
@@ -470,14 +463,17 @@ def test_behind_a_reverse_proxy_under_a_path_prefix(
         proxy.wait(10)
 
 
-def test_stopping_the_microphone_while_it_connects_is_quiet(mic_browser: Browser, digits_server: ServerProcess) -> None:
+def test_stopping_the_microphone_while_it_connects_is_quiet(mic_browser: Browser, digits_server: LiveServer) -> None:
     """Start then Stop at once (while the page asks for the microphone or opens the socket): back to Off, no error,
     and the next Start works."""
     b = mic_browser
     ready_page(b, digits_server)
     b.driver.execute_script("const t = document.getElementById('mic-toggle'); t.click(); t.click();")
     stop_mic(b)
-    time.sleep(1.0)  # a late getUserMedia or socket answer must not start anything
+    with pytest.raises(TimeoutException):  # polled for a second: a late getUserMedia or socket answer starts nothing
+        WebDriverWait(b.driver, 1.0, poll_frequency=0.05).until(
+            lambda d: b.el("mic-toggle").get_attribute("aria-pressed") == "true" or b.error()
+        )
     assert b.el("mic-toggle").get_attribute("aria-pressed") == "false"
     assert b.error() == ""
     assert b.el("mic-state").text == "Off."
@@ -487,7 +483,7 @@ def test_stopping_the_microphone_while_it_connects_is_quiet(mic_browser: Browser
     assert b.error() == ""
 
 
-def test_phone_sized_screen_and_keyboard(tmp_path: Path, screenshots: Path, digits_server: ServerProcess,
+def test_phone_sized_screen_and_keyboard(tmp_path: Path, screenshots: Path, digits_server: LiveServer,
                                          spoken: Spoken) -> None:  # fmt: skip
     b = launch(tmp_path, screenshots, fake_audio=spoken.wav, size=(390, 844))
     try:
@@ -555,10 +551,10 @@ return low;
 
 
 def test_with_api_keys_the_page_asks_for_one_and_then_works(
-    mic_browser: Browser, keyed_digits_server: ServerProcess, spoken: Spoken
+    mic_browser: Browser, keyed_server: LiveServer, spoken: Spoken
 ) -> None:
     b = mic_browser
-    ready_page(b, keyed_digits_server)
+    ready_page(b, keyed_server)
     b.driver.execute_script("localStorage.clear()")
     b.driver.refresh()
     b.wait(lambda d: b.el("key-section").is_displayed(), what="the API key field")
@@ -571,45 +567,43 @@ def test_with_api_keys_the_page_asks_for_one_and_then_works(
     b.driver.execute_script("localStorage.clear()")
 
 
-def test_the_header_shows_loading_then_ready_and_busy_with_retry_after(browser: Browser, tmp_path: Path) -> None:
-    env = {"FAKE_LOAD_DELAY_S": "6", "FAKE_DELAY_S": "4", "PARAKEET_MAX_QUEUE_REQUESTS": "1"}
-    server = start_server(tmp_path, env, fake=True)
-    try:
-        server.wait_ready(timeout_s=60, path="/health/live")  # the event loop answers; the model still loads
-        browser.open(f"{server.url}/")
-        browser.wait(lambda d: browser.el("server-state").get_attribute("data-state") == "loading", what="Loading")
-        assert browser.state().startswith("Loading the model…")
-        browser.shot("loading")
-        browser.wait(lambda d: browser.el("server-state").get_attribute("data-state") == "ready", 60, "Ready")
-        # Fill the queue (one running, one waiting), then the page's upload gets 429 + Retry-After.
-        clip = tmp_path / "clip.wav"
-        clip.write_bytes(wav_of(5))
-        results: list[int] = []
+LOADING_THEN_SLOW = Serve({"FAKE_LOAD_DELAY_S": "3", "FAKE_DELAY_S": "3", "PARAKEET_MAX_QUEUE_REQUESTS": "1"},
+                          ready=False)  # fmt: skip
 
-        def post() -> None:
-            results.append(httpx.post(f"{server.url}/transcribe", files={"file": wav_of(3)}, timeout=60).status_code)
 
-        threads = [threading.Thread(target=post) for _ in range(2)]
-        for t in threads:
-            t.start()
-            time.sleep(0.5)
-        browser.upload(clip)
-        browser.wait(lambda d: browser.error(), what="the 429 message")
-        assert browser.error().startswith("The server is busy: ")
-        assert "Try again in" in browser.error()
-        assert browser.el("server-state").get_attribute("data-state") == "busy"
-        assert browser.state().startswith("Busy: retry in")
-        browser.shot("busy")
-        for t in threads:
-            t.join(60)
-        assert 200 in results
-        # A long transcription can be cancelled: the page drops it quietly (the server sees the disconnect).
-        browser.upload(clip)
-        browser.wait(lambda d: "Transcribing clip.wav" in browser.el("file-phase").text, what="the transcribing phase")
-        browser.el("file-cancel").click()
-        browser.wait(lambda d: not browser.el("file-progress").is_displayed(), what="the progress to go")
-        assert browser.el("file-status").text == "Cancelled clip.wav."
-        assert browser.error() == "" and not browser.el("file-result").is_displayed()
-        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
-    finally:
-        server.stop()
+@pytest.mark.parametrize("server", [LOADING_THEN_SLOW], indirect=True)
+def test_the_header_shows_loading_then_ready_and_busy_with_retry_after(
+    browser: Browser, server: ServerProcess, tmp_path: Path
+) -> None:
+    server.wait_ready(timeout_s=60, path="/health/live")  # the event loop answers; the model still loads
+    browser.open(f"{server.url}/")
+    browser.wait(lambda d: browser.el("server-state").get_attribute("data-state") == "loading", what="Loading")
+    assert browser.state().startswith("Loading the model…")
+    browser.shot("loading")
+    browser.wait(lambda d: browser.el("server-state").get_attribute("data-state") == "ready", 60, "Ready")
+    # Fill the queue (its one place, held for 3 s), then the page's upload gets 429 + Retry-After.
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(wav_of(5))
+    results: list[int] = []
+    holder = threading.Thread(target=lambda: results.append(
+        httpx.post(f"{server.url}/transcribe", files={"file": wav_of(3)}, timeout=60).status_code))  # fmt: skip
+    holder.start()
+    wait_until(lambda: httpx.get(f"{server.url}/health", timeout=10).json()["queued_requests"] == 1,
+               what="the queue's place to be taken")  # fmt: skip
+    browser.upload(clip)
+    browser.wait(lambda d: browser.error(), what="the 429 message")
+    assert browser.error().startswith("The server is busy: ")
+    assert "Try again in" in browser.error()
+    assert browser.el("server-state").get_attribute("data-state") == "busy"
+    assert browser.state().startswith("Busy: retry in")
+    browser.shot("busy")
+    holder.join(60)
+    assert results == [200]
+    # A long transcription can be cancelled: the page drops it quietly (the server sees the disconnect).
+    browser.upload(clip)
+    browser.wait(lambda d: "Transcribing clip.wav" in browser.el("file-phase").text, what="the transcribing phase")
+    browser.el("file-cancel").click()
+    browser.wait(lambda d: not browser.el("file-progress").is_displayed(), what="the progress to go")
+    assert browser.el("file-status").text == "Cancelled clip.wav."
+    assert browser.error() == "" and not browser.el("file-result").is_displayed()
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200

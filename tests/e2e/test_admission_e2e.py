@@ -118,7 +118,8 @@ async def _dropped(client: httpx.AsyncClient, url: str) -> dict[str, Any] | None
 
 
 @pytest.mark.parametrize(
-    "server", [Serve({"FAKE_DELAY_S": "0.3", "PARAKEET_MAX_BATCH_SIZE": "1", "PARAKEET_MAX_WAIT_MS": "0"})],
+    "server",
+    [Serve({"FAKE_DELAY_S": "0.3", "PARAKEET_MAX_BATCH_SIZE": "1", "PARAKEET_MAX_WAIT_MS": "0"})],
     indirect=True,
 )
 def test_admission_sigterm_drains_admitted_requests_then_exits(server: ServerProcess) -> None:

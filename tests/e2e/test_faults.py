@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import Serve, ServerProcess, child_pids, run, until, wait_until, wav_of
+from helpers import Serve, ServerProcess, child_pids, run, until, wait_gone, wav_of
 
 
 async def _load(url: str, n: int, every_s: float, results: list[Any]) -> None:
@@ -57,18 +57,21 @@ def test_sigkill_of_one_worker_under_load_costs_only_its_in_flight_requests(serv
     before = gpu_of_each_worker(server.url)
     assert sorted(before.values()) == [0, 1]
     victim = next(iter(before))
+    decoders = child_pids(victim)
+    assert decoders
     results: list[Any] = []
 
     async def main() -> None:
-        load = asyncio.ensure_future(_load(server.url, 120, 0.05, results))
-        await until(lambda: len(results) >= 20)  # the load is under way
+        load = asyncio.ensure_future(_load(server.url, 60, 0.05, results))
+        await until(lambda: len(results) >= 15)  # the load is under way
         os.kill(victim, signal.SIGKILL)
         await load
 
     run(main())
     failed = [r for r in results if r != 200]
     print(f"{len(results)} requests, {len(failed)} failed: {failed}")
-    assert len(results) == 120 and results.count(200) >= 120 - 8  # at most the victim's in-flight ones
+    assert not wait_gone([victim, *decoders])  # its decoder subprocesses did not outlive it (PR_SET_PDEATHSIG)
+    assert len(results) == 60 and results.count(200) >= 60 - 8  # at most the victim's in-flight ones
     assert all(not isinstance(r, int) or r == 200 for r in results)  # no error status from the survivor
     after = gpu_of_each_worker(server.url)  # uvicorn's supervisor started a replacement, which serves
     assert victim not in after and len(after) == 2, after

@@ -83,7 +83,9 @@ def load(url: str, clip: bytes, n: int, on_progress: dict[int, object] | None = 
     def one(_: int) -> int | str:
         try:
             r = httpx.post(f"{url}/transcribe", files={"file": ("a.wav", clip)}, timeout=60)
-            code: int | str = r.status_code if r.status_code != 200 or r.json()["text"] == f"{TAG} 16000" else "bad text"
+            code: int | str = (
+                r.status_code if r.status_code != 200 or r.json()["text"] == f"{TAG} 16000" else "bad text"
+            )
         except httpx.HTTPError as exc:
             code = type(exc).__name__
         done.append(code)

@@ -70,8 +70,10 @@ def test_140_trickling_uploads_do_not_lock_out_a_normal_request(server: ServerPr
 
 
 # Body limits of 1 s and 500 bytes/s, and 3 uploads in progress at most (the tests below share the server).
-SERVE = Serve({"PARAKEET_BODY_IDLE_TIMEOUT_S": "1", "PARAKEET_MAX_QUEUE_REQUESTS": "3",
-               "FAKE_TUNING": json.dumps({"body_grace_s": 1, "body_min_rate_bytes_s": 500, "uploads_per_queue_place": 1})})  # fmt: skip
+STRICT_TUNING = {"body_grace_s": 1, "body_min_rate_bytes_s": 500, "uploads_per_queue_place": 1}
+SERVE = Serve(
+    {"PARAKEET_BODY_IDLE_TIMEOUT_S": "1", "PARAKEET_MAX_QUEUE_REQUESTS": "3", "FAKE_TUNING": json.dumps(STRICT_TUNING)}
+)
 
 
 def test_a_stalled_body_gets_408_and_frees_its_place(module_server: ServerProcess) -> None:

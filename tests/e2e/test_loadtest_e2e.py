@@ -1,5 +1,5 @@
-"""loadtest.py against the real digits server (2 uvicorn workers on loopback): a short open-loop ramp that must find
-the breaking point, with one record per scheduled request; Ctrl-C prints the summary so far."""
+"""loadtest.py (a subprocess) against the digits app on a loopback socket (conftest.digits_server): a short open-loop
+ramp that must find the breaking point, with one record per scheduled request; Ctrl-C prints the summary so far."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from helpers import ROOT, ServerProcess, wait_until
+from helpers import ROOT, LiveServer, wait_until
 
 
 def test_loadtest_end_to_end_finds_the_breaking_point(
-    digits_server: ServerProcess, digit_utterances: list[Any], tmp_path: Path
+    digits_server: LiveServer, digit_utterances: list[Any], tmp_path: Path
 ) -> None:
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -26,24 +26,24 @@ def test_loadtest_end_to_end_finds_the_breaking_point(
         sf.write(clips / f"u{i}.wav", u.waveform, 16000)
     out = tmp_path / "run.json"
     cmd = [sys.executable, str(ROOT / "loadtest.py"), "--url", digits_server.url, "--audio-dir", str(clips)]
-    cmd += ["--sequential", "5", "--rates", "4,8,600", "--duration-s", "2", "--slo-p95-ms", "10000"]
+    cmd += ["--sequential", "5", "--rates", "4,8,200", "--duration-s", "2", "--slo-p95-ms", "10000"]
     cmd += ["--out", str(out), "--quiet", "--timeout-s", "30"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "| 600 req/s (breaks) |" in proc.stdout
-    assert "stable up to 8 req/s; breaks at 600 req/s" in proc.stdout
+    assert "| 200 req/s (breaks) |" in proc.stdout
+    assert "stable up to 8 req/s; breaks at 200 req/s" in proc.stdout
     run = json.loads(out.read_text())
-    assert run["stable_up_to_rps"] == 8 and run["breaking_point_rps"] == 600
-    scheduled = 5 + 8 + 16 + 1200
+    assert run["stable_up_to_rps"] == 8 and run["breaking_point_rps"] == 200
+    scheduled = 5 + 8 + 16 + 400
     assert len(run["requests"]) == scheduled
     assert len({(r["stage"], r["index"]) for r in run["requests"]}) == scheduled  # exactly one record each
     assert all(r["done_s"] is not None for r in run["requests"])
-    assert [s["stage"] for s in run["stages"]] == ["sequential", "4 req/s", "8 req/s", "600 req/s"]
+    assert [s["stage"] for s in run["stages"]] == ["sequential", "4 req/s", "8 req/s", "200 req/s"]
     assert run["stages"][1]["ok"] == 8
     assert out.with_suffix(".csv").read_text().count("\n") == scheduled + 1
 
 
-def served_total(server: ServerProcess) -> int:
+def served_total(server: LiveServer) -> int:
     """Requests served by all workers so far (each /health answers for the worker the kernel picked)."""
     seen: dict[int, int] = {}
     for _ in range(40):
@@ -52,7 +52,7 @@ def served_total(server: ServerProcess) -> int:
     return sum(seen.values())
 
 
-def test_loadtest_ctrl_c_prints_the_summary_so_far(digits_server: ServerProcess, tmp_path: Path) -> None:
+def test_loadtest_ctrl_c_prints_the_summary_so_far(digits_server: LiveServer, tmp_path: Path) -> None:
     clip = tmp_path / "a.wav"
     sf.write(clip, np.zeros(16000, dtype=np.float32), 16000)
     cmd = [sys.executable, str(ROOT / "loadtest.py"), "--url", digits_server.url, "--audio", str(clip)]

@@ -1,32 +1,25 @@
-"""Two real uvicorn workers on loopback with the digits model (conftest.digits_server), where the subject is the
-processes: both serve and report their health, the uvicorn parent never loads torch, and a SIGKILLed worker is
-replaced by uvicorn while its decoder subprocesses die with it. (The HTTP behaviour itself: tests/app.)"""
+"""`uvicorn server:app --workers 2` with the digits model, the production command (conftest.module_server), where
+the subject is the processes: both workers load the model, serve and report their health, and the uvicorn parent
+never loads torch while its workers do. (A SIGKILLed worker's replacement, and its decoders dying with it:
+tests/e2e/test_faults.py; the HTTP behaviour itself: tests/app.)"""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import httpx
 
 import speech
-from helpers import ServerProcess, child_pids, wait_gone
+from helpers import Serve, ServerProcess
 from media import wav_bytes
 
-
-def post_file(url: str, data: bytes, filename: str) -> httpx.Response:
-    return httpx.post(f"{url}/transcribe", files={"file": (filename, data)}, timeout=60)
+SERVE = Serve(fake=False, workers=2)
 
 
-def digits_wave() -> object:
-    return speech.speak("four two", "en-us", 160)
-
-
-def test_e2e_both_workers_serve_and_report_health(digits_server: ServerProcess) -> None:
+def test_e2e_both_workers_serve_and_report_health(module_server: ServerProcess) -> None:
     pids = set()
     for _ in range(40):
-        r = httpx.get(f"{digits_server.url}/health", timeout=5)
+        r = httpx.get(f"{module_server.url}/health", timeout=5)
         assert r.status_code == 200
         body = r.json()
         assert body["status"] == "ok" and body["ready"] is True and body["detail"] is None
@@ -39,22 +32,11 @@ def test_e2e_both_workers_serve_and_report_health(digits_server: ServerProcess) 
     assert len(pids) == 2
 
 
-def test_e2e_uvicorn_parent_never_imports_torch(digits_server: ServerProcess) -> None:
-    maps = Path(f"/proc/{digits_server.proc.pid}/maps").read_text()
+def test_e2e_uvicorn_parent_never_imports_torch(module_server: ServerProcess) -> None:
+    maps = Path(f"/proc/{module_server.proc.pid}/maps").read_text()
     assert "libtorch" not in maps
-    child_pid = httpx.get(f"{digits_server.url}/health", timeout=5).json()["worker_pid"]
+    child_pid = httpx.get(f"{module_server.url}/health", timeout=5).json()["worker_pid"]
     assert "libtorch" in Path(f"/proc/{child_pid}/maps").read_text()
-
-
-def test_e2e_sigkilled_worker_is_replaced_and_its_decoders_die(digits_server: ServerProcess) -> None:
-    """kill -9 one worker: uvicorn respawns it, its decoder subprocesses do not outlive it, service goes on."""
-    victim = httpx.get(f"{digits_server.url}/health", timeout=5).json()["worker_pid"]
-    decoders = child_pids(victim)
-    assert decoders
-    os.kill(victim, signal.SIGKILL)
-    assert not wait_gone([victim, *decoders])
-    digits_server.wait_ready(workers=2)
-    pids = {httpx.get(f"{digits_server.url}/health", timeout=5).json()["worker_pid"] for _ in range(20)}
-    assert victim not in pids
-    r = post_file(digits_server.url, wav_bytes(digits_wave()), "a.wav")
+    r = httpx.post(f"{module_server.url}/transcribe", files={"file": ("a.wav", wav_bytes(speech.speak("four two")))},
+                   timeout=60)  # fmt: skip
     assert r.status_code == 200 and r.json()["text"] == "four two"

@@ -21,7 +21,7 @@ import websockets
 from openai import AsyncOpenAI
 
 import speech
-from helpers import Serve, ServerProcess, run
+from helpers import LiveServer, Serve, ServerProcess, run
 from streams import pcm16, to_24k, wav
 
 MANUAL = {
@@ -30,7 +30,7 @@ MANUAL = {
 }
 
 
-def test_realtime_through_the_official_sdk_over_a_socket(digits_server: ServerProcess) -> None:
+def test_realtime_through_the_official_sdk_over_a_socket(digits_server: LiveServer) -> None:
     pcm24 = to_24k(pcm16(np.concatenate([speech.speak("four two seven one nine"), np.zeros(3200, np.float32)])))
 
     async def scenario() -> list[Any]:

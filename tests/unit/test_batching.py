@@ -8,17 +8,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from dataclasses import replace
-
 from parakeet.core.errors import DeadlineExceeded, DeviceOutOfMemory, InferenceError, Overloaded, ShuttingDown
 from parakeet.core.settings import Settings
 from parakeet.core.tuning import Tuning
+from parakeet.pipeline.batch_policy import BatcherConfig as _Config
 from parakeet.pipeline.batching import Batcher
-from parakeet.pipeline.batching import BatcherConfig as _Config
 from parakeet.pipeline.gpu import GpuArbiter
 
 from fakes import FakeEngine, tagged_wave
@@ -29,7 +28,7 @@ from helpers import until
 BIG_WAIT_MS = 3_600_000.0
 
 
-def BatcherConfig(**overrides: Any) -> _Config:  # noqa: N802 - the defaults of the settings, then the test's
+def BatcherConfig(**overrides: Any) -> _Config:
     return replace(_Config.from_settings(Settings(), Tuning()), **overrides)
 
 
@@ -190,7 +189,8 @@ def test_batches_group_similar_lengths_around_the_oldest_request() -> None:
         waiting = []
         for tag, duration in lengths.items():  # arrival order as listed
             waiting.append(asyncio.ensure_future(request(b, tag, duration)))
-            await until(lambda n=len(waiting): b.waiting_items == n)
+            n = len(waiting)
+            await until(lambda n=n: b.waiting_items == n)
         gate.set()
         await asyncio.gather(first, *waiting)
 

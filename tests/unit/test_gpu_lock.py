@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 import gpu_lock
 
 from helpers import Holder
+
 
 @pytest.fixture
 def holders() -> Iterator[list[Holder]]:

@@ -161,3 +161,22 @@ def test_engine_confidence_is_lower_for_the_same_words_in_noise(
         noisy += [x.confidence for x in b.words]
     print(f"mean word confidence: clean {np.mean(clean):.3f}, noisy {np.mean(noisy):.3f}")
     assert np.mean(clean) > np.mean(noisy)
+
+
+def test_load_unreachable_hub_names_model_and_ways_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A hub endpoint on a closed loopback port (nothing leaves this machine) and no local copy."""
+    import huggingface_hub.constants as hf_constants
+
+    from helpers import free_port
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(hf_constants, "HF_HUB_ETAG_TIMEOUT", 3)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(ModelLoadError) as info:
+        load_asr_model("nvidia/parakeet-tdt-0.6b-v3", torch.device("cpu"))
+    msg = str(info.value)
+    assert "could not load model 'nvidia/parakeet-tdt-0.6b-v3'" in msg
+    assert "the Hugging Face hub is unreachable" in msg
+    assert "PARAKEET_MODEL" in msg and "hf download nvidia/parakeet-tdt-0.6b-v3" in msg

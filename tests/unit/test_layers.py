@@ -178,3 +178,29 @@ def test_importing_server_is_cheap_and_side_effect_free(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert not (tmp_path / "locks").exists()  # no GPU claimed at import
+
+
+def test_layers_no_function_over_60_lines_and_no_module_over_450() -> None:
+    too_long = []
+    for path in sorted((ROOT / "parakeet").rglob("*.py")):
+        source = path.read_text()
+        if source.count("\n") > 450:
+            too_long.append(f"{path.relative_to(ROOT)}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None:
+                if node.end_lineno - node.lineno + 1 > 60:
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}()")
+    assert not too_long, too_long
+
+
+def test_layers_the_checks_run_in_the_test_command_and_in_pre_commit() -> None:
+    """scripts/test.sh runs scripts/check.sh before pytest; the pre-commit hooks run the same commands."""
+    import yaml
+
+    check = [ln for ln in (ROOT / "scripts" / "check.sh").read_text().splitlines() if ln.startswith(".venv/bin/")]
+    assert check == [".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy",
+                     ".venv/bin/lint-imports --no-cache"]  # fmt: skip
+    test_sh = (ROOT / "scripts" / "test.sh").read_text()
+    assert test_sh.index("scripts/check.sh") < test_sh.index("pytest")
+    hooks = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())["repos"][0]["hooks"]
+    assert [h["entry"] for h in hooks] == [line.removesuffix(" .") for line in check]

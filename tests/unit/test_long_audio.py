@@ -3,8 +3,6 @@ exactly once in file time."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from parakeet.core.transcripts import TimedSpan, Transcript

@@ -14,7 +14,7 @@ import pytest
 from parakeet.core.errors import InvalidSettings
 from parakeet.core.settings import Settings, load_settings, unknown_variables, variable_names
 from parakeet.core.tuning import Tuning
-from parakeet.pipeline.batching import BatcherConfig
+from parakeet.pipeline.batch_policy import BatcherConfig
 from parakeet.pipeline.stream_config import PRESETS_MS, StreamConfig
 
 from helpers import ROOT

@@ -65,7 +65,9 @@ def test_pcm_in_any_chunking_equals_the_upload_decoder(
     file = wav(np.clip(data, -1, 1), rate, subtype)
     uploaded = decode_audio(file, max_duration_s=60).waveform
     for chunk in (2048, 1185, len(file)):  # Wyoming's chunks, an odd size that splits samples, all at once
-        streamed = convert_in_chunks(StreamAudio("pcm", rate, width_bytes=width, channels=channels), pcm_of(file), chunk)
+        streamed = convert_in_chunks(
+            StreamAudio("pcm", rate, width_bytes=width, channels=channels), pcm_of(file), chunk
+        )
         np.testing.assert_array_equal(streamed, uploaded)
 
 

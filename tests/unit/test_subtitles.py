@@ -3,20 +3,10 @@ boundaries. Oracles: the `srt` and `webvtt-py` parsers, the words of the same tr
 
 from __future__ import annotations
 
-import io
 import random
-from typing import Any
-
-import numpy as np
-import soundfile as sf
-import srt
-import webvtt
 
 from parakeet.api.subtitles import CueLimits, cues
 from parakeet.core.transcripts import TimedSpan
-
-import speech
-from helpers import run, running_app
 
 LIMITS = CueLimits()
 
