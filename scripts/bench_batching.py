@@ -35,6 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from bench_servers import start_uvicorn  # noqa: E402
 
 import loadtest  # noqa: E402
+import loadtest_report  # noqa: E402
 
 import speech  # noqa: E402
 
@@ -62,7 +63,7 @@ def make_clips(kind: str, n: int, folder: Path, seed: int) -> list[Path]:
 
 def serve_and_load(
     model: str, max_batch_size: int, clips: list[Path], args: argparse.Namespace, log_path: Path
-) -> loadtest.RunResult:
+) -> loadtest_report.RunResult:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
     env.update(
         {
@@ -72,7 +73,6 @@ def serve_and_load(
             "PARAKEET_TORCH_THREADS": str(args.threads),
             "PARAKEET_DECODE_WORKERS": "1",
             "PARAKEET_MAX_QUEUE_REQUESTS": "1024",
-            "PARAKEET_MAX_QUEUE_AUDIO_S": "100000",
             "PARAKEET_REQUEST_TIMEOUT_S": "600",
             "PARAKEET_GPU_LOCK_DIR": str(log_path.parent / "locks"),
         }
@@ -125,7 +125,7 @@ def engine_throughput(
     return out
 
 
-def best_under_slo(result: loadtest.RunResult) -> loadtest.StageSummary | None:
+def best_under_slo(result: loadtest_report.RunResult) -> loadtest_report.StageSummary | None:
     ok = [s for s in result.stages if s.stage != "sequential" and not s.breaks]
     return max(ok, key=lambda s: s.achieved_rps) if ok else None
 
@@ -158,8 +158,8 @@ def main() -> None:
         for name, size in (("batched", args.max_batch_size), ("unbatched", 1)):
             print(f"\n== {name} (PARAKEET_MAX_BATCH_SIZE={size}) ==", flush=True)
             run = serve_and_load(args.model, size, clips, args, tmp / f"{name}.log")
-            print(loadtest.markdown_table(run.stages))
-            print(loadtest.verdict(run, args.slo_p95_ms, 0.01), flush=True)
+            print(loadtest_report.markdown_table(run.stages))
+            print(loadtest_report.verdict(run, args.slo_p95_ms, 0.01), flush=True)
             results[name] = run
         batched_best, unbatched_best = best_under_slo(results["batched"]), best_under_slo(results["unbatched"])
         mean_batch = round(batched_best.mean_batch_size or 1) if batched_best else 1

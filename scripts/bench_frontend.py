@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,19 @@ class NoopEngine:
     """An engine that does nothing: every transcript empty, no compute (the server's own cost alone)."""
 
     model_name = "noop"
+    encoder_frame_samples = 1280
 
-    def transcribe(self, waveforms: Any, timestamps: Any = None) -> Any:
+    def transcribe(self, waveforms: Any, timestamps: Any = None, confidence: Any = None) -> Any:
         from parakeet.core.transcripts import BatchResult, Transcript
 
         return BatchResult([Transcript("", 0, len(w) // 1280) for w in waveforms], 0.0)
+
+    def stream_step(self, requests: Any) -> Any:
+        from parakeet.core.engine import StepBatchResult, StepResult
+
+        return StepBatchResult(
+            [StepResult(r.tokens, "", "", None, len(r.window) // 1280 - r.left_frames) for r in requests], 0.0
+        )
 
     def warmup(self, duration_s: float = 2.0) -> float:
         return 0.0
@@ -279,7 +288,7 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-def _mean(values: list[float | None]) -> float:
+def _mean(values: Sequence[float | None]) -> float:
     v = [x for x in values if x is not None]
     return statistics.fmean(v) if v else float("nan")
 

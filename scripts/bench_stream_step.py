@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from bench_engine import clips  # noqa: E402
 
 from parakeet.core.engine import StepRequest  # noqa: E402
-from parakeet.pipeline.streaming import PRESETS_MS  # noqa: E402
+from parakeet.pipeline.stream_config import PRESETS_MS  # noqa: E402
 
 
 def main() -> int:

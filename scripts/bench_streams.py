@@ -46,7 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from bench_servers import start_uvicorn  # noqa: E402
 
-from parakeet.pipeline.streaming import PRESETS_MS  # noqa: E402
+from parakeet.pipeline.stream_config import PRESETS_MS  # noqa: E402
 
 import speech  # noqa: E402
 
@@ -70,7 +70,7 @@ class StageStats:
 
 
 def pcm16(w: np.ndarray) -> bytes:
-    return (np.clip(w, -1, 1) * 32767).astype("<i2").tobytes()
+    return bytes((np.clip(w, -1, 1) * 32767).astype("<i2").tobytes())
 
 
 def pct(values: list[float], q: float) -> float | None:

@@ -375,7 +375,7 @@ def build_digits(out: Path, seed: int, steps: int, n_utts: int) -> None:
                     reduction="mean_volume",
                 )
                 optim.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optim.step()
                 step += 1

@@ -9,6 +9,7 @@ import argparse
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ from bench_engine import clips  # noqa: E402
 from inference import build_engine  # noqa: E402
 from parakeet.core.engine import StepRequest  # noqa: E402
 from parakeet.core.settings import Settings  # noqa: E402
-from parakeet.pipeline.streaming import PRESETS_MS  # noqa: E402
+from parakeet.pipeline.stream_config import PRESETS_MS  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--model", required=True)
@@ -46,7 +47,7 @@ for sizes in ([1], [5], [16], [3, 11, 2]):
         print(f"offline batch {n}: {equal}/{n} texts equal")
 
 
-def stream(engine, ws, preset):
+def stream(engine: Any, ws: list[Any], preset: str) -> list[Any]:
     frame = engine.encoder_frame_samples
     c, r, left = (round(ms / (frame / 16)) for ms in PRESETS_MS[preset])
     n_frames = [len(w) // frame for w in ws]

@@ -187,9 +187,13 @@ def test_layers_no_function_over_60_lines_and_no_module_over_450() -> None:
         if source.count("\n") > 450:
             too_long.append(f"{path.relative_to(ROOT)}: {source.count(chr(10))} lines")
         for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None:
-                if node.end_lineno - node.lineno + 1 > 60:
-                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}()")
+            long_function = (
+                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and node.end_lineno is not None
+                and node.end_lineno - node.lineno + 1 > 60
+            )
+            if long_function:
+                too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}()")
     assert not too_long, too_long
 
 
