@@ -17,19 +17,22 @@ from helpers import app_client, run, running_app, until, wav_of
 
 
 def test_memory_budget_refuses_audio_past_it_and_frees_it_after() -> None:
-    """Two 40 s uploads (2.56 MB each, float32) are held while the engine is gated; while each is decoded it holds its
-    upload and its waveform (5.2 MB) beside the other's 2.56 MB, within the 8 MB budget; a third would pass it and
-    gets 429 `memory_full`; once they are answered, the budget is free again and /health counts 0 bytes."""
+    """Two 40 s uploads (2.56 MB each, float32), sent one after the other, are held while the engine is gated; while
+    the second is decoded it holds its upload and its waveform (5.2 MB) beside the first's 2.6 MB, within the 8 MB
+    budget; a third would pass it and gets 429 `memory_full`; once they are answered, the budget is free again and /health counts 0 bytes."""
     engine = FakeEngine(gate=threading.Event())
 
     async def main() -> tuple[list[int], httpx.Response, dict[str, int], int, int]:
         async with running_app(engine, max_inflight_audio_bytes=8_000_000) as (app, client):
-            held = [
-                asyncio.ensure_future(client.post("/transcribe", files={"file": ("a.wav", wav_of(i, 40.0))}))
-                for i in (1, 2)
-            ]
-            worker = app.state.worker  # both decoded: one at the gated engine, one waiting for it
-            await until(lambda: engine.timestamps_asked and worker.snapshot().inflight_audio_bytes >= 2 * 2_560_000)
+            def upload(i: int) -> asyncio.Future[httpx.Response]:
+                return asyncio.ensure_future(client.post("/transcribe", files={"file": ("a.wav", wav_of(i, 40.0))}))
+
+            # One after the other: two decoding at once would hold 2 x 5.2 MB and the second would be refused.
+            held = [upload(1)]
+            await until(lambda: engine.timestamps_asked)  # the first decoded, at the gated engine
+            held.append(upload(2))
+            worker = app.state.worker
+            await until(lambda: worker.snapshot().queued_audio_s == 80.0)  # the second decoded too, in the queue
             health = (await client.get("/health")).json()
             refused = await client.post("/transcribe", files={"file": ("a.wav", wav_of(3, 40.0))})
             assert engine.gate is not None
