@@ -19,11 +19,13 @@ from helpers import app_client, run, running_app, until, wav_of
 def test_memory_budget_refuses_audio_past_it_and_frees_it_after() -> None:
     """Two 40 s uploads (2.56 MB each, float32), sent one after the other, are held while the engine is gated; while
     the second is decoded it holds its upload and its waveform (5.2 MB) beside the first's 2.6 MB, within the 8 MB
-    budget; a third would pass it and gets 429 `memory_full`; once they are answered, the budget is free again and /health counts 0 bytes."""
+    budget; a third would pass it and gets 429 `memory_full`; once they are answered, the budget is free again and
+    /health counts 0 bytes."""
     engine = FakeEngine(gate=threading.Event())
 
     async def main() -> tuple[list[int], httpx.Response, dict[str, int], int, int]:
         async with running_app(engine, max_inflight_audio_bytes=8_000_000) as (app, client):
+
             def upload(i: int) -> asyncio.Future[httpx.Response]:
                 return asyncio.ensure_future(client.post("/transcribe", files={"file": ("a.wav", wav_of(i, 40.0))}))
 
