@@ -3,9 +3,9 @@
 On a GPU the encoder is a few kernels, but what follows (NeMo's TDT greedy decoding loop bookkeeping,
 timestamps, building the transcript records) runs Python on the worker's GPU thread and holds the GIL
 against the event loop. This measures `ParakeetEngine.decode_encoded` per batch size: "decoding",
-"timestamps" (only for requests that ask: `compute_rnnt_timestamps` + `process_timestamp_outputs`) and
-"records". `--encoder random` feeds random encoder output of the clip's length (no encoder cost, so the
-full-size model runs on a CPU too; with random weights the decoder emits random tokens, so token counts
+"timestamps" (only for requests that ask: `parakeet.core.timestamps`; scripts/bench_timestamps.py compares
+it with NeMo's) and "records". `--encoder random` feeds random encoder output of the clip's length (no encoder
+cost, so the full-size model runs on a CPU too; with random weights the decoder emits random tokens, so token counts
 are not speech-like: the table reports them); `--encoder real` runs the whole pipeline on espeak-ng speech.
 A timing, never an assertion.
 

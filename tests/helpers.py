@@ -286,7 +286,9 @@ class ServerProcess:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise TimeoutError(f"server not ready after {timeout_s} s:\n{self.log()[-4000:]}")
+        lines = [line for line in self.log().splitlines() if '"GET /health' not in line]  # the polling itself
+        tail = "\n".join(lines[-60:])
+        raise TimeoutError(f"server not ready after {timeout_s} s (log without the /health polls):\n{tail}")
 
     def fake_batches(self) -> list[list[int]]:
         """The batches (tags) the fake engine ran, from the fake app's test-only route (fakes.py)."""

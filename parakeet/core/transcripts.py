@@ -34,8 +34,8 @@ class Transcript:
         text: the decoded text.
         num_tokens: number of emitted tokens.
         encoder_frames: encoder frames of this item (0.08 s each for Parakeet: 10 ms hop x 8 subsampling).
-        words, segments, chars: timestamps from the TDT decoder's frame offsets (NeMo's
-            `compute_timestamps`, converted by `process_timestamp_outputs`); empty when not computed.
+        words, segments, chars: timestamps from the TDT decoder's frame offsets (`parakeet.core.timestamps`,
+            equal to NeMo's `compute_rnnt_timestamps` + `process_timestamp_outputs`); empty when not computed.
     """
 
     text: str

@@ -68,7 +68,7 @@ def test_metrics_two_workers_one_scrape_counts_everything(server: ServerProcess)
     victim = next(iter(pids))
     os.kill(victim, signal.SIGKILL)
     assert not wait_gone([victim])
-    server.wait_ready(workers=2, timeout_s=60)
+    server.wait_ready(workers=2, timeout_s=180)  # uvicorn's supervisor notices the death by polling; a busy CI is slow
     wait_until(lambda: len(ready := _ready_pids(server)) == 2 and str(victim) not in ready,
                what="the replacement's series, without the victim's")  # fmt: skip
     m = scrape(server)
