@@ -126,7 +126,8 @@ class ParakeetEngine:
             model_name: name reported in responses and /health.
             precision: "auto", "fp32", "bf16" or "fp16" for encoder, decoder and joint (the preprocessor
                 stays fp32: its STFT and log-mel need the range).
-            cuda_graphs: NeMo's CUDA-graph label-looping decoder (`greedy.use_cuda_graph_decoder`).
+            cuda_graphs: NeMo's CUDA-graph label-looping decoder (`greedy.use_cuda_graph_decoder`; CUDA only).
+                `build_engine` decides it from `PARAKEET_CUDA_GRAPHS` (see `choose_cuda_graphs`).
             max_symbols_per_step: `greedy.max_symbols`, the most tokens emitted per encoder frame.
         """
         from omegaconf import OmegaConf, open_dict
@@ -144,12 +145,15 @@ class ParakeetEngine:
             decoding_cfg.strategy = "greedy_batch"
             decoding_cfg.greedy = decoding_cfg.get("greedy") or {}
             decoding_cfg.greedy.max_symbols = max_symbols_per_step
-            decoding_cfg.greedy.use_cuda_graph_decoder = bool(cuda_graphs and device.type == "cuda")
             # Word/segment/char timestamps from the decoder's frame offsets; they do not change the text.
             decoding_cfg.compute_timestamps = True
             decoding_cfg.rnnt_timestamp_type = "all"
             decoding_cfg.segment_seperators = [".", "!", "?"]
-        model.change_decoding_strategy(decoding_cfg, verbose=False)
+        self._decoding_cfg = decoding_cfg
+        self._conf_decoding: Any = None
+        self.cuda_graphs = False
+        self.cuda_graphs_reason = "not a CUDA device" if device.type != "cuda" else "off (as constructed)"
+        self.set_cuda_graphs(cuda_graphs)
 
         model.eval()
         for module in (model.encoder, model.decoder, model.joint):
@@ -161,12 +165,23 @@ class ParakeetEngine:
         hop_samples = round(self.window_stride_s * self.sample_rate_hz)
         self.encoder_frame_samples = hop_samples * self.subsampling_factor  # Parakeet: 160 x 8 = 1280 (80 ms)
         self.num_parameters = sum(p.numel() for p in model.parameters())
-        self._conf_decoding: Any = None
         self.token_table = token_table(model.decoding, self.window_stride_s, self.subsampling_factor)
         # "parakeet": parakeet.core.timestamps (the default where the decoding allows it); "nemo": NeMo's own
         # compute_rnnt_timestamps + process_timestamp_outputs (the reference, and the fallback).
         self.timestamps_impl = "parakeet" if self.token_table is not None else "nemo"
         self.sync_stages = False  # benchmarks: synchronise after the encoder so stages_ms splits true device time
+
+    def set_cuda_graphs(self, on: bool) -> None:
+        """Rebuild the decoding with or without NeMo's CUDA-graph decoder (on a CPU it stays off). Call it from the
+        GPU thread, between batches; the confidence-keeping decoding is rebuilt on its next use."""
+        from omegaconf import OmegaConf, open_dict
+
+        cfg: Any = OmegaConf.create(OmegaConf.to_container(self._decoding_cfg, resolve=True))
+        with open_dict(cfg):
+            cfg.greedy.use_cuda_graph_decoder = bool(on and self.device.type == "cuda")
+        self.model.change_decoding_strategy(cfg, verbose=False)
+        self.cuda_graphs = bool(cfg.greedy.use_cuda_graph_decoder)
+        self._conf_decoding = None
 
     def transcribe(
         self,
@@ -339,7 +354,16 @@ class ParakeetEngine:
         x_lens = torch.tensor(lengths, dtype=torch.int64, device=self.device)
         feats, feat_lens = self.model.preprocessor(input_signal=x, length=x_lens)  # per-window normalisation
         enc, enc_lens = self.model.encoder(audio_signal=feats.to(self.dtype), length=feat_lens)  # [B, D, T]
-        enc = enc.transpose(1, 2)  # [B, T, D]
+        results = self._decode_step(enc.transpose(1, 2), enc_lens, requests)  # [B, T, D]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return StepBatchResult(results, (time.perf_counter() - t0) * 1000.0)
+
+    def _decode_step(
+        self, enc: torch.Tensor, enc_lens: torch.Tensor, requests: Sequence[StepRequest]
+    ) -> list[StepResult]:
+        """The decoding half of `_stream_step`: encoder frames [B, T, D] (engine dtype) and their valid lengths [B]
+        to each stream's committed tokens, texts and new decoder state."""
         n_frames, dim = enc.shape[1], enc.shape[2]
         available = [int(n) - r.left_frames for n, r in zip(enc_lens.tolist(), requests, strict=True)]
         commit = [a if r.commit_frames is None else r.commit_frames for a, r in zip(available, requests, strict=True)]
@@ -359,9 +383,9 @@ class ParakeetEngine:
         spec_ids: list[list[int]] = [[] for _ in requests]
         if any(spec_lens):
             spec_idx = (idx + commit_t[:, None]).clamp(max=n_frames - 1)
-            spec = enc.gather(1, spec_idx[:, :, None].expand(-1, -1, dim))
+            spec_frames = enc.gather(1, spec_idx[:, :, None].expand(-1, -1, dim))
             spec_hyps, _ = computer(
-                x=spec,
+                x=spec_frames,
                 out_len=torch.tensor(spec_lens, dtype=torch.int64, device=self.device),
                 prev_batched_state=computer.merge_to_batched_state(list(new_states)),
             )
@@ -374,9 +398,7 @@ class ParakeetEngine:
             committed_text = tokenizer.ids_to_text(list(tokens)) if tokens else ""
             text = tokenizer.ids_to_text(list(tokens) + spec) if spec else committed_text
             results.append(StepResult(tokens, committed_text, text, state, c))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return StepBatchResult(results, (time.perf_counter() - t0) * 1000.0)
+        return results
 
     def _confidence_decoding(self) -> Any:
         """A second decoding object over the same decoder and joint (no weights copied) that keeps confidence:
@@ -436,9 +458,10 @@ class ParakeetEngine:
         return self.transcribe([noise]).compute_ms
 
     def device_info(self) -> DeviceInfo:
-        """GPU index, name and memory (bytes) for /health; the CPU has name "cpu" and no memory figures."""
+        """GPU index, name and memory (bytes) and the decoder's CUDA graphs for /health; the CPU has name "cpu"
+        and no memory figures."""
         if self.device.type != "cuda":
-            return CPU_DEVICE
+            return replace(CPU_DEVICE, cuda_graphs_reason=self.cuda_graphs_reason)
         free, total = torch.cuda.mem_get_info(self.device)
         return DeviceInfo(
             type="cuda",
@@ -446,6 +469,8 @@ class ParakeetEngine:
             name=torch.cuda.get_device_name(self.device),
             memory_used_bytes=int(total - free),
             memory_total_bytes=int(total),
+            cuda_graphs=self.cuda_graphs,
+            cuda_graphs_reason=self.cuda_graphs_reason,
         )
 
 
@@ -547,6 +572,123 @@ def _spans(hyp: Any, kind: str) -> tuple[TimedSpan, ...]:
     return tuple(out)
 
 
+# The CUDA-graph self-check's fixed probe: offline batches of mixed lengths at these sizes, and streams leaving a
+# batch step by step (issue 20; BENCHMARKS.md "GPU (H100)": graphs gave the same texts on 2026-11-22, and crashed
+# on PyTorch 2.10 before that, so the check runs at every start rather than trusting a version).
+_CHECK_BATCH_SIZES = (1, 3, 16)
+_CHECK_STREAMS = 4
+_CHECK_SEED = 20
+
+
+def cuda_graphs_self_check(engine: ParakeetEngine) -> tuple[str | None, str]:
+    """Decode a fixed probe with CUDA graphs off and then on, and compare.
+
+    The probe is seeded random encoder output (graphs change only the decoder, and random frames make it emit
+    many tokens): offline batches of sizes 1, 3 and 16 with mixed lengths (8-200 frames) with word timestamps, the
+    size-3 batch again with confidence, and streaming steps of a batch of 4 streams that shrinks to 3 and then 2
+    (carried decoder states, speculative right context, a final step). Leaves the engine with graphs on.
+
+    Returns:
+        (problem, summary): problem is None when every token, text, word/segment/token timestamp, confidence
+        (within 1e-3) and step result is equal, else one line saying what raised or the first difference;
+        summary counts what was compared.
+    """
+    rng = np.random.default_rng(_CHECK_SEED)
+    d_model = int(engine.model.cfg.encoder.d_model)
+
+    def encoder_output(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = torch.from_numpy(rng.standard_normal((len(lengths), d_model, max(lengths))).astype(np.float32))
+        return enc.to(engine.device, engine.dtype), torch.tensor(lengths, dtype=torch.int64, device=engine.device)
+
+    offline = [encoder_output([int(n) for n in rng.integers(8, 200, size=b)]) for b in _CHECK_BATCH_SIZES]
+    stream_enc = encoder_output([60] * _CHECK_STREAMS)[0].transpose(1, 2).contiguous()  # [S, 60, D]
+
+    def run() -> tuple[list[list[Transcript]], list[list[StepResult]]]:
+        with torch.inference_mode():
+            outs = [engine.decode_encoded(enc, lens, [True] * len(lens))[0] for enc, lens in offline]
+            enc, lens = offline[1]
+            outs.append(engine.decode_encoded(enc, lens, [True] * len(lens), [True] * len(lens))[0])
+            steps: list[list[StepResult]] = []
+            states: list[Any] = [None] * _CHECK_STREAMS
+            tokens: list[tuple[int, ...]] = [()] * _CHECK_STREAMS
+            for k, (left, commit) in enumerate([(0, 20), (10, 20), (20, None)]):
+                n = _CHECK_STREAMS - k
+                window = np.zeros(1, dtype=np.float32)  # the decoder never reads the samples
+                reqs = [StepRequest(window, left, commit, states[i], tokens[i]) for i in range(n)]
+                frames = stream_enc[:n, k * 20 : k * 20 + 40]
+                lens = torch.full((n,), frames.shape[1], dtype=torch.int64, device=engine.device)
+                got = engine._decode_step(frames, lens, reqs)
+                states, tokens = [r.state for r in got], [r.tokens for r in got]
+                steps.append(got)
+        return outs, steps
+
+    engine.set_cuda_graphs(False)
+    ref_out, ref_steps = run()
+    engine.set_cuda_graphs(True)
+    n_tokens = sum(t.num_tokens for batch in ref_out for t in batch)
+    summary = f"{sum(len(b) for b in ref_out)} items, {n_tokens} tokens, {sum(len(s) for s in ref_steps)} stream steps"
+    try:
+        got_out, got_steps = run()
+    except Exception as exc:  # noqa: BLE001 - any failure of the graph decoder means: serve without it
+        return f"the CUDA-graph decoder raised {type(exc).__name__}: {exc}", summary
+    return _first_difference(ref_out, got_out, ref_steps, got_steps), summary
+
+
+def _first_difference(
+    ref_out: list[list[Transcript]],
+    got_out: list[list[Transcript]],
+    ref_steps: list[list[StepResult]],
+    got_steps: list[list[StepResult]],
+) -> str | None:
+    """The first difference between the probe's outputs without and with graphs, as one line (None: equal)."""
+    for b, (ref, got) in enumerate(zip(ref_out, got_out, strict=True)):
+        for i, (r, g) in enumerate(zip(ref, got, strict=True)):
+            for name in ("text", "num_tokens", "encoder_frames", "segments"):
+                if getattr(r, name) != getattr(g, name):
+                    return f"offline batch {b} item {i}: {name} differs ({getattr(r, name)!r} vs {getattr(g, name)!r})"
+            for name in ("words", "chars"):
+                for x, y in zip(getattr(r, name), getattr(g, name), strict=False):
+                    same_conf = (x.confidence is None) == (y.confidence is None) and (
+                        x.confidence is None or y.confidence is None or abs(x.confidence - y.confidence) <= 1e-3
+                    )
+                    if (x.text, x.start_s, x.end_s) != (y.text, y.start_s, y.end_s) or not same_conf:
+                        return f"offline batch {b} item {i}: {name} differ ({x} vs {y})"
+                if len(getattr(r, name)) != len(getattr(g, name)):
+                    return f"offline batch {b} item {i}: {len(getattr(r, name))} vs {len(getattr(g, name))} {name}"
+    for k, (ref_s, got_s) in enumerate(zip(ref_steps, got_steps, strict=True)):
+        for i, (rs, gs) in enumerate(zip(ref_s, got_s, strict=True)):
+            if (rs.tokens, rs.text, rs.committed_frames) != (gs.tokens, gs.text, gs.committed_frames):
+                return f"stream step {k} stream {i}: {rs.tokens} {rs.text!r} vs {gs.tokens} {gs.text!r}"
+    return None
+
+
+def choose_cuda_graphs(engine: ParakeetEngine, mode: str, cuda: bool) -> None:
+    """Apply `PARAKEET_CUDA_GRAPHS` (`mode`: "auto", "true" or "false") to the engine, and say why in
+    `engine.cuda_graphs_reason` (shown by /health, the `parakeet_build_info` metric and the start-up log).
+
+    auto on a CUDA device runs `cuda_graphs_self_check` and serves with graphs only if it found no difference;
+    otherwise one WARNING line says what failed or differed and graphs stay off. On a CPU, auto means off.
+    """
+    if not cuda:
+        engine.set_cuda_graphs(False)
+        engine.cuda_graphs_reason = "not a CUDA device"
+    elif mode == "false":
+        engine.set_cuda_graphs(False)
+        engine.cuda_graphs_reason = "off: PARAKEET_CUDA_GRAPHS=false"
+    elif mode == "true":
+        engine.set_cuda_graphs(True)
+        engine.cuda_graphs_reason = "on: PARAKEET_CUDA_GRAPHS=true"
+    else:
+        problem, summary = cuda_graphs_self_check(engine)
+        if problem is None:
+            engine.cuda_graphs_reason = f"on: the self-check found no difference ({summary})"
+        else:
+            engine.set_cuda_graphs(False)
+            engine.cuda_graphs_reason = f"off: the self-check failed: {problem}"
+            log.warning("CUDA graphs off: the start-up self-check failed (%s): %s", summary, problem)
+    log.info("TDT decoder: CUDA graphs %s", engine.cuda_graphs_reason)
+
+
 def build_engine(settings: Settings, device: torch.device, tuning: Tuning | None = None) -> ParakeetEngine:
     """Load `settings.model` onto `device` and wrap it for serving (see `load_asr_model`, `ParakeetEngine`).
 
@@ -570,9 +712,10 @@ def build_engine(settings: Settings, device: torch.device, tuning: Tuning | None
         device,
         model_name=settings.model,
         precision=settings.precision,
-        cuda_graphs=settings.cuda_graphs,
+        cuda_graphs=False,
         max_symbols_per_step=(tuning or Tuning()).max_symbols_per_step,
     )
+    choose_cuda_graphs(engine, settings.cuda_graphs, cuda=device.type == "cuda")
     log.info(
         "loaded %s on %s (%s, %.1f M parameters) in %.1f s",
         settings.model,

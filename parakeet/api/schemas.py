@@ -82,6 +82,10 @@ class DeviceInfo(BaseModel):
     name: str = Field(description='GPU name, or "cpu".')
     memory_used_bytes: int | None = Field(description="Device memory in use (all processes), bytes.")
     memory_total_bytes: int | None = Field(description="Device memory, bytes.")
+    cuda_graphs: bool = Field(False, description="The TDT decoder runs as CUDA graphs (PARAKEET_CUDA_GRAPHS).")
+    cuda_graphs_reason: str = Field(
+        "not a CUDA device", description="Why: forced by the setting, the start-up self-check's verdict, or no GPU."
+    )
 
 
 class HealthResponse(BaseModel):

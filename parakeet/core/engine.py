@@ -36,6 +36,8 @@ class DeviceInfo:
         name: the GPU's name, or "cpu" (a fake engine may say "fake").
         memory_used_bytes: device memory in use by all processes, bytes; None on the CPU.
         memory_total_bytes: device memory, bytes; None on the CPU.
+        cuda_graphs: whether the TDT decoder runs as CUDA graphs (README "Settings", `PARAKEET_CUDA_GRAPHS`).
+        cuda_graphs_reason: why: forced by the setting, the start-up self-check's verdict, or not a CUDA device.
     """
 
     type: Literal["cuda", "cpu"]
@@ -43,6 +45,8 @@ class DeviceInfo:
     name: str
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None
+    cuda_graphs: bool = False
+    cuda_graphs_reason: str = "not a CUDA device"
 
 
 CPU_DEVICE = DeviceInfo(type="cpu", index=None, name="cpu")

@@ -73,7 +73,8 @@ GPU_MEMORY_USED = Gauge(
     multiprocess_mode="liveall",
 )  # fmt: skip
 BUILD_INFO = Gauge(
-    "parakeet_build_info", "Always 1; the labels describe the build.", ["version", "model", "precision", "device"],
+    "parakeet_build_info", "Always 1 once the model is loaded; the labels describe the build and its decoder.",
+    ["version", "model", "precision", "device", "cuda_graphs"],
     multiprocess_mode="livemax",
 )  # fmt: skip
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parakeet.core.errors import InvalidSettings
@@ -42,7 +42,11 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Encoder/decoder weights dtype. auto: bf16 on GPU, fp32 on CPU."
     )
-    cuda_graphs: bool = Field(False, description="Use NeMo's CUDA-graph TDT decoder (GPU only).")
+    cuda_graphs: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="NeMo's CUDA-graph TDT decoder. auto: on a GPU, on if a start-up self-check finds it gives the "
+        "same tokens, timestamps and stream steps as without; true/false force it (GPU only).",
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op CPU threads per worker (default: torch's own choice)."
     )
@@ -132,6 +136,19 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Level of the server's own logs (probe requests are logged at DEBUG)."
     )
+
+    @field_validator("cuda_graphs", mode="before")
+    @classmethod
+    def _cuda_graphs_word(cls, value: object) -> object:
+        """Booleans and their usual spellings (1/0, on/off, yes/no, any case) as "true"/"false"."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            word = value.strip().lower()
+            return {"1": "true", "on": "true", "yes": "true", "0": "false", "off": "false", "no": "false"}.get(
+                word, word
+            )
+        return value
 
     def api_key_list(self) -> list[str]:
         """The configured API keys (empty: no authentication).

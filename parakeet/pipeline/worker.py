@@ -121,9 +121,6 @@ class Worker:
             log.info("removed the live metrics of %d dead worker(s): pids %s", len(dead), dead)
         metrics.WORKER_READY.set(0)
         metrics.WORKER_DRAINING.set(0)
-        device = "cpu" if self.gpu_id is None else f"cuda:{self.gpu_id}"
-        s = self.settings
-        metrics.BUILD_INFO.labels(version=VERSION, model=s.model, precision=s.precision, device=device).set(1)
         self.gpu.start()
         await self.decoder.start()
 
@@ -154,8 +151,16 @@ class Worker:
         self.phase, self.detail = "ok", None
         metrics.WORKER_READY.set(1)
         self._publish_device(device_info)
+        device = "cpu" if self.gpu_id is None else f"cuda:{self.gpu_id}"
+        s, graphs = self.settings, "on" if device_info.cuda_graphs else "off"
+        metrics.BUILD_INFO.labels(
+            version=VERSION, model=s.model, precision=s.precision, device=device, cuda_graphs=graphs
+        ).set(1)
         self._device_refresh = loop.create_task(self._refresh_device())
-        log.info("worker ready: model %s on %s", engine.model_name, device_info.name)
+        log.info(
+            "worker ready: model %s on %s, CUDA graphs %s (%s)",
+            engine.model_name, device_info.name, graphs, device_info.cuda_graphs_reason,
+        )  # fmt: skip
 
     def _serve_with(self, engine: Engine, vad: VoiceActivityModel | None, warm_ms: float) -> None:
         s, t = self.settings, self.tuning

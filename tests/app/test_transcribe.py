@@ -91,3 +91,14 @@ def test_batched_results_equal_unbatched_text_for_text(
     sizes = [int(r.headers["x-batch-size"]) for r in responses]
     print(f"batch sizes seen: {sorted(sizes)}")
     assert max(sizes) > 1
+
+
+def test_health_and_build_info_say_which_decoder_runs(digits_client: TestClient) -> None:
+    device = digits_client.get("/health").json()["device"]
+    assert device["type"] == "cpu" and device["cuda_graphs"] is False
+    assert device["cuda_graphs_reason"] == "not a CUDA device"
+    lines = digits_client.get("/metrics").text.splitlines()
+    info = [
+        x for x in lines if x.startswith("parakeet_build_info{") and "digits_tdt.nemo" in x
+    ]  # one registry per process
+    assert len(info) == 1 and 'cuda_graphs="off"' in info[0] and 'device="cpu"' in info[0], info

@@ -78,3 +78,17 @@ def test_settings_every_variable_is_in_the_readme_table_and_there_are_at_most_35
     listed = [row.split("`")[1] for row in rows]
     assert sorted(listed) == sorted(variable_names()), "README 'Settings' and Settings differ"
     assert len(listed) <= MAX_USER_FACING_VARIABLES, len(listed)
+
+
+def test_settings_cuda_graphs_is_auto_by_default_and_takes_the_usual_boolean_spellings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().cuda_graphs == "auto"
+    for raw, word in [("true", "true"), ("1", "true"), ("ON", "true"), ("false", "false"), ("0", "false")]:
+        monkeypatch.setenv("PARAKEET_CUDA_GRAPHS", raw)
+        assert load_settings().cuda_graphs == word
+    assert Settings(cuda_graphs=True).cuda_graphs == "true"  # type: ignore[arg-type]
+    monkeypatch.setenv("PARAKEET_CUDA_GRAPHS", "sometimes")
+    with pytest.raises(InvalidSettings) as info:
+        load_settings()
+    assert "PARAKEET_CUDA_GRAPHS: Input should be 'auto', 'true' or 'false' (got 'sometimes')" in info.value.message
