@@ -140,11 +140,11 @@ def _claim_device(settings: Settings, factory: EngineFactory, on_fatal: Callable
         log.info("no CUDA device: running on the CPU")
         return None
     try:
-        claim = claim_gpu(settings.gpu_lock_dir, gpu_count)
+        claim = claim_gpu(settings.gpu_lock_dir, gpu_count, settings.workers_per_gpu)
     except NoFreeGpuError as exc:
         on_fatal(str(exc))
         raise
-    log.info("claimed GPU %d (%s)", claim.gpu_id, claim.path)
+    log.info("claimed GPU %d slot %d of %d (%s)", claim.gpu_id, claim.slot, settings.workers_per_gpu, claim.path)
     return claim
 
 
@@ -183,7 +183,9 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         claim = _claim_device(settings, factory, on_fatal)
-        worker = Worker(settings, tuning, gpu_id=claim.gpu_id if claim else None)
+        worker = Worker(
+            settings, tuning, gpu_id=claim.gpu_id if claim else None, gpu_slot=claim.slot if claim else None
+        )
         app.state.worker = worker
         await worker.start()
         wyoming = await _start_wyoming(settings, worker, on_fatal)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up .venv (scripts/setup.sh) and start the server: one uvicorn worker per visible GPU (one on a
-# CPU-only machine), each claiming its GPU through gpu_lock.py. Extra arguments go to uvicorn.
-#   PARAKEET_HOST (default 0.0.0.0), PARAKEET_PORT (8000), PARAKEET_WORKERS (default: GPU count, min 1);
+# Set up .venv (scripts/setup.sh) and start the server: PARAKEET_WORKERS_PER_GPU (default 1) uvicorn workers per
+# visible GPU (that many on a CPU-only machine), each claiming a (GPU, slot) through gpu_lock.py. Extra arguments
+# go to uvicorn.
+#   PARAKEET_HOST (default 0.0.0.0), PARAKEET_PORT (8000), PARAKEET_WORKERS (default: GPUs x workers per GPU);
 #   every other PARAKEET_* setting is read by the workers (README, "Settings").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,10 @@ scripts/setup.sh requirements.txt
 .venv/bin/python -m parakeet.core.settings >/dev/null
 # GPUs are counted in a throwaway process: the uvicorn parent itself never imports torch.
 gpus=$(.venv/bin/python -c 'import torch; print(torch.cuda.device_count())')
-workers=${PARAKEET_WORKERS:-$(( gpus > 0 ? gpus : 1 ))}
+per_gpu=${PARAKEET_WORKERS_PER_GPU:-1}
+workers=${PARAKEET_WORKERS:-$(( (gpus > 0 ? gpus : 1) * per_gpu ))}
+# The workers size their decoder pools from the cores per worker (README "Settings", PARAKEET_DECODE_WORKERS).
+export PARAKEET_WORKERS=$workers
 if [ "$gpus" -eq 0 ] && [ -z "${PARAKEET_TORCH_THREADS:-}" ]; then
   # CPU only: share the cores between the workers instead of every worker using all of them.
   cores=$(nproc)
@@ -21,7 +25,7 @@ fi
 export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-/tmp/parakeet_metrics_${PARAKEET_PORT:-8000}}
 mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
-echo "serve: $workers worker(s) on ${PARAKEET_HOST:-0.0.0.0}:${PARAKEET_PORT:-8000}, $gpus GPU(s)," \
+echo "serve: $workers worker(s) on ${PARAKEET_HOST:-0.0.0.0}:${PARAKEET_PORT:-8000}, $gpus GPU(s) x $per_gpu per GPU," \
   "model ${PARAKEET_MODEL:-nvidia/parakeet-tdt-0.6b-v3}" >&2
 # JSON logs: uvicorn's supervisor (which never imports the app) logs through the same formatter as the workers.
 log_args=()

@@ -352,11 +352,11 @@ import sys, time
 sys.path.insert(0, {root!r})
 import gpu_lock
 try:
-    claim = gpu_lock.claim_gpu(__import__("pathlib").Path({lock_dir!r}), {count})
+    claim = gpu_lock.claim_gpu(__import__("pathlib").Path({lock_dir!r}), {count}, {slots})
 except gpu_lock.NoFreeGpuError as exc:
     print("ERROR", exc, flush=True)
     sys.exit(3)
-print("CLAIMED", claim.gpu_id, flush=True)
+print("CLAIMED", claim.gpu_id, claim.slot, flush=True)
 time.sleep(120)
 """
 
@@ -364,8 +364,8 @@ time.sleep(120)
 class Holder:
     """A plain Python process holding one GPU lock of `lock_dir` (gpu_lock.claim_gpu) for two minutes."""
 
-    def __init__(self, lock_dir: Path, count: int) -> None:
-        code = HOLDER.format(root=str(ROOT), lock_dir=str(lock_dir), count=count)
+    def __init__(self, lock_dir: Path, count: int, slots: int = 1) -> None:
+        code = HOLDER.format(root=str(ROOT), lock_dir=str(lock_dir), count=count, slots=slots)
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.line = self.proc.stdout.readline().strip()
@@ -374,6 +374,11 @@ class Holder:
     def gpu_id(self) -> int:
         assert self.line.startswith("CLAIMED"), self.line
         return int(self.line.split()[1])
+
+    @property
+    def slot(self) -> int:
+        assert self.line.startswith("CLAIMED"), self.line
+        return int(self.line.split()[2])
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -95,6 +95,9 @@ class HealthResponse(BaseModel):
     ready: bool = Field(description="True once the model is loaded and warmed up.")
     model: str
     gpu_id: int | None = Field(description="Claimed GPU index; null on CPU.")
+    gpu_slot: int | None = Field(
+        None, description="Which of the GPU's worker slots (PARAKEET_WORKERS_PER_GPU); null on CPU."
+    )
     device: DeviceInfo | None = Field(description="Null until the model is loaded.")
     worker_pid: int
     uptime_s: float

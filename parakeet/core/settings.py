@@ -32,7 +32,12 @@ class Settings(BaseSettings):
     # --- server (host/port/workers: scripts/serve.sh starts uvicorn with them) ---
     host: str = Field("0.0.0.0", description="Address to listen on (HTTP, and Wyoming when it is on).")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port (scripts/serve.sh).")
-    workers: int | None = Field(None, ge=1, description="uvicorn workers (scripts/serve.sh; default: GPU count).")
+    workers: int | None = Field(
+        None, ge=1, description="uvicorn workers on this host (scripts/serve.sh; default: GPUs x workers per GPU)."
+    )
+    workers_per_gpu: int = Field(
+        1, ge=1, le=8, description="Workers sharing each GPU, each claiming one of its slots (scripts/serve.sh)."
+    )
 
     # --- engine ---
     model: str = Field(DEFAULT_MODEL, description="Hugging Face model id, or the path of a local .nemo file.")
@@ -64,7 +69,9 @@ class Settings(BaseSettings):
     body_idle_timeout_s: float = Field(
         30.0, gt=0, description="A request body that sends nothing for this long is cut off with 408, s."
     )
-    decode_workers: int = Field(2, ge=1, description="Audio decoder subprocesses per worker.")
+    decode_workers: int | None = Field(
+        None, ge=1, le=64, description="Audio decoder subprocesses per worker (default: from the cores, see README)."
+    )
     shutdown_drain_s: float = Field(
         30.0, ge=0, description="On shutdown, how long admitted requests and open streams may take to finish, s."
     )
@@ -175,6 +182,21 @@ class Settings(BaseSettings):
 
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
+
+
+def decoder_pool_size(settings: Settings, cores: int) -> int:
+    """Decoder subprocesses per worker: `PARAKEET_DECODE_WORKERS` if set, else the host's cores per worker less
+    one (the worker's own event loop and GPU thread), between 2 and 8:
+    `clamp(cores // workers - 1, 2, 8)`, with `workers` = `PARAKEET_WORKERS` (serve.sh exports it), or 1.
+
+    Two is the floor so that one slow upload never holds the only decoder; eight the cap because past it a
+    worker's event loop, not decoding, bounds its upload rate (BENCHMARKS.md "Front end"). Examples: 2 cores and
+    1 worker -> 2; 16 cores and 2 workers -> 7; 64 cores and 8 workers -> 7; 64 cores and 1 worker -> 8.
+    """
+    if settings.decode_workers is not None:
+        return settings.decode_workers
+    workers = settings.workers or 1
+    return max(2, min(8, cores // workers - 1))
 
 
 def variable_names() -> list[str]:

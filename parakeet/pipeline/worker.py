@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from typing import Literal, Protocol
 from parakeet import VERSION
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, VoiceActivityModel, Waveform
-from parakeet.core.settings import Settings
+from parakeet.core.settings import Settings, decoder_pool_size
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.batch_policy import BatcherConfig
 from parakeet.pipeline.batching import Batcher
@@ -46,6 +47,14 @@ class VadFactory(Protocol):
     def __call__(self) -> VoiceActivityModel | None: ...
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, as taskset and container CPU sets narrow it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class WorkerSnapshot:
     """The worker's state and load at one moment, as `/health` reports it (README "GET /health")."""
@@ -55,6 +64,7 @@ class WorkerSnapshot:
     detail: str | None
     model: str
     gpu_id: int | None
+    gpu_slot: int | None
     device: DeviceInfo | None
     uptime_s: float
     requests_served: int
@@ -81,8 +91,10 @@ class Worker:
     meanwhile), serve with `request()` and `open_stream()`; `begin_shutdown()` then `await close()` at the end.
     """
 
-    def __init__(self, settings: Settings, tuning: Tuning, gpu_id: int | None = None) -> None:
-        self.settings, self.tuning, self.gpu_id = settings, tuning, gpu_id
+    def __init__(
+        self, settings: Settings, tuning: Tuning, gpu_id: int | None = None, gpu_slot: int | None = None
+    ) -> None:
+        self.settings, self.tuning, self.gpu_id, self.gpu_slot = settings, tuning, gpu_id, gpu_slot
         self.started_at = time.monotonic()
         self.phase: Phase = "loading"
         self.detail: str | None = "model is loading"
@@ -92,7 +104,7 @@ class Worker:
         self.device_info: DeviceInfo | None = None
         self.requests_served = 0
         self.gpu = GpuArbiter()
-        self.decoder = AudioDecoderPool(settings.decode_workers, tuning.decode_timeout_s,
+        self.decoder = AudioDecoderPool(decoder_pool_size(settings, available_cores()), tuning.decode_timeout_s,
                                         tuning.decode_memory_limit_bytes)  # fmt: skip
         self.memory = MemoryBudget(settings.max_inflight_audio_bytes, self._retry_after_s)
         self.uploads = Places(
@@ -309,6 +321,7 @@ class Worker:
         b, st = self.batcher, self.streams
         return WorkerSnapshot(
             phase=self.phase, ready=self.ready, detail=self.detail, model=self.settings.model, gpu_id=self.gpu_id,
+            gpu_slot=self.gpu_slot,
             device=self.device_info, uptime_s=time.monotonic() - self.started_at,
             requests_served=self.requests_served,
             queued_requests=b.queued_requests if b else 0,

@@ -6,6 +6,7 @@ hub: tests/unit/test_inference.py)."""
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +119,35 @@ def test_a_worker_whose_model_cannot_load_stops_with_one_message(server: ServerP
     (line,) = critical_lines(log)
     assert line.endswith(LOAD_FAILURE)
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    "server", [Serve({"FAKE_GPU_COUNT": "1", "PARAKEET_WORKERS_PER_GPU": "2"}, workers=2)], indirect=True
+)
+def test_two_workers_share_one_gpu_by_slots_and_a_replacement_takes_the_dead_ones_slot(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """PARAKEET_WORKERS_PER_GPU=2 on one (pretended) GPU: the two workers hold GPU 0's two slots, /health says which;
+    SIGKILL the slot-1 worker and uvicorn's replacement claims slot 1 again."""
+
+    def slots(want: int) -> dict[int, tuple[int, int]]:
+        seen: dict[int, tuple[int, int]] = {}
+        for _ in range(400):  # a new connection each: the kernel spreads them over the workers
+            r = httpx.get(f"{server.url}/health", timeout=5)
+            if r.status_code == 200:
+                body = r.json()
+                seen[body["worker_pid"]] = (body["gpu_id"], body["gpu_slot"])
+            if len(seen) >= want:
+                break
+        return seen
+
+    first = slots(2)
+    assert sorted(first.values()) == [(0, 0), (0, 1)], first
+    victim = next(pid for pid, place in first.items() if place == (0, 1))
+    assert "claimed GPU 0 slot 1 of 2" in server.log()
+    os.kill(victim, signal.SIGKILL)
+    assert not wait_gone([victim])
+    server.wait_ready(workers=2, timeout_s=180)  # uvicorn's supervisor notices the death by polling
+    after = slots(2)
+    replacement = [pid for pid in after if pid not in first]
+    assert len(replacement) == 1 and after[replacement[0]] == (0, 1), after

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from parakeet.core.errors import InvalidSettings
-from parakeet.core.settings import Settings, load_settings, unknown_variables, variable_names
+from parakeet.core.settings import Settings, decoder_pool_size, load_settings, unknown_variables, variable_names
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.batch_policy import BatcherConfig
 from parakeet.pipeline.stream_config import PRESETS_MS, StreamConfig
@@ -92,3 +92,10 @@ def test_settings_cuda_graphs_is_auto_by_default_and_takes_the_usual_boolean_spe
     with pytest.raises(InvalidSettings) as info:
         load_settings()
     assert "PARAKEET_CUDA_GRAPHS: Input should be 'auto', 'true' or 'false' (got 'sometimes')" in info.value.message
+
+
+def test_settings_decoder_pool_follows_the_cores_per_worker_unless_set() -> None:
+    cases = [(2, None, 2), (16, 2, 7), (64, 8, 7), (64, None, 8), (8, 8, 2), (4, None, 3)]
+    for cores, workers, expected in cases:
+        assert decoder_pool_size(Settings(workers=workers), cores) == expected, (cores, workers)
+    assert decoder_pool_size(Settings(decode_workers=5, workers=8), 2) == 5  # an explicit value wins

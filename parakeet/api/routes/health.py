@@ -34,6 +34,7 @@ async def health(worker: WorkerDep) -> JSONResponse:
         ready=snap.ready,
         model=snap.model,
         gpu_id=snap.gpu_id,
+        gpu_slot=snap.gpu_slot,
         device=DeviceInfo.model_validate(snap.device) if snap.device else None,
         worker_pid=os.getpid(),
         uptime_s=round(snap.uptime_s, 3),
