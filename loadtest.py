@@ -185,6 +185,8 @@ class Runner:
     timeout_s: float = 60.0
     max_in_flight: int = 1000
     seed: int = 0
+    response_format: str | None = None  # --endpoint openai: json, verbose_json, text, srt, vtt
+    word_timestamps: bool = False  # --endpoint openai: timestamp_granularities[]=word
     records: list[RequestRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -208,6 +210,10 @@ class Runner:
         form.add_field("file", audio.data, filename=audio.path.name)
         if self.endpoint == "openai":
             form.add_field("model", self.model)
+            if self.response_format:
+                form.add_field("response_format", self.response_format)
+            if self.word_timestamps:
+                form.add_field("timestamp_granularities[]", "word")
         rec.sent_s = self.now()
         self.in_flight += 1
         try:
@@ -221,13 +227,18 @@ class Runner:
                     payload = json.loads(body)
                 except ValueError:
                     payload = None
+                if resp.status == 200 and self.response_format in ("text", "srt", "vtt"):
+                    payload = {"text": body.decode(errors="replace")}  # plain-text formats: no JSON to read
                 if resp.status != 200:
                     rec.error = f"http_{resp.status}"
                 elif not isinstance(payload, dict) or "text" not in payload:
                     rec.error = "non_json"
                 else:
                     rec.audio_s = float(
-                        payload.get("duration_sec") or payload.get("usage", {}).get("seconds") or audio.duration_s
+                        payload.get("duration_sec")
+                        or payload.get("duration")
+                        or payload.get("usage", {}).get("seconds")
+                        or audio.duration_s
                     )
                     if rec.gpu_id is None and payload.get("gpu_id") is not None:
                         rec.gpu_id = str(payload["gpu_id"])
@@ -342,6 +353,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--audio-dir", type=Path, help="folder of audio files to send")
     p.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="transcribe")
     p.add_argument("--model", default="parakeet-tdt-0.6b-v3", help="model field for --endpoint openai")
+    p.add_argument(
+        "--response-format", choices=["json", "verbose_json", "text", "srt", "vtt"], help="--endpoint openai only"
+    )
+    p.add_argument("--word-timestamps", action="store_true", help="--endpoint openai: timestamp_granularities[]=word")
     p.add_argument("--sequential", type=int, default=50, help="phase 1: requests one after another")
     p.add_argument("--rates", default="10,30,50,70,80", help="phase 2: offered rates, req/s, comma-separated")
     p.add_argument("--duration-s", type=float, default=10.0, help="seconds per rate stage")
@@ -362,6 +377,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--rates must be numbers separated by commas, got {args.rates!r}")
     if any(r <= 0 for r in args.rate_list):
         p.error("--rates must all be positive")
+    if (args.response_format or args.word_timestamps) and args.endpoint != "openai":
+        p.error("--response-format and --word-timestamps need --endpoint openai")
     return args
 
 
@@ -370,8 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = load_audio(audio_paths(args.audio, args.audio_dir))
         runner = Runner(
-            args.url.rstrip("/"), files, args.endpoint, args.model, args.timeout_s, args.max_in_flight, args.seed
-        )
+            args.url.rstrip("/"), files, args.endpoint, args.model, args.timeout_s, args.max_in_flight, args.seed,
+            args.response_format, args.word_timestamps,
+        )  # fmt: skip
         coro = run_load(
             runner,
             sequential=args.sequential,

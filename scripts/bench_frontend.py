@@ -12,6 +12,8 @@ respond). A timing, never an assertion: numbers hold for this machine and run on
 
     .venv/bin/python scripts/bench_frontend.py                      # ~3 minutes on 2 cores
     .venv/bin/python scripts/bench_frontend.py --servers bare,noop --clips wav --duration-s 5 --out run.json
+    .venv/bin/python scripts/bench_frontend.py --servers noop,noop@2 --clips wav,mp3   # k = 1 vs 2 workers
+    .venv/bin/python scripts/bench_frontend.py --servers noop+d1,noop+d2,noop+d4 --clips mp3  # decoder pool sizes
 """
 
 from __future__ import annotations
@@ -161,7 +163,15 @@ class Server:
             self.proc.wait()
 
 
-def start(name: str, args: argparse.Namespace, tmp: Path) -> Server:
+def parse_server(spec: str) -> tuple[str, int, int | None]:
+    """`name[@workers][+d<decoders>]`: "noop", "noop@2" (two uvicorn workers), "noop+d4" (4 decoder subprocesses)."""
+    rest, _, dec = spec.partition("+d")
+    name, _, workers = rest.partition("@")
+    return name, int(workers or 1), int(dec) if dec else None
+
+
+def start(spec: str, args: argparse.Namespace, tmp: Path) -> Server:
+    name, workers, decoders = parse_server(spec)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
     env.update(
         {
@@ -172,6 +182,9 @@ def start(name: str, args: argparse.Namespace, tmp: Path) -> Server:
         }
     )
     env.update(dict(kv.split("=", 1) for kv in args.env))
+    env["PARAKEET_WORKERS"] = str(workers)  # as serve.sh exports it: the decoder pools follow the cores per worker
+    if decoders is not None:
+        env["PARAKEET_DECODE_WORKERS"] = str(decoders)
     if name == "bare":
         app = ["bench_frontend:bare_app", "--app-dir", str(ROOT / "scripts")]
     elif name == "noop":
@@ -179,8 +192,9 @@ def start(name: str, args: argparse.Namespace, tmp: Path) -> Server:
     else:
         app = ["server:app"]
         env["PARAKEET_MODEL"] = args.model
-    proc, url = start_uvicorn([*app, "--no-access-log"], env, tmp / f"{name}.log", timeout_s=180)
-    return Server(name, url, proc, tmp / f"{name}.log")
+    log_path = tmp / f"{spec.replace('@', '_').replace('+', '_')}.log"
+    proc, url = start_uvicorn([*app, "--no-access-log"], env, log_path, timeout_s=180, workers=workers)
+    return Server(spec, url, proc, log_path)
 
 
 # --- the client ----------------------------------------------------------------------------------------------
@@ -345,7 +359,10 @@ def report(results: list[Result], engine_rps: dict[str, float]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--servers", default="bare,noop,digits", help="comma-separated: bare, noop, digits")
+    p.add_argument(
+        "--servers", default="bare,noop,digits",
+        help="comma-separated: bare, noop, digits, each optionally @<uvicorn workers> and +d<decoder subprocesses>",
+    )  # fmt: skip
     p.add_argument("--clips", default="wav,mp3,flac", help="comma-separated: wav, mp3, flac")
     p.add_argument("--model", default=str(ROOT / "models" / "digits_tdt.nemo"), help="model of the digits server")
     p.add_argument("--concurrency", type=int, default=32)

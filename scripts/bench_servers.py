@@ -19,10 +19,10 @@ def free_port() -> int:
 
 
 def start_uvicorn(
-    app: list[str], env: dict[str, str], log_path: Path, timeout_s: float = 300.0
+    app: list[str], env: dict[str, str], log_path: Path, timeout_s: float = 300.0, workers: int = 1
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`python -m uvicorn <app...>` on 127.0.0.1, output to `log_path`; returns (process, base URL) once
-    /health answers 200.
+    """`python -m uvicorn <app...>` on 127.0.0.1 with `workers` workers, output to `log_path`; returns (process,
+    base URL) once /health has answered 200 from that many distinct worker pids (one, for an app without pids).
 
     Raises:
         RuntimeError: the server exited first, or was not ready within `timeout_s` (it is then stopped).
@@ -31,16 +31,22 @@ def start_uvicorn(
 
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    ready: set[object] = set()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited:\n{log_path.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
+            r = httpx.get(f"{url}/health", timeout=2)
+            if r.status_code == 200:
+                ready.add(r.json().get("worker_pid") if workers > 1 else 0)
+                if len(ready) >= workers:
+                    return proc, url
         except httpx.TransportError:
             pass
         time.sleep(0.2)
