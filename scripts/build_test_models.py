@@ -205,6 +205,15 @@ def build_tiny(out: Path, seed: int) -> None:
     log.info("tiny TDT: %d parameters -> %s (%.1f MB)", n_params, out, out.stat().st_size / 1e6)
 
 
+def calibration_speech(seed: int) -> Any:
+    """The speech `calibrate_emission_rate` decodes: five seeded 5-digit utterances (espeak-ng en-us, 150 wpm),
+    float32 16 kHz [T]; scripts/bench_gpu.py records it for a GPU machine without espeak-ng."""
+    import numpy as np
+
+    rng = random.Random(seed)
+    return np.concatenate([speech.speak(speech.random_digits(rng, 5, 5), "en-us", 150) for _ in range(5)])
+
+
 def calibrate_emission_rate(model: Any, tokens_per_s: float, seed: int) -> float:
     """Shift the joint's blank logit so that greedy TDT decoding of speech emits ~`tokens_per_s` tokens.
 
@@ -213,11 +222,9 @@ def calibrate_emission_rate(model: Any, tokens_per_s: float, seed: int) -> float
     (2.5 words/s x ~1.3 tokens/word). Only the bias of the blank output moves; the architecture, parameter
     count and the encoder's cost are untouched. Returns the bias shift.
     """
-    import numpy as np
     import torch
 
-    rng = random.Random(seed)
-    speech_s = np.concatenate([speech.speak(speech.random_digits(rng, 5, 5), "en-us", 150) for _ in range(5)])
+    speech_s = calibration_speech(seed)
     x = torch.from_numpy(speech_s)[None]
     x_len = torch.tensor([x.shape[1]])
     duration_s = x.shape[1] / speech.SAMPLE_RATE_HZ
