@@ -37,9 +37,10 @@ T = TypeVar("T")
 
 
 def cpu_settings(model_path: Path, **overrides: Any) -> Settings:
-    """Settings for an fp32 CPU engine on `model_path` (explicit values: the environment cannot change them)."""
+    """Settings for an fp32 CPU engine on `model_path` (explicit values: the environment cannot change them; CUDA
+    graphs `auto`, the default, which on a CPU means off)."""
     values: dict[str, Any] = {
-        "model": str(model_path), "device": "cpu", "precision": "fp32", "cuda_graphs": False, "torch_threads": None,
+        "model": str(model_path), "device": "cpu", "precision": "fp32", "cuda_graphs": "auto", "torch_threads": None,
     }  # fmt: skip
     return Settings(**{**values, **overrides})
 
