@@ -686,7 +686,7 @@ def choose_cuda_graphs(engine: ParakeetEngine, mode: str, cuda: bool) -> None:
             engine.set_cuda_graphs(False)
             engine.cuda_graphs_reason = f"off: the self-check failed: {problem}"
             log.warning("CUDA graphs off: the start-up self-check failed (%s): %s", summary, problem)
-    log.info("TDT decoder: CUDA graphs %s", engine.cuda_graphs_reason)
+    log.info("TDT decoder, CUDA graphs: %s", engine.cuda_graphs_reason)
 
 
 def build_engine(settings: Settings, device: torch.device, tuning: Tuning | None = None) -> ParakeetEngine:

@@ -46,7 +46,7 @@ def test_cuda_graphs_auto_serves_with_them_when_the_self_check_finds_no_differen
         choose_cuda_graphs(engine, "auto", cuda=True)
     assert engine.cuda_graphs_reason.startswith("on: the self-check found no difference (23 items, ")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("TDT decoder: CUDA graphs on: the self-check" in r.getMessage() for r in caplog.records)
+    assert any("TDT decoder, CUDA graphs: on: the self-check" in r.getMessage() for r in caplog.records)
 
 
 def _second_run_differs(engine: ParakeetEngine, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
