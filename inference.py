@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
 
 from parakeet.core.engine import (
@@ -31,6 +33,7 @@ from parakeet.core.engine import (
     StepResult,
 )
 from parakeet.core.errors import DeviceOutOfMemory, ModelLoadError
+from parakeet.core.keywords import KeyPhrases
 from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings
 from parakeet.core.timestamps import HypothesisTimestamps, TokenTable, tdt_timestamps
@@ -145,12 +148,17 @@ class ParakeetEngine:
             decoding_cfg.strategy = "greedy_batch"
             decoding_cfg.greedy = decoding_cfg.get("greedy") or {}
             decoding_cfg.greedy.max_symbols = max_symbols_per_step
+            # Per-item key phrases (custom vocabulary): NeMo's per-stream phrase boosting; items without phrases
+            # decode as before (tests/unit/test_keywords.py).
+            decoding_cfg.greedy.enable_per_stream_biasing = True
             # Word/segment/char timestamps from the decoder's frame offsets; they do not change the text.
             decoding_cfg.compute_timestamps = True
             decoding_cfg.rnnt_timestamp_type = "all"
             decoding_cfg.segment_seperators = [".", "!", "?"]
         self._decoding_cfg = decoding_cfg
         self._conf_decoding: Any = None
+        # Compiled phrase lists, per decoding object (its multi-model holds them): cache key -> NeMo's request config.
+        self._boosted: dict[int, OrderedDict[str, Any]] = {}
         self.cuda_graphs = False
         self.cuda_graphs_reason = "not a CUDA device" if device.type != "cuda" else "off (as constructed)"
         self.set_cuda_graphs(cuda_graphs)
@@ -182,12 +190,14 @@ class ParakeetEngine:
         self.model.change_decoding_strategy(cfg, verbose=False)
         self.cuda_graphs = bool(cfg.greedy.use_cuda_graph_decoder)
         self._conf_decoding = None
+        self._boosted = {}
 
     def transcribe(
         self,
         waveforms: Sequence[npt.NDArray[np.float32]],
         timestamps: Sequence[bool] | None = None,
         confidence: Sequence[bool] | None = None,
+        keywords: Sequence[KeyPhrases | None] | None = None,
     ) -> BatchResult:
         """Transcribe a batch of waveforms in one padded forward pass (see `_transcribe`).
 
@@ -197,7 +207,7 @@ class ParakeetEngine:
                 the caller can split the batch and retry).
         """
         try:
-            return self._transcribe(waveforms, timestamps, confidence)
+            return self._transcribe(waveforms, timestamps, confidence, keywords)
         except torch.OutOfMemoryError as exc:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -212,6 +222,7 @@ class ParakeetEngine:
         waveforms: Sequence[npt.NDArray[np.float32]],
         timestamps: Sequence[bool] | None,
         confidence: Sequence[bool] | None = None,
+        keywords: Sequence[KeyPhrases | None] | None = None,
     ) -> BatchResult:
         """Transcribe a batch of waveforms in one padded forward pass.
 
@@ -220,6 +231,7 @@ class ParakeetEngine:
             timestamps: per waveform, whether to compute its word/segment/char timestamps (None: for all).
                 They cost Python time on this thread (`parakeet.core.timestamps`, ~0.3 ms per 15 s item; NeMo's
                 own code where the decoding needs it) and never change the text.
+            keywords: per waveform, the key phrases to boost (None: none); see `decode_encoded`.
 
         Returns:
             One transcript per waveform, in input order, the batch's compute time, and `stages_ms`: host
@@ -239,6 +251,8 @@ class ParakeetEngine:
         conf = [False] * len(waveforms) if confidence is None else list(confidence)
         if len(want) != len(waveforms) or len(conf) != len(waveforms):
             raise ValueError(f"{len(want)} timestamp and {len(conf)} confidence flags for a batch of {len(waveforms)}")
+        if keywords is not None and len(keywords) != len(waveforms):
+            raise ValueError(f"{len(keywords)} keyword lists for a batch of {len(waveforms)}")
         t0 = time.perf_counter()
         # NeMo's transcribe() leaves the modules in train mode (dropout on): re-assert eval every batch.
         self.model.eval()
@@ -253,7 +267,7 @@ class ParakeetEngine:
         if self.sync_stages and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t_enc = time.perf_counter()
-        transcripts, stages_ms = self.decode_encoded(enc, enc_lens, want, conf)
+        transcripts, stages_ms = self.decode_encoded(enc, enc_lens, want, conf, keywords)
         t_end = time.perf_counter()
         stages_ms["features_encoder"] = (t_enc - t0) * 1000
         return BatchResult(transcripts, (t_end - t0) * 1000.0, stages_ms)
@@ -265,6 +279,7 @@ class ParakeetEngine:
         enc_lens: torch.Tensor,
         timestamps: Sequence[bool],
         confidence: Sequence[bool] | None = None,
+        keywords: Sequence[KeyPhrases | None] | None = None,
     ) -> tuple[list[Transcript], dict[str, float]]:
         """TDT greedy decoding of encoder output, timestamps where asked for, and the transcript records.
 
@@ -273,6 +288,9 @@ class ParakeetEngine:
             enc_lens: valid encoder frames per item, [B] int64.
             timestamps: B flags (see `_transcribe`).
             confidence: B flags (see `_transcribe`); a batch with any runs the confidence-keeping decoder.
+            keywords: B phrase lists or None: each item's list is boosted in NeMo's per-stream phrase boosting
+                (a boosting tree per list, compiled once and kept for the next requests with the same list);
+                items without one decode exactly as without boosting, in the same batch.
 
         Returns:
             The transcripts and host ms spent in "decoding", "timestamps" and "records" (the GPU thread's
@@ -284,7 +302,9 @@ class ParakeetEngine:
         # What `rnnt_decoder_predictions_tensor(..., return_hypotheses=True)` does for greedy decoding
         # (nemo/collections/asr/parts/submodules/rnnt_decoding.py), with timestamps only where asked for.
         decoding = self.model.decoding if not any(conf) else self._confidence_decoding()
-        hyps = decoding.decode_hypothesis(decoding.decoding(encoder_output=enc, encoded_lengths=enc_lens)[0])
+        partial = self._boosting(decoding, keywords) if keywords is not None and any(keywords) else None
+        raw = decoding.decoding(encoder_output=enc, encoded_lengths=enc_lens, partial_hypotheses=partial)[0]
+        hyps = decoding.decode_hypothesis(raw)
         t_dec = time.perf_counter()
         spans = [self._timestamps(decoding, h) if w else _NO_TIMESTAMPS for h, w in zip(hyps, timestamps, strict=True)]
         if any(conf):  # after timestamps, as NeMo orders it: word confidence follows the decoded words
@@ -422,6 +442,34 @@ class ParakeetEngine:
             )
         return self._conf_decoding
 
+    def _boosting(self, decoding: Any, keywords: Sequence[KeyPhrases | None]) -> list[Any]:
+        """NeMo's partial hypotheses that carry each item's phrase boosting (None for items without phrases): an
+        empty hypothesis holding a `BiasingRequestItemConfig` whose tree is in `decoding`'s biasing multi-model, as
+        `EncDecRNNTModel._transcribe_on_begin` sets them up (nemo/collections/asr/models/rnnt_models.py). Trees
+        stay compiled for the last 64 distinct lists per decoding (least recently used dropped)."""
+        from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
+        from nemo.collections.asr.parts.context_biasing.boosting_graph_batched import BoostingTreeModelConfig
+
+        multi = decoding.decoding.decoding_computer.biasing_multi_model
+        compiled = self._boosted.setdefault(id(multi), OrderedDict())
+        out: list[Any] = []
+        for kp in keywords:
+            if kp is None:
+                out.append(None)
+                continue
+            cfg = compiled.get(kp.cache_key)
+            if cfg is None:
+                tree = BoostingTreeModelConfig(key_phrases_list=list(kp.phrases), use_triton=self.device.type == "cuda")
+                cfg = BiasingRequestItemConfig(boosting_model_cfg=tree, boosting_model_alpha=kp.weight)
+                cfg.add_to_multi_model(tokenizer=self.model.tokenizer, biasing_multi_model=multi)
+                compiled[kp.cache_key] = cfg
+                while len(compiled) > _MAX_COMPILED_PHRASE_LISTS:
+                    _, old = compiled.popitem(last=False)
+                    old.remove_from_multi_model(biasing_multi_model=multi)
+            compiled.move_to_end(kp.cache_key)
+            out.append(_BoostedHypothesis(score=0.0, y_sequence=None, timestamp=None, biasing_cfg=cfg))
+        return out
+
     def _timestamps(self, decoding: Any, hyp: Any) -> HypothesisTimestamps:
         """One hypothesis' word, segment and token timestamps: `parakeet.core.timestamps.tdt_timestamps` over
         the token table, or (`timestamps_impl == "nemo"`) NeMo's `compute_rnnt_timestamps(hyp, "all")` and
@@ -527,6 +575,19 @@ def _with_confidence(spans: tuple[TimedSpan, ...], scores: Any) -> tuple[TimedSp
 
 
 _NO_TIMESTAMPS = HypothesisTimestamps((), (), ())
+_MAX_COMPILED_PHRASE_LISTS = 64  # boosting trees kept compiled per decoding (each a few MB on the device at most)
+
+
+class _BoostedHypothesis(Hypothesis):  # type: ignore[misc]
+    """An empty partial hypothesis carrying a `BiasingRequestItemConfig` that becomes the decoded continuation when
+    NeMo merges it: its sequence fields are None, so `merge_` takes the continuation's own, and `token_duration`,
+    which NeMo 3.0.0's `Hypothesis.merge_` does not merge (so boosting with timestamps through
+    `Hypothesis.empty_with_biasing_cfg` loses the TDT durations and its timestamp code raises), is taken over too."""
+
+    def merge_(self, other: Any) -> Any:
+        super().merge_(other)
+        self.token_duration = other.token_duration
+        return self
 
 
 def _as_list(values: Any) -> list[int]:

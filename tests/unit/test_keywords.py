@@ -1,0 +1,144 @@
+"""Key phrases (custom vocabulary) in the engine: the same text as NeMo's own `model.transcribe()` with the same
+per-stream boosting configuration; boosting the spoken digits lowers the WER of noisy utterances the model gets
+wrong while an absent phrase changes little; items without phrases are byte-identical to a batch without boosting;
+the request-side limits (parakeet/core/keywords.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from inference import ParakeetEngine, load_asr_model
+from parakeet.core.errors import BadRequest
+from parakeet.core.keywords import MAX_PHRASE_CHARS, MAX_PHRASES, KeyPhrases, parse_key_phrases
+
+import speech
+
+
+def noisy(utterances: list[Any], level: float) -> list[np.ndarray]:
+    out = []
+    for i, u in enumerate(utterances):
+        rng = np.random.default_rng(100 + i)
+        out.append((u.waveform + level * rng.standard_normal(len(u.waveform))).astype(np.float32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def hard_cases(digits_engine: ParakeetEngine) -> tuple[list[Any], list[np.ndarray]]:
+    """Noisy digit utterances (voices the model never heard) that the digits model gets wrong without boosting."""
+    utts = [speech.random_utterance(70_000 + i, voices=speech.HELD_OUT_VOICES) for i in range(40)]
+    waves = noisy(utts, 0.1)
+    texts = [t.text for t in digits_engine.transcribe(waves, [False] * len(waves)).transcripts]
+    wrong = [i for i, (u, t) in enumerate(zip(utts, texts, strict=True)) if u.text != t]
+    assert len(wrong) >= 6, f"only {len(wrong)} of 40 noisy utterances are misrecognised: make the noise louder"
+    return [utts[i] for i in wrong], [waves[i] for i in wrong]
+
+
+def nemo_boosted_texts(
+    model_path: Path, waves: list[np.ndarray], lists: list[KeyPhrases | None], tmp: Path
+) -> list[str]:
+    """NeMo's own transcribe() on file paths with per-utterance boosting: `partial_hypothesis` carrying each
+    utterance's BiasingRequestItemConfig, the decoding with `greedy.enable_per_stream_biasing` (NeMo's word-boosting
+    guide, docs/source/asr/asr_customization/word_boosting.rst)."""
+    from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
+    from nemo.collections.asr.parts.context_biasing.boosting_graph_batched import BoostingTreeModelConfig
+    from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
+    from omegaconf import OmegaConf, open_dict
+
+    model = load_asr_model(str(model_path), torch.device("cpu"))
+    cfg: Any = OmegaConf.create(OmegaConf.to_container(model.cfg.decoding, resolve=True))
+    with open_dict(cfg):
+        cfg.strategy = "greedy_batch"
+        cfg.greedy.enable_per_stream_biasing = True
+    model.change_decoding_strategy(cfg, verbose=False)
+    model.eval()
+    paths = []
+    for i, w in enumerate(waves):
+        sf.write(tmp / f"b{i}.wav", w, 16000, subtype="FLOAT")
+        paths.append(str(tmp / f"b{i}.wav"))
+    partial = [
+        None if kp is None else Hypothesis.empty_with_biasing_cfg(BiasingRequestItemConfig(
+            boosting_model_cfg=BoostingTreeModelConfig(key_phrases_list=list(kp.phrases), use_triton=False),
+            boosting_model_alpha=kp.weight,
+        ))
+        for kp in lists
+    ]  # fmt: skip
+    out = model.transcribe(paths, batch_size=len(paths), verbose=False, partial_hypothesis=partial)
+    return [h.text if hasattr(h, "text") else str(h) for h in out]
+
+
+def test_keywords_text_equals_nemo_transcribe_with_the_same_boosting(
+    digits_engine: ParakeetEngine, digits_model_path: Path, hard_cases: tuple[list[Any], list[np.ndarray]],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    utts, waves = hard_cases[0][:6], hard_cases[1][:6]
+    lists: list[KeyPhrases | None] = [
+        KeyPhrases((utts[0].text,)), None, KeyPhrases(("three three", "nine"), 2.0), KeyPhrases((utts[3].text,), 0.5),
+        None, KeyPhrases(tuple(u.text for u in utts)),
+    ]  # fmt: skip
+    ours = [t.text for t in digits_engine.transcribe(waves, [False] * 6, None, lists).transcripts]
+    assert ours == nemo_boosted_texts(digits_model_path, waves, lists, tmp_path)
+
+
+def test_keywords_boosting_the_spoken_digits_lowers_wer_and_an_absent_phrase_changes_little(
+    digits_engine: ParakeetEngine, hard_cases: tuple[list[Any], list[np.ndarray]]
+) -> None:
+    utts, waves = hard_cases
+    refs = [u.text for u in utts]
+    n = len(waves)
+
+    def wer(lists: list[KeyPhrases | None]) -> float:
+        return float(
+            jiwer.wer(refs, [t.text for t in digits_engine.transcribe(waves, [False] * n, None, lists).transcripts])
+        )
+
+    plain = wer([None] * n)
+    spoken = wer([KeyPhrases((u.text,), 2.0) for u in utts])
+    absent = wer([KeyPhrases(("zero zero zero zero zero zero",), 2.0)] * n)
+    print(f"{n} misrecognised noisy utterances: WER {plain:.1%} plain, {spoken:.1%} boosting the spoken digits, "
+          f"{absent:.1%} boosting an absent phrase")  # fmt: skip
+    assert spoken <= 0.7 * plain  # 45% -> 27% when this was written
+    assert abs(absent - plain) <= 0.25 * plain
+
+
+def test_keywords_items_without_phrases_are_identical_to_a_batch_without_boosting(
+    digits_engine: ParakeetEngine, digit_utterances: list[Any]
+) -> None:
+    waves = [u.waveform for u in digit_utterances[:6]]
+    plain = digits_engine.transcribe(waves, [True] * 6, [True] * 6).transcripts
+    lists = [KeyPhrases(("seven seven",), 3.0) if i % 2 else None for i in range(6)]
+    mixed = digits_engine.transcribe(waves, [True] * 6, [True] * 6, lists).transcripts
+    for i in range(0, 6, 2):
+        assert mixed[i] == plain[i]  # text, words, segments, tokens and their confidences
+    assert all(t.words and t.words[0].confidence is not None for t in mixed)  # boosted items keep both
+    repeat = digits_engine.transcribe(waves, [True] * 6, [True] * 6, lists).transcripts
+    assert repeat == mixed  # the compiled lists are reused, with the same result
+
+
+def test_keywords_parse_limits_name_the_limit_and_the_value() -> None:
+    assert parse_key_phrases([], None) is None
+    kp = parse_key_phrases(["Anna Smith, ACME", " acme  corp ", "ACME"], 2.5)
+    assert kp == KeyPhrases(("Anna Smith", "ACME", "acme corp"), 2.5)
+    assert kp.cache_key == parse_key_phrases(["Anna Smith,ACME,acme corp"], 2.5).cache_key  # type: ignore[union-attr]
+    assert kp.cache_key != KeyPhrases(("Anna Smith", "ACME", "acme corp"), 2.0).cache_key
+    cases = [
+        ((["a,,b"], None), "'keywords' holds an empty phrase (in 'a,,b')", "keywords"),
+        ((["x" * (MAX_PHRASE_CHARS + 1)], None), f"101 characters; the limit is {MAX_PHRASE_CHARS}", "keywords"),
+        (
+            ([",".join(f"p{i}" for i in range(MAX_PHRASES + 1))], None),
+            "has 1001 phrases; the limit is 1000",
+            "keywords",
+        ),
+        ((["a"], 0.0), "keyword_weight must be in (0, 10], got 0", "keyword_weight"),
+        ((["a"], 11.0), "keyword_weight must be in (0, 10], got 11", "keyword_weight"),
+    ]
+    for (values, weight), message, param in cases:
+        with pytest.raises(BadRequest) as info:
+            parse_key_phrases(values, weight)
+        assert message in info.value.message and info.value.param == param
