@@ -71,7 +71,7 @@ class NoopEngine:
     model_name = "noop"
     encoder_frame_samples = 1280
 
-    def transcribe(self, waveforms: Any, timestamps: Any = None, confidence: Any = None) -> Any:
+    def transcribe(self, waveforms: Any, timestamps: Any = None, confidence: Any = None, keywords: Any = None) -> Any:
         from parakeet.core.transcripts import BatchResult, Transcript
 
         return BatchResult([Transcript("", 0, len(w) // 1280) for w in waveforms], 0.0)

@@ -58,6 +58,7 @@ class FakeEngine:
     gate: threading.Event | None = None  # when set, each batch waits for it
     batches: list[list[int]] = field(default_factory=list)  # tags per batch, in run order
     timestamps_asked: list[list[bool]] = field(default_factory=list)  # the timestamp flags of each call
+    keywords_asked: list[list[Any]] = field(default_factory=list)  # the key phrases of each call (None: none)
     steps: list[list[StepRequest]] = field(default_factory=list)  # the requests of each streaming step
 
     def transcribe(
@@ -65,9 +66,11 @@ class FakeEngine:
         waveforms: Sequence[npt.NDArray[np.float32]],
         timestamps: Sequence[bool] | None = None,
         confidence: Sequence[bool] | None = None,
+        keywords: Sequence[Any] | None = None,
     ) -> BatchResult:
         t0 = time.perf_counter()
         self.timestamps_asked.append(list(timestamps) if timestamps is not None else [True] * len(waveforms))
+        self.keywords_asked.append(list(keywords) if keywords is not None else [None] * len(waveforms))
         if self.gate is not None:
             self.gate.wait(30)
         tags = [tag_of(w) for w in waveforms]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 
 from parakeet.core import errors
+from parakeet.core.keywords import KeyPhrases, parse_key_phrases
 from parakeet.pipeline.fetch import UrlPolicy, fetch_audio
 
 
@@ -32,6 +33,8 @@ class AudioRequest(BaseModel):
     timestamp: bool | None = None  # serverless handlers' name
     include_timestamps: bool | None = None  # other servers' name
     confidence: bool | None = None
+    keywords: list[str] | str | None = None  # phrases to boost: a list, or one comma-separated string
+    keyword_weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class JsonOptions:
     field: str
     timestamps: bool
     confidence: bool = False
+    keywords: KeyPhrases | None = None
 
 
 def is_json(request: Request) -> bool:
@@ -113,9 +117,13 @@ async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -
         which = "both" if req.audio_base64 is not None else "neither"
         raise errors.BadRequest(f"send exactly one of audio_base64 and audio_url (got {which})", param="audio_base64")
     timestamps = bool(req.timestamps or req.timestamp or req.include_timestamps)
+    values = [req.keywords] if isinstance(req.keywords, str) else list(req.keywords or [])
+    if req.keyword_weight is not None and not values:
+        raise errors.BadRequest("keyword_weight needs keywords to weigh", param="keyword_weight")
+    keywords = parse_key_phrases(values, req.keyword_weight)
     if req.audio_base64 is not None:
-        options = JsonOptions("audio_base64", timestamps, bool(req.confidence))
+        options = JsonOptions("audio_base64", timestamps, bool(req.confidence), keywords)
         return decode_base64(req.audio_base64, max_bytes), options
     assert req.audio_url is not None
-    options = JsonOptions("audio_url", timestamps, bool(req.confidence))
+    options = JsonOptions("audio_url", timestamps, bool(req.confidence), keywords)
     return await fetch_audio(req.audio_url, policy, max_bytes), options

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from parakeet.core.keywords import KeyPhrases
 from parakeet.core.transcripts import BatchResult
 
 if TYPE_CHECKING:  # keeps the audio-decoder subprocesses, which import SAMPLE_RATE_HZ, free of pydantic
@@ -137,6 +138,7 @@ class Engine(Protocol):
         waveforms: Sequence[Waveform],
         timestamps: Sequence[bool] | None = None,
         confidence: Sequence[bool] | None = None,
+        keywords: Sequence[KeyPhrases | None] | None = None,
     ) -> BatchResult:
         """Transcribe a batch in one padded forward pass.
 
@@ -146,6 +148,8 @@ class Engine(Protocol):
                 may fill them anyway; one that computes them on request saves that time for the others.
             confidence: B flags: which transcripts need word and token confidence (and token log-probabilities)
                 on their words and chars; they imply timestamps. None: none. The text never changes.
+            keywords: B phrase lists or None (custom vocabulary, `parakeet.core.keywords`): each item's phrases are
+                boosted in its own decoding; items without stay as they would be alone. None: no item has any.
 
         Returns:
             Exactly B transcripts, in input order, and the batch's compute time in ms.

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from parakeet.core import metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, Engine, Waveform
 from parakeet.core.errors import DeadlineExceeded, DeviceOutOfMemory, InferenceError, Overloaded, ShuttingDown
+from parakeet.core.keywords import KeyPhrases
 from parakeet.core.transcripts import Transcript
 from parakeet.pipeline.batch_policy import BatcherConfig, nearest_in_length
 from parakeet.pipeline.gpu import GpuArbiter
@@ -52,6 +53,7 @@ class _Item:
     future: asyncio.Future[ItemResult]
     priority: bool = False  # a live stream's final: its batch is formed around it before older offline items
     confidence: bool = False  # word/token confidence and log-probabilities wanted
+    keywords: KeyPhrases | None = None  # phrases to boost (custom vocabulary)
     started: bool = False  # taken into a batch: from then on it runs to completion, deadline or not
 
     @property
@@ -210,6 +212,7 @@ class Batcher:
         timestamps: bool = True,
         priority: bool = False,
         confidence: bool = False,
+        keywords: KeyPhrases | None = None,
     ) -> ItemResult:
         """Queue one decoded waveform and wait for its transcript.
 
@@ -221,6 +224,7 @@ class Batcher:
             priority: the next batch forms around the oldest priority item, ahead of older ordinary ones (a
                 live stream's final: a speaker waits for it).
             confidence: whether its transcript needs word/token confidence (`Engine.transcribe`).
+            keywords: phrases to boost in its decoding (`Engine.transcribe`); batched with any other items.
 
         Raises:
             DeadlineExceeded: not started within `request_timeout_s` of queueing (dropped before the GPU).
@@ -233,7 +237,7 @@ class Batcher:
         # chunks arrive later; its upload and decoding do not count).
         item = _Item(
             ticket, waveform, timestamps, now, now + self.config.request_timeout_s, loop.create_future(), priority,
-            confidence,
+            confidence, keywords,
         )  # fmt: skip
         self._waiting.append(item)
         self._publish()
@@ -372,7 +376,8 @@ class Batcher:
         try:
             flags = [i.timestamps for i in batch]
             conf = [i.confidence for i in batch]
-            transcripts, compute_ms = await self.gpu.run("batch", self._run_split, waveforms, flags, conf)
+            phrases = [i.keywords for i in batch]
+            transcripts, compute_ms = await self.gpu.run("batch", self._run_split, waveforms, flags, conf, phrases)
             if len(transcripts) != len(batch):
                 raise RuntimeError(f"the engine returned {len(transcripts)} transcripts for a batch of {len(batch)}")
         except Exception as exc:
@@ -410,11 +415,17 @@ class Batcher:
         )  # fmt: skip
 
     def _run_split(
-        self, waveforms: list[Waveform], timestamps: list[bool], confidence: list[bool]
+        self,
+        waveforms: list[Waveform],
+        timestamps: list[bool],
+        confidence: list[bool],
+        keywords: list[KeyPhrases | None],
     ) -> tuple[list[Transcript], float]:
         """On the GPU thread: run the batch; on device OOM split it in halves and retry each."""
         try:
-            out = self.engine.transcribe(waveforms, timestamps, confidence if any(confidence) else None)
+            out = self.engine.transcribe(
+                waveforms, timestamps, confidence if any(confidence) else None, keywords if any(keywords) else None
+            )
             return list(out.transcripts), out.compute_ms
         except DeviceOutOfMemory:
             if len(waveforms) == 1:
@@ -423,6 +434,6 @@ class Batcher:
             mid = len(waveforms) // 2
             log.warning("device out of memory on a batch of %d; splitting into %d + %d", len(waveforms), mid,
                         len(waveforms) - mid)  # fmt: skip
-            first, ms1 = self._run_split(waveforms[:mid], timestamps[:mid], confidence[:mid])
-            second, ms2 = self._run_split(waveforms[mid:], timestamps[mid:], confidence[mid:])
+            first, ms1 = self._run_split(waveforms[:mid], timestamps[:mid], confidence[:mid], keywords[:mid])
+            second, ms2 = self._run_split(waveforms[mid:], timestamps[mid:], confidence[mid:], keywords[mid:])
             return first + second, ms1 + ms2

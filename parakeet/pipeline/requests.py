@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ
+from parakeet.core.keywords import KeyPhrases
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.audio import DecodedAudio
 from parakeet.pipeline.batching import Batcher
@@ -42,10 +43,12 @@ class TranscribeOptions:
     Attributes:
         timestamps: word, segment and char timestamps (they cost the GPU thread Python time; README).
         confidence: word and token confidence and token log-probabilities (implies timestamps).
+        keywords: phrases to boost in the decoding (custom vocabulary, `parakeet.core.keywords`); None: none.
     """
 
     timestamps: bool = False
     confidence: bool = False
+    keywords: KeyPhrases | None = None
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ class RequestJob:
                 metrics.DECODE.observe(decode_ms / 1000)
             done = await s.transcriber.run(
                 ticket, decoded.waveform, timestamps=options.timestamps or options.confidence,
-                confidence=options.confidence, on_words=on_words,
+                confidence=options.confidence, on_words=on_words, keywords=options.keywords,
             )  # fmt: skip
         finally:
             s.batcher.release(ticket)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from parakeet.core.engine import SAMPLE_RATE_HZ, Waveform
+from parakeet.core.keywords import KeyPhrases
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.core.tuning import Tuning
@@ -75,6 +76,7 @@ class Transcriber:
         confidence: bool = False,
         priority: bool = False,
         on_words: WordsCallback | None = None,
+        keywords: KeyPhrases | None = None,
     ) -> Transcribed:
         """Transcribe `waveform` (float32 mono 16 kHz [T], T >= 1) under `ticket` (held by the caller).
 
@@ -84,6 +86,7 @@ class Transcriber:
             confidence: word/token confidence and token log-probabilities (implies timestamps).
             priority: the batcher forms its next batch around this one (a live stream's final).
             on_words: see `WordsCallback` (needs timestamps).
+            keywords: phrases to boost, in every chunk.
 
         Raises:
             DeadlineExceeded, InferenceError, DeviceOutOfMemory: from the batcher; a failed chunk cancels the rest.
@@ -96,7 +99,7 @@ class Transcriber:
         async def one(piece: Waveform) -> ItemResult:
             async with slots:
                 return await self.batcher.submit(
-                    ticket, piece, timestamps=with_times, priority=priority, confidence=confidence
+                    ticket, piece, timestamps=with_times, priority=priority, confidence=confidence, keywords=keywords
                 )
 
         tasks = [asyncio.ensure_future(one(waveform[c.start : c.end])) for c in chunks]

@@ -29,6 +29,7 @@ from parakeet.api.uploads import (
     disconnect_watcher,
     form_bool,
     form_file,
+    form_keywords,
     form_text,
     multipart_form,
     read_file,
@@ -36,6 +37,7 @@ from parakeet.api.uploads import (
     timing_headers,
 )
 from parakeet.core import errors
+from parakeet.core.keywords import KeyPhrases
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.requests import Outcome, TranscribeOptions, WordStream
@@ -51,7 +53,7 @@ MODEL_ALIASES = ("whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt-4o-min
 # Dated snapshots of those, e.g. gpt-4o-mini-transcribe-2025-12-15.
 DATED_ALIAS = re.compile(r"(gpt-transcribe|gpt-4o-transcribe|gpt-4o-mini-transcribe)-\d{4}-\d{2}-\d{2}")
 # Fields of OpenAI's request this model cannot honour; accepted (checked to be text) and ignored (README).
-IGNORED_FIELDS = ("prompt", "chunking_strategy", "keywords", "languages", "known_speaker_names",
+IGNORED_FIELDS = ("prompt", "chunking_strategy", "languages", "known_speaker_names",
                   "known_speaker_references")  # fmt: skip
 INCLUDE = ("logprobs",)
 
@@ -72,12 +74,13 @@ class TranscriptionForm:
     stream: bool
     logprobs: bool  # include[]=logprobs: token log-probabilities (and word confidence in verbose_json)
     cue_limits: CueLimits
+    keywords: KeyPhrases | None = None  # keywords[] (an extension of OpenAI's API): phrases to boost
 
     @property
     def options(self) -> TranscribeOptions:
         """Subtitles, verbose_json and the streamed word deltas are built from timestamps; json/text not."""
         timestamps = self.stream or self.response_format in ("srt", "vtt", "verbose_json")
-        return TranscribeOptions(timestamps=timestamps, confidence=self.logprobs)
+        return TranscribeOptions(timestamps=timestamps, confidence=self.logprobs, keywords=self.keywords)
 
 
 def _model(form: FormData, accepted_models: set[str]) -> str:
@@ -132,7 +135,7 @@ def _check_text_fields(form: FormData) -> str | None:
         raise errors.BadRequest(
             f"language must be an ISO-639-1 code such as 'en', got {language[:40]!r}", param="language"
         )
-    for name in IGNORED_FIELDS:  # greedy TDT decoding takes no prompt, keywords or speakers
+    for name in IGNORED_FIELDS:  # greedy TDT decoding takes no prompt or speakers
         for key in (name, f"{name}[]"):
             for value in form.getlist(key):
                 if not isinstance(value, str):
@@ -188,7 +191,8 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
     stream = form_bool(form, "stream")
     if stream and fmt not in ("json", "text"):
         raise errors.BadRequest(f"stream is supported with response_format json or text, not {fmt!r}", param="stream")
-    return TranscriptionForm(model, language, fmt, granularities, stream, logprobs, _cue_limits(form))
+    keywords = form_keywords(form)
+    return TranscriptionForm(model, language, fmt, granularities, stream, logprobs, _cue_limits(form), keywords)
 
 
 # --- formatting ----------------------------------------------------------------------------------------------

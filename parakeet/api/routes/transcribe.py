@@ -16,6 +16,7 @@ from parakeet.api.uploads import (
     disconnect_watcher,
     form_bool,
     form_file,
+    form_keywords,
     multipart_form,
     read_file,
     record_outcome,
@@ -71,12 +72,14 @@ async def _read_multipart(request: Request) -> tuple[bytes, TranscribeOptions]:
         timestamps = form_bool(form, "timestamps") or form_bool(form, "include_timestamps")
         confidence = form_bool(form, "confidence")
         form_bool(form, "should_chunk")  # accepted (checked), ignored: long audio is always chunked
-        return await read_file(part), TranscribeOptions(timestamps=timestamps, confidence=confidence)
+        keywords = form_keywords(form)
+        return await read_file(part), TranscribeOptions(timestamps=timestamps, confidence=confidence, keywords=keywords)
 
 
 async def _read_json(request: Request, max_bytes: int) -> tuple[bytes, tuple[TranscribeOptions, str]]:
     data, body = await read_json_audio(request, request.app.state.url_policy, max_bytes)
-    return data, (TranscribeOptions(timestamps=body.timestamps, confidence=body.confidence), body.field)
+    options = TranscribeOptions(timestamps=body.timestamps, confidence=body.confidence, keywords=body.keywords)
+    return data, (options, body.field)
 
 
 @router.post(

@@ -1,0 +1,96 @@
+"""Key phrases through the HTTP APIs, in-process against the digits app: `POST /transcribe` (multipart `keywords`,
+repeatable or comma lists, and `keyword_weight`; JSON `keywords`), OpenAI's `keywords[]` through the official SDK's
+`extra_body`; each boosts exactly what the engine boosts for the same decoded waveform; every limit is a 400
+naming the limit, the value and the field; requests without keywords are unchanged."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+from parakeet.core.keywords import KeyPhrases
+from parakeet.pipeline.audio import decode_audio
+
+import speech
+
+
+@pytest.fixture(scope="module")
+def hard(digits_engine: Any) -> tuple[bytes, str, str]:
+    """A noisy utterance (float32 WAV, so the server decodes the very samples) the model gets wrong unboosted but
+    right when its digits are boosted: (wav, spoken text, unboosted text)."""
+    for seed in range(71_000, 71_200):
+        u = speech.random_utterance(seed, voices=speech.HELD_OUT_VOICES)
+        wave = (u.waveform + 0.1 * np.random.default_rng(seed).standard_normal(len(u.waveform))).astype(np.float32)
+        buf = io.BytesIO()
+        sf.write(buf, wave, 16000, format="WAV", subtype="FLOAT")
+        decoded = decode_audio(buf.getvalue(), max_duration_s=60).waveform
+        plain = digits_engine.transcribe([decoded], [False]).transcripts[0].text
+        boosted = digits_engine.transcribe([decoded], [False], None, [KeyPhrases((u.text,), 2.0)]).transcripts[0].text
+        if plain != u.text and boosted == u.text:
+            return buf.getvalue(), u.text, plain
+    raise AssertionError("no noisy utterance that boosting corrects in 200 seeds")
+
+
+def test_keywords_transcribe_multipart_and_json_boost_like_the_engine(
+    digits_client: httpx.Client, hard: tuple[bytes, str, str]
+) -> None:
+    wav, spoken, plain = hard
+    unboosted = digits_client.post("/transcribe", files={"file": ("a.wav", wav)})
+    assert unboosted.status_code == 200 and unboosted.json()["text"] == plain
+    r = digits_client.post(
+        "/transcribe", files={"file": ("a.wav", wav)}, data={"keywords": spoken, "keyword_weight": "2"}
+    )
+    assert r.status_code == 200 and r.json()["text"] == spoken, r.text
+    several = {"keywords": ["one two, three", spoken], "keyword_weight": "2"}  # repeated field, and a comma list
+    r = digits_client.post("/transcribe", files={"file": ("a.wav", wav)}, data=several)
+    assert r.status_code == 200 and r.json()["text"] == spoken, r.text
+    body = {"audio_base64": base64.b64encode(wav).decode(), "keywords": [spoken], "keyword_weight": 2.0}
+    r = digits_client.post("/transcribe", json=body)
+    assert r.status_code == 200 and r.json()["text"] == spoken, r.text
+
+
+def test_keywords_openai_sdk_extra_body(digits_client: httpx.Client, hard: tuple[bytes, str, str]) -> None:
+    wav, spoken, plain = hard
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", max_retries=0, http_client=digits_client)
+    out = client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", wav), extra_body={"keywords": [spoken], "keyword_weight": 2}
+    )
+    assert out.text == spoken
+    assert client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav)).text == plain
+    with pytest.raises(openai.BadRequestError) as info:
+        client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav), extra_body={"keywords": ["a,,b"]})
+    assert info.value.body["param"] == "keywords"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment", "param"),
+    [
+        ({"keywords": "one,,two"}, "'keywords' holds an empty phrase (in 'one,,two')", "keywords"),
+        ({"keywords": "x" * 101}, "a phrase in 'keywords' has 101 characters; the limit is 100", "keywords"),
+        ({"keywords": ",".join(f"p{i}" for i in range(1001))}, "has 1001 phrases; the limit is 1000", "keywords"),
+        ({"keywords": "one", "keyword_weight": "0"}, "keyword_weight must be in (0, 10], got 0", "keyword_weight"),
+        (
+            {"keywords": "one", "keyword_weight": "heavy"},
+            "keyword_weight must be a number, got 'heavy'",
+            "keyword_weight",
+        ),
+        ({"keyword_weight": "2"}, "keyword_weight needs keywords to weigh", "keyword_weight"),
+    ],
+)
+def test_keywords_limits_are_400_naming_the_limit_and_the_field(
+    digits_client: httpx.Client, hard: tuple[bytes, str, str], fields: dict[str, str], fragment: str, param: str
+) -> None:
+    wav = hard[0]
+    for route in ("/transcribe", "/v1/audio/transcriptions"):
+        data = {**fields, "model": "whisper-1"} if route.startswith("/v1") else fields
+        r = digits_client.post(route, files={"file": ("a.wav", wav)}, data=data)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert fragment in err["message"] and err["param"] == param and err["code"] == "invalid_request", err
