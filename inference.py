@@ -148,15 +148,12 @@ class ParakeetEngine:
             decoding_cfg.strategy = "greedy_batch"
             decoding_cfg.greedy = decoding_cfg.get("greedy") or {}
             decoding_cfg.greedy.max_symbols = max_symbols_per_step
-            # Per-item key phrases (custom vocabulary): NeMo's per-stream phrase boosting; items without phrases
-            # decode as before (tests/unit/test_keywords.py).
-            decoding_cfg.greedy.enable_per_stream_biasing = True
             # Word/segment/char timestamps from the decoder's frame offsets; they do not change the text.
             decoding_cfg.compute_timestamps = True
             decoding_cfg.rnnt_timestamp_type = "all"
             decoding_cfg.segment_seperators = [".", "!", "?"]
         self._decoding_cfg = decoding_cfg
-        self._conf_decoding: Any = None
+        self._decodings: dict[tuple[bool, bool], Any] = {}  # (confidence, boosting) -> NeMo decoding (_decoding_for)
         # Compiled phrase lists, per decoding object (its multi-model holds them): cache key -> NeMo's request config.
         self._boosted: dict[int, OrderedDict[str, Any]] = {}
         self.cuda_graphs = False
@@ -189,7 +186,7 @@ class ParakeetEngine:
             cfg.greedy.use_cuda_graph_decoder = bool(on and self.device.type == "cuda")
         self.model.change_decoding_strategy(cfg, verbose=False)
         self.cuda_graphs = bool(cfg.greedy.use_cuda_graph_decoder)
-        self._conf_decoding = None
+        self._decodings = {}
         self._boosted = {}
 
     def transcribe(
@@ -301,8 +298,9 @@ class ParakeetEngine:
         timestamps = [w or c for w, c in zip(timestamps, conf, strict=True)]  # confidence sits on words and chars
         # What `rnnt_decoder_predictions_tensor(..., return_hypotheses=True)` does for greedy decoding
         # (nemo/collections/asr/parts/submodules/rnnt_decoding.py), with timestamps only where asked for.
-        decoding = self.model.decoding if not any(conf) else self._confidence_decoding()
-        partial = self._boosting(decoding, keywords) if keywords is not None and any(keywords) else None
+        boosting = keywords is not None and any(keywords)
+        decoding = self._decoding_for(any(conf), boosting)
+        partial = self._boosting(decoding, keywords) if keywords is not None and boosting else None
         raw = decoding.decoding(encoder_output=enc, encoded_lengths=enc_lens, partial_hypotheses=partial)[0]
         hyps = decoding.decode_hypothesis(raw)
         t_dec = time.perf_counter()
@@ -420,27 +418,37 @@ class ParakeetEngine:
             results.append(StepResult(tokens, committed_text, text, state, c))
         return results
 
-    def _confidence_decoding(self) -> Any:
-        """A second decoding object over the same decoder and joint (no weights copied) that keeps confidence:
-        NeMo's `ConfidenceConfig` with `max_prob` at alpha 1 (the greedy token's probability p, normalised over
-        the V token classes as (pV - 1) / (V - 1)), blank frames excluded, a word's confidence the minimum of its
-        tokens' (NeMo's default aggregation). Built on first use; its greedy path and text are the default's.
-        Source: nemo/collections/asr/parts/utils/asr_confidence_utils.py (ConfidenceConfig, the measure bank)."""
-        if self._conf_decoding is None:
+    def _decoding_for(self, confidence: bool, boosting: bool) -> Any:
+        """The decoding object for a batch: the model's own, or a second one over the same decoder and joint (no
+        weights copied), built on first use, that keeps confidence and/or boosts key phrases; their greedy path and
+        text are the default's (tests/unit/test_inference.py, tests/unit/test_keywords.py).
+
+        Confidence: NeMo's `ConfidenceConfig` with `max_prob` at alpha 1 (the greedy token's probability p,
+        normalised over the V token classes as (pV - 1) / (V - 1)), blank frames excluded, a word's confidence the
+        minimum of its tokens' (NeMo's default aggregation). Source: nemo/collections/asr/parts/utils/
+        asr_confidence_utils.py (ConfidenceConfig, the measure bank). Boosting: `greedy.enable_per_stream_biasing`
+        (its multi-model costs a batch ~6% even with no phrase on this CPU: BENCHMARKS.md "Custom vocabulary", so
+        batches without phrases keep the model's own decoding)."""
+        if not confidence and not boosting:
+            return self.model.decoding
+        key = (confidence, boosting)
+        if key not in self._decodings:
             from omegaconf import OmegaConf, open_dict
 
             cfg: Any = OmegaConf.create(OmegaConf.to_container(self.model.decoding.cfg, resolve=True))
             with open_dict(cfg):
-                cfg.confidence_cfg = {
-                    "preserve_frame_confidence": True, "preserve_token_confidence": True,
-                    "preserve_word_confidence": True, "exclude_blank": True, "aggregation": "min",
-                    "method_cfg": {"name": "max_prob", "alpha": 1.0},
-                }  # fmt: skip
+                if confidence:
+                    cfg.confidence_cfg = {
+                        "preserve_frame_confidence": True, "preserve_token_confidence": True,
+                        "preserve_word_confidence": True, "exclude_blank": True, "aggregation": "min",
+                        "method_cfg": {"name": "max_prob", "alpha": 1.0},
+                    }  # fmt: skip
+                cfg.greedy.enable_per_stream_biasing = boosting
             kind = type(self.model.decoding)
-            self._conf_decoding = kind(
+            self._decodings[key] = kind(
                 cfg, decoder=self.model.decoder, joint=self.model.joint, tokenizer=self.model.tokenizer
             )
-        return self._conf_decoding
+        return self._decodings[key]
 
     def _boosting(self, decoding: Any, keywords: Sequence[KeyPhrases | None]) -> list[Any]:
         """NeMo's partial hypotheses that carry each item's phrase boosting (None for items without phrases): an
