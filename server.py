@@ -183,9 +183,13 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         claim = _claim_device(settings, factory, on_fatal)
-        worker = Worker(
-            settings, tuning, gpu_id=claim.gpu_id if claim else None, gpu_slot=claim.slot if claim else None
-        )
+        try:
+            worker = Worker(
+                settings, tuning, gpu_id=claim.gpu_id if claim else None, gpu_slot=claim.slot if claim else None
+            )
+        except errors.InvalidSettings as exc:  # PARAKEET_KEYWORDS_FILE unreadable or invalid
+            on_fatal(exc.message)
+            raise
         app.state.worker = worker
         await worker.start()
         wyoming = await _start_wyoming(settings, worker, on_fatal)

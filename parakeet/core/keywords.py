@@ -64,3 +64,12 @@ def parse_key_phrases(values: Iterable[str], weight: float | None, param: str = 
     if not 0 < w <= MAX_WEIGHT:
         raise BadRequest(f"keyword_weight must be in (0, {MAX_WEIGHT:g}], got {w:g}", param="keyword_weight")
     return KeyPhrases(tuple(phrases), w) if phrases else None
+
+
+def merge_key_phrases(request: KeyPhrases | None, server: KeyPhrases | None) -> KeyPhrases | None:
+    """A request's phrases with the server-wide list's (`PARAKEET_KEYWORDS_FILE`) after them, duplicates once; the
+    request's weight when it sent phrases, else the list's. Either may be None."""
+    if request is None or server is None:
+        return request or server
+    phrases = tuple(dict.fromkeys((*request.phrases, *server.phrases)))
+    return KeyPhrases(phrases, request.weight)

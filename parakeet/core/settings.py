@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         description="Comma-separated browser origins allowed by CORS (e.g. https://app.example.com); off if unset.",
     )
 
+    # --- custom vocabulary ---
+    keywords_file: Path | None = Field(
+        None,
+        description="Key phrases boosted in every request, one per line (README 'Custom vocabulary'); re-read on "
+        "change.",
+    )
+
     # --- logs ---
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one JSON object per line, uvicorn's own lines included."

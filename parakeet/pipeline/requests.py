@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ
-from parakeet.core.keywords import KeyPhrases
+from parakeet.core.keywords import KeyPhrases, merge_key_phrases
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.audio import DecodedAudio
 from parakeet.pipeline.batching import Batcher
@@ -135,6 +135,7 @@ class Serving:
     model_name: str
     max_audio_duration_s: float
     on_served: Callable[[Outcome], None]
+    server_phrases: Callable[[], KeyPhrases | None] = lambda: None  # PARAKEET_KEYWORDS_FILE, merged into each request
 
 
 class RequestJob:
@@ -270,7 +271,8 @@ class RequestJob:
                 metrics.DECODE.observe(decode_ms / 1000)
             done = await s.transcriber.run(
                 ticket, decoded.waveform, timestamps=options.timestamps or options.confidence,
-                confidence=options.confidence, on_words=on_words, keywords=options.keywords,
+                confidence=options.confidence, on_words=on_words,
+                keywords=merge_key_phrases(options.keywords, s.server_phrases()),
             )  # fmt: skip
         finally:
             s.batcher.release(ticket)

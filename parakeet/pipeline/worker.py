@@ -28,6 +28,7 @@ from parakeet.pipeline.batching import Batcher
 from parakeet.pipeline.decoder_pool import AudioDecoderPool
 from parakeet.pipeline.gpu import GpuArbiter
 from parakeet.pipeline.memory import MemoryBudget
+from parakeet.pipeline.phrase_file import ServerPhrases
 from parakeet.pipeline.requests import AudioSummary, Outcome, Places, RequestJob, Serving
 from parakeet.pipeline.stream_config import StreamConfig
 from parakeet.pipeline.stream_scheduler import StreamScheduler
@@ -107,6 +108,7 @@ class Worker:
         self.decoder = AudioDecoderPool(decoder_pool_size(settings, available_cores()), tuning.decode_timeout_s,
                                         tuning.decode_memory_limit_bytes)  # fmt: skip
         self.memory = MemoryBudget(settings.max_inflight_audio_bytes, self._retry_after_s)
+        self.phrases = ServerPhrases(settings.keywords_file)  # raises InvalidSettings on a bad file
         self.uploads = Places(
             tuning.uploads_per_queue_place * settings.max_queue_requests, self._retry_after_s,
             f"{tuning.uploads_per_queue_place} x PARAKEET_MAX_QUEUE_REQUESTS",
@@ -187,8 +189,9 @@ class Worker:
         streams.start()
         self.engine, self.batcher, self.streams = engine, batcher, streams
         self._serving = Serving(
-            self.decoder, batcher, transcriber, engine.model_name, s.max_audio_duration_s, self._served
-        )
+            self.decoder, batcher, transcriber, engine.model_name, s.max_audio_duration_s, self._served,
+            self.phrases.current,
+        )  # fmt: skip
 
     def _publish_device(self, info: DeviceInfo) -> None:
         if info.memory_used_bytes is not None:
