@@ -229,8 +229,10 @@ class _Decoder:
         decoder = cls(transport, protocol)
         try:
             await protocol.expect("ready")
-        except BaseException:
+        except BaseException:  # cancelled (the pool is closing) or the child failed to start
             decoder.kill()
+            with contextlib.suppress(BaseException):  # reap it first: a Popen dropped while running warns
+                await asyncio.wait_for(asyncio.shield(protocol.exited), 5)
             transport.close()
             raise
         return decoder
