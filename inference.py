@@ -372,16 +372,31 @@ class ParakeetEngine:
         x_lens = torch.tensor(lengths, dtype=torch.int64, device=self.device)
         feats, feat_lens = self.model.preprocessor(input_signal=x, length=x_lens)  # per-window normalisation
         enc, enc_lens = self.model.encoder(audio_signal=feats.to(self.dtype), length=feat_lens)  # [B, D, T]
-        results = self._decode_step(enc.transpose(1, 2), enc_lens, requests)  # [B, T, D]
+        frames = enc.transpose(1, 2)  # [B, T, D]
+        boosted = [i for i, r in enumerate(requests) if r.keywords is not None]
+        if not boosted:
+            results = self._decode_step(frames, enc_lens, requests)
+        else:  # a boosted stream's decoder state carries its boosting tree's: decode the two groups apart
+            plain = [i for i, r in enumerate(requests) if r.keywords is None]
+            by_index: dict[int, StepResult] = {}
+            for group, boosting in ((plain, False), (boosted, True)):
+                if group:
+                    at = torch.tensor(group, device=self.device)
+                    got = self._decode_step(frames[at], enc_lens[at], [requests[i] for i in group], boosting)
+                    by_index.update(zip(group, got, strict=True))
+            results = [by_index[i] for i in range(len(requests))]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return StepBatchResult(results, (time.perf_counter() - t0) * 1000.0)
 
     def _decode_step(
-        self, enc: torch.Tensor, enc_lens: torch.Tensor, requests: Sequence[StepRequest]
+        self, enc: torch.Tensor, enc_lens: torch.Tensor, requests: Sequence[StepRequest], boosting: bool = False
     ) -> list[StepResult]:
         """The decoding half of `_stream_step`: encoder frames [B, T, D] (engine dtype) and their valid lengths [B]
-        to each stream's committed tokens, texts and new decoder state."""
+        to each stream's committed tokens, texts and new decoder state. `boosting`: every request carries key
+        phrases, decoded by the boosting decoding's computer with each stream's tree (as NeMo's
+        `BufferedRNNTPipeline` passes `multi_biasing_ids`: nemo/collections/asr/inference/pipelines/
+        buffered_rnnt_pipeline.py)."""
         n_frames, dim = enc.shape[1], enc.shape[2]
         available = [int(n) - r.left_frames for n, r in zip(enc_lens.tolist(), requests, strict=True)]
         commit = [a if r.commit_frames is None else r.commit_frames for a, r in zip(available, requests, strict=True)]
@@ -392,10 +407,15 @@ class ParakeetEngine:
         commit_t = torch.tensor(commit, dtype=torch.int64, device=self.device)
         idx = (torch.arange(n_frames, device=self.device)[None, :] + left_t[:, None]).clamp(max=n_frames - 1)
         chunk = enc.gather(1, idx[:, :, None].expand(-1, -1, dim))  # chunk frames first, [B, T, D]
-        computer = self.model.decoding.decoding.decoding_computer
+        decoding = self._decoding_for(False, boosting)
+        computer = decoding.decoding.decoding_computer
+        ids = None
+        if boosting:
+            partial = self._boosting(decoding, [r.keywords for r in requests])
+            ids = torch.tensor([h.biasing_cfg.multi_model_id for h in partial], device=self.device)
         states = [r.state for r in requests]
         prev = None if all(s is None for s in states) else computer.merge_to_batched_state(list(states))
-        hyps, batched_state = computer(x=chunk, out_len=commit_t, prev_batched_state=prev)
+        hyps, batched_state = computer(x=chunk, out_len=commit_t, prev_batched_state=prev, multi_biasing_ids=ids)
         new_states = computer.split_batched_state(batched_state)[: len(requests)]  # CUDA graphs: see _hyp_ids
         spec_lens = [a - c for a, c in zip(available, commit, strict=True)]
         spec_ids: list[list[int]] = [[] for _ in requests]
@@ -406,6 +426,7 @@ class ParakeetEngine:
                 x=spec_frames,
                 out_len=torch.tensor(spec_lens, dtype=torch.int64, device=self.device),
                 prev_batched_state=computer.merge_to_batched_state(list(new_states)),
+                multi_biasing_ids=ids,
             )
             spec_ids = _hyp_ids(spec_hyps, len(requests))
         tokenizer = self.model.tokenizer

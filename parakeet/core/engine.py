@@ -73,6 +73,7 @@ class StepRequest:
     commit_frames: int | None
     state: Any
     tokens: tuple[int, ...] = ()
+    keywords: KeyPhrases | None = None  # the stream's phrases to boost; fixed for its utterance (its state holds them)
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,15 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from parakeet.core import errors, metrics
-from parakeet.core.engine import Engine, StepRequest, VoiceActivityModel, Waveform
+from parakeet.core.engine import Engine, StepRequest, VoiceActivityModel
+from parakeet.core.keywords import KeyPhrases
 from parakeet.pipeline.gpu import GpuArbiter
-from parakeet.pipeline.requests import Outcome
 from parakeet.pipeline.stream_config import StreamConfig, StreamGeometry
-from parakeet.pipeline.stream_session import Listener, StreamSession
+from parakeet.pipeline.stream_session import Finalize, Listener, StreamSession
 from parakeet.pipeline.vad import VadParams
 
 log = logging.getLogger("parakeet.streaming")
@@ -64,7 +63,7 @@ class StreamScheduler:
         gpu: GpuArbiter,
         vad: tuple[VoiceActivityModel, Executor] | None,
         config: StreamConfig,
-        finalize: Callable[[Waveform, bool], Awaitable[Outcome]],
+        finalize: Finalize,
     ) -> None:
         self.engine, self.gpu, self.vad, self.config, self.finalize = engine, gpu, vad, config, finalize
         self.geometry = StreamGeometry.of(config, engine.encoder_frame_samples)
@@ -104,13 +103,21 @@ class StreamScheduler:
         self._wake.set()
         self._wake_vad.set()
 
-    def open(self, listener: Listener, *, vad: VadParams | None = None, timestamps: bool = False) -> StreamSession:
+    def open(
+        self,
+        listener: Listener,
+        *,
+        vad: VadParams | None = None,
+        timestamps: bool = False,
+        keywords: KeyPhrases | None = None,
+    ) -> StreamSession:
         """Admit a stream.
 
         Args:
             listener: receives this stream's events (called on the event loop; must not block).
             vad: turn detection for this stream (utterances end at pauses), or None (they end when told).
             timestamps: whether its finals carry word timestamps.
+            keywords: phrases boosted in its partials and finals.
 
         Raises:
             ShuttingDown: the worker is shutting down.
@@ -129,7 +136,7 @@ class StreamScheduler:
             )
         if vad is not None and self.vad is None:
             raise errors.BadRequest("voice activity detection is not available on this server")
-        session = StreamSession(self, next(self._ids), listener, vad, timestamps)
+        session = StreamSession(self, next(self._ids), listener, vad, timestamps, keywords)
         self.sessions[session.id] = session
         metrics.STREAMS_OPEN.set(len(self.sessions))
         return session

@@ -21,6 +21,7 @@ import numpy as np
 
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, StepRequest, StepResult, Waveform
+from parakeet.core.keywords import KeyPhrases
 from parakeet.pipeline.requests import Outcome
 from parakeet.pipeline.stream_config import StreamConfig, StreamGeometry
 from parakeet.pipeline.vad import VAD_FRAME_SAMPLES, VadParams, VadSegmenter
@@ -87,7 +88,8 @@ class StepFailed:
 
 StreamEvent = Partial | SpeechStarted | UtteranceEnded | Final | StepFailed
 Listener = Callable[[StreamEvent], None]
-Finalize = Callable[[Waveform, bool], Awaitable[Outcome]]  # (utterance audio, timestamps?) -> offline outcome
+# (utterance audio, timestamps?, key phrases) -> offline outcome
+Finalize = Callable[[Waveform, bool, KeyPhrases | None], Awaitable[Outcome]]
 
 
 class SessionHost(Protocol):
@@ -144,9 +146,16 @@ class StreamSession:
     """
 
     def __init__(
-        self, scheduler: SessionHost, stream_id: int, listener: Listener, vad: VadParams | None, timestamps: bool
+        self,
+        scheduler: SessionHost,
+        stream_id: int,
+        listener: Listener,
+        vad: VadParams | None,
+        timestamps: bool,
+        keywords: KeyPhrases | None = None,
     ) -> None:
         self.scheduler, self.id, self.listener, self.timestamps = scheduler, stream_id, listener, timestamps
+        self.keywords = keywords  # boosted in the partials' steps and in each final alike
         self.vad = VadSegmenter(vad) if vad is not None else None
         self.closed = False
         self.epoch = 0  # bumped at every utterance end/reset: step results of an older epoch are discarded
@@ -279,7 +288,7 @@ class StreamSession:
 
     async def _final(self, utterance: Utterance, ended_at: float) -> Final:
         try:
-            outcome = await self.scheduler.finalize(utterance.waveform, self.timestamps)
+            outcome = await self.scheduler.finalize(utterance.waveform, self.timestamps, self.keywords)
         except errors.ParakeetError as exc:
             return Final(utterance, None, exc, (time.monotonic() - ended_at) * 1000)
         return Final(utterance, outcome, None, (time.monotonic() - ended_at) * 1000)
@@ -363,7 +372,8 @@ class StreamSession:
         stop = self._frames + n_chunks * g.chunk_frames + g.right_frames
         window = self._audio.slice(self._start + first * g.frame_samples, self._start + stop * g.frame_samples)
         self._step_in_flight, self.last_step_at = True, now
-        return StepRequest(window, self._frames - first, n_chunks * g.chunk_frames, self._state, self._tokens)
+        frames, commit = self._frames - first, n_chunks * g.chunk_frames
+        return StepRequest(window, frames, commit, self._state, self._tokens, self.keywords)
 
     def apply_step(self, result: StepResult, epoch: int) -> None:
         """A step's result; dropped if the utterance was reset or ended meanwhile (`epoch` is then older)."""

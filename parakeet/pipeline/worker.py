@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 from parakeet import VERSION
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, VoiceActivityModel, Waveform
+from parakeet.core.keywords import KeyPhrases, merge_key_phrases
 from parakeet.core.settings import Settings, decoder_pool_size
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.batch_policy import BatcherConfig
@@ -287,7 +288,7 @@ class Worker:
         metrics.AUDIO_DURATION.observe(outcome.audio.duration_s)
         metrics.AUDIO_PROCESSED.inc(outcome.audio.duration_s)
 
-    async def _final(self, waveform: Waveform, timestamps: bool) -> Outcome:
+    async def _final(self, waveform: Waveform, timestamps: bool, keywords: KeyPhrases | None = None) -> Outcome:
         """A live stream's utterance through the offline batcher (so its text equals `/transcribe` on the same
         samples). Admitted as part of its stream: no queue limit applies, not even shutdown (its stream is
         finalizing); its batch is formed ahead of older uploads (a speaker is waiting).
@@ -300,7 +301,7 @@ class Worker:
         s = self._serving
         ticket = s.batcher.admit(reserved=True)
         try:
-            done = await s.transcriber.run(ticket, waveform, timestamps=timestamps, priority=True)
+            done = await s.transcriber.run(ticket, waveform, timestamps=timestamps, priority=True, keywords=keywords)
         finally:
             s.batcher.release(ticket)
         audio = AudioSummary(len(waveform) / SAMPLE_RATE_HZ, SAMPLE_RATE_HZ, 1)
@@ -308,16 +309,23 @@ class Worker:
                        done.chunks)  # fmt: skip
 
     def open_stream(
-        self, listener: Listener, *, vad: VadParams | None = None, timestamps: bool = False
+        self,
+        listener: Listener,
+        *,
+        vad: VadParams | None = None,
+        timestamps: bool = False,
+        keywords: KeyPhrases | None = None,
     ) -> StreamSession:
-        """Admit a live stream (see `StreamScheduler.open`).
+        """Admit a live stream (see `StreamScheduler.open`); `keywords` and the server-wide list
+        (PARAKEET_KEYWORDS_FILE, as it is when the stream opens) are boosted in its partials and finals.
 
         Raises:
             ShuttingDown, NotReady, TooManyStreams, BadRequest (VAD unavailable).
         """
         self._check_serving("reconnect")
         assert self.streams is not None
-        return self.streams.open(listener, vad=vad, timestamps=timestamps)
+        phrases = merge_key_phrases(keywords, self.phrases.current())
+        return self.streams.open(listener, vad=vad, timestamps=timestamps, keywords=phrases)
 
     def snapshot(self) -> WorkerSnapshot:
         """The state and load, read from counters only (never waits behind the GPU)."""

@@ -6,7 +6,9 @@ naming the limit, the value and the field; requests without keywords are unchang
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import threading
 from typing import Any
 
 import httpx
@@ -21,12 +23,13 @@ from parakeet.pipeline.audio import decode_audio
 import speech
 
 
-@pytest.fixture(scope="module")
-def hard(digits_engine: Any) -> tuple[bytes, str, str]:
-    """A noisy utterance (float32 WAV, so the server decodes the very samples) the model gets wrong unboosted but
-    right when its digits are boosted: (wav, spoken text, unboosted text)."""
-    for seed in range(71_000, 71_200):
+def hard_utterance(digits_engine: Any, min_digits: int) -> tuple[bytes, str, str]:
+    """A noisy utterance (float32 WAV, so the server decodes the very samples) of at least `min_digits` digits that
+    the model gets wrong unboosted but right when its digits are boosted: (wav, spoken text, unboosted text)."""
+    for seed in range(71_000, 71_400):
         u = speech.random_utterance(seed, voices=speech.HELD_OUT_VOICES)
+        if len(u.text.split()) < min_digits:
+            continue
         wave = (u.waveform + 0.1 * np.random.default_rng(seed).standard_normal(len(u.waveform))).astype(np.float32)
         buf = io.BytesIO()
         sf.write(buf, wave, 16000, format="WAV", subtype="FLOAT")
@@ -35,7 +38,12 @@ def hard(digits_engine: Any) -> tuple[bytes, str, str]:
         boosted = digits_engine.transcribe([decoded], [False], None, [KeyPhrases((u.text,), 2.0)]).transcripts[0].text
         if plain != u.text and boosted == u.text:
             return buf.getvalue(), u.text, plain
-    raise AssertionError("no noisy utterance that boosting corrects in 200 seeds")
+    raise AssertionError("no noisy utterance that boosting corrects in 400 seeds")
+
+
+@pytest.fixture(scope="module")
+def hard(digits_engine: Any) -> tuple[bytes, str, str]:
+    return hard_utterance(digits_engine, 1)
 
 
 def test_keywords_transcribe_multipart_and_json_boost_like_the_engine(
@@ -94,3 +102,45 @@ def test_keywords_limits_are_400_naming_the_limit_and_the_field(
         assert r.status_code == 400, r.text
         err = r.json()["error"]
         assert fragment in err["message"] and err["param"] == param and err["code"] == "invalid_request", err
+
+
+def test_keywords_on_ws_boost_partials_and_the_final_like_transcribe(digits_client: Any, digits_engine: Any) -> None:
+    """`/ws?keywords=...`: the final equals `/transcribe` with the same phrases on the same PCM16 samples (and
+    differs from it without them), and the last partial before EOS already carries the boosted words."""
+    from streams import pcm16, receive, send_frames, until_type, wav
+
+    hard = hard_utterance(digits_engine, 4)  # long enough for streaming steps before EOS
+    wave, _ = sf.read(io.BytesIO(hard[0]), dtype="float32")
+    pcm = pcm16(wave)
+    spoken = hard[1]
+
+    def post(**data: str) -> str:
+        r = digits_client.post("/transcribe", files={"file": ("a.wav", wav(pcm))}, data=data)
+        assert r.status_code == 200, r.text
+        return str(r.json()["text"])
+
+    boosted, plain = post(keywords=spoken, keyword_weight="2"), post()
+    assert boosted != plain
+    query = "&".join([f"keywords={spoken.replace(' ', '%20')}", "keyword_weight=2"])
+    received: list[dict[str, Any]] = []
+    with digits_client.websocket_connect(f"/ws?{query}") as ws:
+        done = threading.Event()
+
+        def collect() -> None:  # partials arrive while audio is still being sent (at real time)
+            while not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    received.append(receive(ws, 0.2))
+
+        reader = threading.Thread(target=collect)
+        reader.start()
+        send_frames(ws, pcm)
+        done.set()
+        reader.join()
+        ws.send_bytes(b"__CTRL__:EOS")
+        before, final = until_type(ws, "final", "error")
+    assert final["type"] == "final" and final["text"] == boosted, final
+    partials = [m["text"] for m in received + before if m["type"] == "partial"]
+    assert any(partials), [m for m in received + before][:5]  # the boosted stream's steps ran and gave partial text
+    with digits_client.websocket_connect("/ws?keyword_weight=2") as ws:
+        error = receive(ws)
+    assert error["type"] == "error" and "keyword_weight needs keywords" in error["message"], error

@@ -142,3 +142,33 @@ def test_keywords_parse_limits_name_the_limit_and_the_value() -> None:
         with pytest.raises(BadRequest) as info:
             parse_key_phrases(values, weight)
         assert message in info.value.message and info.value.param == param
+
+
+def test_keywords_stream_steps_mix_boosted_and_plain_streams(
+    digits_engine: ParakeetEngine, hard_cases: tuple[list[Any], list[np.ndarray]]
+) -> None:
+    """Three streams step through their utterances together, the middle one boosted: the plain streams' tokens
+    equal those of the same steps without any boosted stream, and the boosted stream's equal its steps alone."""
+    from parakeet.core.engine import StepRequest
+
+    waves = [w[:32000] for w in hard_cases[1][:3]]
+    boost = KeyPhrases((hard_cases[0][1].text,), 2.0)
+
+    def run_steps(keywords: list[KeyPhrases | None], waves: list[np.ndarray] = waves) -> list[tuple[int, ...]]:
+        states: list[Any] = [None] * len(waves)
+        tokens: list[tuple[int, ...]] = [()] * len(waves)
+        frame = digits_engine.encoder_frame_samples
+        for k in range(3):  # windows of 8 encoder frames, committing 4 after 2 of left context
+            lo = max(0, k * 4 - 2) * frame
+            reqs = [
+                StepRequest(w[lo : (k * 4 + 8) * frame], min(2, k * 4), 4, states[i], tokens[i], keywords[i])
+                for i, w in enumerate(waves)
+            ]
+            out = digits_engine.stream_step(reqs).results
+            states, tokens = [r.state for r in out], [r.tokens for r in out]
+        return tokens
+
+    plain = run_steps([None, None, None])
+    mixed = run_steps([None, boost, None])
+    assert mixed[0] == plain[0] and mixed[2] == plain[2]
+    assert mixed[1] == run_steps([boost], [waves[1]])[0]

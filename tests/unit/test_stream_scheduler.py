@@ -47,7 +47,7 @@ class Finals:
         self.asked: list[int] = []
         self.fail = False
 
-    async def __call__(self, waveform: np.ndarray, timestamps: bool) -> Outcome:
+    async def __call__(self, waveform: np.ndarray, timestamps: bool, keywords: object = None) -> Outcome:
         self.asked.append(len(waveform))
         await self.gate.wait()
         if self.fail:

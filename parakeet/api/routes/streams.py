@@ -6,7 +6,8 @@ next frame); a frame (binary or text) exactly equal to `__CTRL__:EOS` ends the u
 once, `__CTRL__:RESET` discards it. Server -> client: `{"type": "partial", "text", "audio_s"}` when the text changes,
 `{"type": "final", "text", "audio_s", "start_s", "final_ms", "queue_ms", "compute_ms"[, "words"]}` per utterance,
 and `{"type": "error", "code", "message"}`. Query: `vad=1` ends utterances at pauses too (`vad_threshold`,
-`vad_silence_ms`, `vad_prefix_ms` tune it); `timestamps=1` adds words. A thin adapter: the session
+`vad_silence_ms`, `vad_prefix_ms` tune it); `timestamps=1` adds words; `keywords` (repeatable, comma lists) and
+`keyword_weight` boost phrases in the partials and finals (README "Custom vocabulary"). A thin adapter: the session
 (parakeet.pipeline.stream_session) does the streaming and the finals.
 """
 
@@ -20,6 +21,7 @@ from fastapi.responses import PlainTextResponse
 from parakeet.api import websockets as wsx
 from parakeet.core import errors
 from parakeet.core.engine import SAMPLE_RATE_HZ
+from parakeet.core.keywords import KeyPhrases, parse_key_phrases
 from parakeet.pipeline.stream_audio import StreamAudio
 from parakeet.pipeline.stream_session import Final, Partial, StepFailed, StreamEvent, StreamSession
 from parakeet.pipeline.vad import VadParams
@@ -76,9 +78,9 @@ class WsStream:
     def session(self) -> StreamSession | None:
         return self._session
 
-    def open(self, vad: VadParams | None) -> None:
+    def open(self, vad: VadParams | None, keywords: KeyPhrases | None = None) -> None:
         """Raises: ShuttingDown, NotReady, TooManyStreams, BadRequest (see `Worker.open_stream`)."""
-        self._session = self.worker.open_stream(self.on_event, vad=vad, timestamps=self.timestamps)
+        self._session = self.worker.open_stream(self.on_event, vad=vad, timestamps=self.timestamps, keywords=keywords)
         max_frame = self.worker.tuning.stream_max_frame_bytes
         self.reader = wsx.StreamReader(self.websocket, self.worker.settings, max_frame, self._session, self.outbox)
 
@@ -125,12 +127,17 @@ async def ws_stream(
     vad_threshold: Annotated[float, Query(gt=0, lt=1)] = _VAD.threshold,
     vad_silence_ms: Annotated[float, Query(ge=0)] = _VAD.silence_duration_ms,
     vad_prefix_ms: Annotated[float, Query(ge=0)] = _VAD.prefix_padding_ms,
+    keywords: Annotated[list[str] | None, Query()] = None,
+    keyword_weight: float | None = None,
 ) -> None:
     worker: Worker = websocket.app.state.worker
     await wsx.accept(websocket)
     stream = WsStream(websocket, worker, timestamps)
     try:
-        stream.open(VadParams(vad_threshold, vad_prefix_ms, vad_silence_ms) if vad else None)
+        phrases = parse_key_phrases(keywords or [], keyword_weight)
+        if keyword_weight is not None and phrases is None:
+            raise errors.BadRequest("keyword_weight needs keywords to weigh", param="keyword_weight")
+        stream.open(VadParams(vad_threshold, vad_prefix_ms, vad_silence_ms) if vad else None, phrases)
     except errors.ParakeetError as exc:
         stream.outbox.put(error_event({"code": exc.code, "message": exc.message}))
         await stream.outbox.flush(5.0)
