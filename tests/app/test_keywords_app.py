@@ -144,3 +144,38 @@ def test_keywords_on_ws_boost_partials_and_the_final_like_transcribe(digits_clie
     with digits_client.websocket_connect("/ws?keyword_weight=2") as ws:
         error = receive(ws)
     assert error["type"] == "error" and "keyword_weight needs keywords" in error["message"], error
+
+
+def test_keywords_in_realtime_session_update(digits_client: Any, hard: tuple[bytes, str, str]) -> None:
+    """`keywords`/`keyword_weight` in the session's `audio.input.transcription` (an extension field): the committed
+    item's transcript equals `/transcribe` with the same phrases; a bad value is an `error` event naming the field,
+    and the session goes on."""
+    import json
+
+    from streams import pcm16, realtime_event, receive, to_24k, wav
+
+    wave, _ = sf.read(io.BytesIO(hard[0]), dtype="float32")
+    pcm = to_24k(pcm16(wave))  # the SDK's Realtime types allow 24 kHz PCM only
+    spoken = hard[1]
+    data = {"keywords": spoken, "keyword_weight": "2"}
+    boosted = digits_client.post("/transcribe", files={"file": ("a.wav", wav(pcm, 24000))}, data=data).json()["text"]
+    plain = digits_client.post("/transcribe", files={"file": ("a.wav", wav(pcm, 24000))}).json()["text"]
+    assert boosted != plain  # so an ignored extension field would fail this test
+    transcription = {"model": "whisper-1", "keywords": [spoken], "keyword_weight": 2}
+    audio_in = {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None, "transcription": transcription}
+    session = {"type": "transcription", "audio": {"input": audio_in}}
+    with digits_client.websocket_connect("/v1/realtime?intent=transcription", subprotocols=["realtime"]) as ws:
+        realtime_event(receive(ws))  # session.created
+        bad = {"type": "transcription", "audio": {"input": {"transcription": {"keywords": ["a,,b"]}}}}
+        ws.send_text(json.dumps({"type": "session.update", "session": bad}))
+        error = realtime_event(receive(ws))
+        assert error.type == "error" and error.error.param == "session.audio.input.transcription.keywords", error
+        ws.send_text(json.dumps({"type": "session.update", "session": session}))
+        assert realtime_event(receive(ws)).type == "session.updated"
+        ws.send_text(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}))
+        ws.send_text(json.dumps({"type": "input_audio_buffer.commit"}))
+        while True:
+            event = realtime_event(receive(ws, 60))
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                break
+    assert event.transcript == boosted

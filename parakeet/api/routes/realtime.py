@@ -27,6 +27,7 @@ from parakeet.api import realtime_models as rt
 from parakeet.api import websockets as wsx
 from parakeet.core import errors
 from parakeet.core.engine import SAMPLE_RATE_HZ
+from parakeet.core.keywords import KeyPhrases, parse_key_phrases
 from parakeet.pipeline.stream_audio import G711_RATE_HZ, StreamAudio
 from parakeet.pipeline.stream_session import (
     Final,
@@ -106,7 +107,8 @@ class RealtimeConnection:
         td = self.config.audio.input.turn_detection
         if self._session is not None:
             self._session.retire()
-        session = self.worker.open_stream(self.on_event, vad=td.vad_params() if td is not None else None)
+        vad = td.vad_params() if td is not None else None
+        session = self.worker.open_stream(self.on_event, vad=vad, keywords=_keywords(self.config))
         self._session = session
         if self.reader is None:
             max_frame = self.worker.tuning.stream_max_frame_bytes
@@ -275,10 +277,35 @@ class RealtimeConnection:
             message, param = rt.first_problem(exc, "session")
             raise BadEvent(message, param=param) from None
         old_in, new_in = self.config.audio.input, config.audio.input
-        reopen = old_in.turn_detection != new_in.turn_detection or old_in.format != new_in.format
+        try:
+            changed_keywords = _keywords(config) != _keywords(self.config)
+        except errors.BadRequest as exc:
+            raise BadEvent(exc.message, param=f"session.audio.input.transcription.{exc.param}") from None
+        reopen = old_in.turn_detection != new_in.turn_detection or old_in.format != new_in.format or changed_keywords
         self.config = config
         if reopen:
             self.open()
+
+
+def _keywords(config: rt.SessionConfig) -> KeyPhrases | None:
+    """The session's key phrases: `keywords` (a list or a comma-separated string) and `keyword_weight` in
+    `audio.input.transcription`, an extension of OpenAI's transcription config (README "Custom vocabulary").
+
+    Raises:
+        BadRequest: as `parse_key_phrases`, or a value of the wrong type.
+    """
+    transcription = config.audio.input.transcription or {}
+    raw, weight = transcription.get("keywords"), transcription.get("keyword_weight")
+    if raw is None and weight is None:
+        return None
+    values = [] if raw is None else [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else None
+    if values is None or not all(isinstance(v, str) for v in values):
+        raise errors.BadRequest("keywords must be a list of strings or a comma-separated string", param="keywords")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)):
+        raise errors.BadRequest(f"keyword_weight must be a number, got {str(weight)[:40]!r}", param="keyword_weight")
+    if weight is not None and not values:
+        raise errors.BadRequest("keyword_weight needs keywords to weigh", param="keyword_weight")
+    return parse_key_phrases(values, None if weight is None else float(weight))
 
 
 @router.websocket("/realtime")
