@@ -411,8 +411,8 @@ class ParakeetEngine:
         computer = decoding.decoding.decoding_computer
         ids = None
         if boosting:
-            partial = self._boosting(decoding, [r.keywords for r in requests])
-            ids = torch.tensor([h.biasing_cfg.multi_model_id for h in partial], device=self.device)
+            trees = [self._compiled(decoding, r.keywords) for r in requests if r.keywords is not None]
+            ids = torch.tensor([cfg.multi_model_id for cfg in trees], device=self.device)
         states = [r.state for r in requests]
         prev = None if all(s is None for s in states) else computer.merge_to_batched_state(list(states))
         hyps, batched_state = computer(x=chunk, out_len=commit_t, prev_batched_state=prev, multi_biasing_ids=ids)
@@ -473,31 +473,35 @@ class ParakeetEngine:
 
     def _boosting(self, decoding: Any, keywords: Sequence[KeyPhrases | None]) -> list[Any]:
         """NeMo's partial hypotheses that carry each item's phrase boosting (None for items without phrases): an
-        empty hypothesis holding a `BiasingRequestItemConfig` whose tree is in `decoding`'s biasing multi-model, as
-        `EncDecRNNTModel._transcribe_on_begin` sets them up (nemo/collections/asr/models/rnnt_models.py). Trees
-        stay compiled for the last 64 distinct lists per decoding (least recently used dropped)."""
+        empty hypothesis holding the item's compiled `BiasingRequestItemConfig` (`_compiled`), as
+        `EncDecRNNTModel._transcribe_on_begin` sets them up (nemo/collections/asr/models/rnnt_models.py)."""
+        return [
+            None if kp is None else _BoostedHypothesis(
+                score=0.0, y_sequence=None, timestamp=None, biasing_cfg=self._compiled(decoding, kp)
+            )
+            for kp in keywords
+        ]  # fmt: skip
+
+    def _compiled(self, decoding: Any, kp: KeyPhrases) -> Any:
+        """The `BiasingRequestItemConfig` of `kp`, its boosting tree in `decoding`'s biasing multi-model (its
+        `multi_model_id` is the tree's id there): compiled on first use, kept for the last 64 distinct lists per
+        decoding (least recently used dropped)."""
         from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
         from nemo.collections.asr.parts.context_biasing.boosting_graph_batched import BoostingTreeModelConfig
 
         multi = decoding.decoding.decoding_computer.biasing_multi_model
         compiled = self._boosted.setdefault(id(multi), OrderedDict())
-        out: list[Any] = []
-        for kp in keywords:
-            if kp is None:
-                out.append(None)
-                continue
-            cfg = compiled.get(kp.cache_key)
-            if cfg is None:
-                tree = BoostingTreeModelConfig(key_phrases_list=list(kp.phrases), use_triton=self.device.type == "cuda")
-                cfg = BiasingRequestItemConfig(boosting_model_cfg=tree, boosting_model_alpha=kp.weight)
-                cfg.add_to_multi_model(tokenizer=self.model.tokenizer, biasing_multi_model=multi)
-                compiled[kp.cache_key] = cfg
-                while len(compiled) > _MAX_COMPILED_PHRASE_LISTS:
-                    _, old = compiled.popitem(last=False)
-                    old.remove_from_multi_model(biasing_multi_model=multi)
-            compiled.move_to_end(kp.cache_key)
-            out.append(_BoostedHypothesis(score=0.0, y_sequence=None, timestamp=None, biasing_cfg=cfg))
-        return out
+        cfg = compiled.get(kp.cache_key)
+        if cfg is None:
+            tree = BoostingTreeModelConfig(key_phrases_list=list(kp.phrases), use_triton=self.device.type == "cuda")
+            cfg = BiasingRequestItemConfig(boosting_model_cfg=tree, boosting_model_alpha=kp.weight)
+            cfg.add_to_multi_model(tokenizer=self.model.tokenizer, biasing_multi_model=multi)
+            compiled[kp.cache_key] = cfg
+            while len(compiled) > _MAX_COMPILED_PHRASE_LISTS:
+                _, old = compiled.popitem(last=False)
+                old.remove_from_multi_model(biasing_multi_model=multi)
+        compiled.move_to_end(kp.cache_key)
+        return cfg
 
     def _timestamps(self, decoding: Any, hyp: Any) -> HypothesisTimestamps:
         """One hypothesis' word, segment and token timestamps: `parakeet.core.timestamps.tdt_timestamps` over

@@ -35,24 +35,16 @@ from loadtest_report import RunResult  # noqa: E402
 
 
 def make_clips(out_dir: Path, clip_s: float, count: int) -> list[Path]:
-    """`count` WAV clips (16 kHz PCM16 mono) of `clip_s` seconds of espeak-ng digit speech with pauses (speech.py;
-    `SPEECH_CACHE` replays a recording where espeak-ng is missing)."""
-    import numpy as np
+    """`count` WAV clips (16 kHz PCM16 mono) of `clip_s` seconds of espeak-ng digit speech with pauses
+    (`bench_engine.clips`, seed 5000; `SPEECH_CACHE` replays a recording where espeak-ng is missing)."""
     import soundfile as sf
-
-    import speech
+    from bench_engine import clips
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for c in range(count):
-        parts, n, i = [], 0, 0
-        while n < clip_s * 16000:
-            w = speech.random_utterance(5000 + 100 * c + i).waveform
-            parts += [w, np.zeros(4000, dtype=np.float32)]
-            n += len(w) + 4000
-            i += 1
+    for c, wave in enumerate(clips(count, clip_s, 5000)):
         path = out_dir / f"clip{c:02d}.wav"
-        sf.write(path, np.concatenate(parts)[: int(clip_s * 16000)], 16000, subtype="PCM_16")
+        sf.write(path, wave, 16000, subtype="PCM_16")
         paths.append(path)
     return paths
 

@@ -49,17 +49,9 @@ def main() -> int:
         enc = torch.randn(args.batch, d_model, frames, generator=torch.Generator().manual_seed(0))
         lens = torch.full((args.batch,), frames, dtype=torch.int64)
     else:
-        import speech
+        from bench_engine import clips
 
-        waves = []
-        for b in range(args.batch):
-            parts, n, i = [], 0, 0
-            while n < args.clip_s * 16000:
-                w = speech.random_utterance(900 + 50 * b + i).waveform
-                parts += [w, np.zeros(4000, dtype=np.float32)]
-                n += len(w) + 4000
-                i += 1
-            waves.append(np.concatenate(parts)[: int(args.clip_s * 16000)].astype(np.float32))
+        waves = clips(args.batch, args.clip_s, 900)
         with torch.inference_mode():
             x = torch.from_numpy(np.stack(waves))
             feats, feat_lens = engine.model.preprocessor(input_signal=x, length=torch.full((len(waves),), x.shape[1]))

@@ -118,8 +118,6 @@ async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -
         raise errors.BadRequest(f"send exactly one of audio_base64 and audio_url (got {which})", param="audio_base64")
     timestamps = bool(req.timestamps or req.timestamp or req.include_timestamps)
     values = [req.keywords] if isinstance(req.keywords, str) else list(req.keywords or [])
-    if req.keyword_weight is not None and not values:
-        raise errors.BadRequest("keyword_weight needs keywords to weigh", param="keyword_weight")
     keywords = parse_key_phrases(values, req.keyword_weight)
     if req.audio_base64 is not None:
         options = JsonOptions("audio_base64", timestamps, bool(req.confidence), keywords)

@@ -109,8 +109,6 @@ def form_keywords(form: FormData) -> KeyPhrases | None:
         weight = float(raw) if raw else None
     except ValueError:
         raise errors.BadRequest(f"keyword_weight must be a number, got {raw[:40]!r}", param="keyword_weight") from None
-    if weight is not None and not values:
-        raise errors.BadRequest("keyword_weight needs keywords to weigh", param="keyword_weight")
     return parse_key_phrases(values, weight)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from parakeet.core.errors import BadRequest
 
@@ -32,7 +33,7 @@ class KeyPhrases:
     phrases: tuple[str, ...]
     weight: float = DEFAULT_WEIGHT
 
-    @property
+    @cached_property
     def cache_key(self) -> str:
         """Stable across requests and processes: the same phrases and weight reuse one compiled tree."""
         digest = hashlib.sha256("\n".join((f"{self.weight:g}", *self.phrases)).encode()).hexdigest()
@@ -43,8 +44,9 @@ def parse_key_phrases(values: Iterable[str], weight: float | None, param: str = 
     """Key phrases from a request's values (each value may be a comma-separated list), or None when there are none.
 
     Raises:
-        BadRequest: an empty phrase, a phrase over MAX_PHRASE_CHARS characters, more than MAX_PHRASES phrases, or a
-            weight outside (0, MAX_WEIGHT]; the message names the limit and the value, `param` the field.
+        BadRequest: an empty phrase, a phrase over MAX_PHRASE_CHARS characters, more than MAX_PHRASES phrases, a
+            weight outside (0, MAX_WEIGHT], or a weight without phrases; the message names the limit and the value,
+            `param` the field.
     """
     phrases: list[str] = []
     for value in values:
@@ -60,6 +62,8 @@ def parse_key_phrases(values: Iterable[str], weight: float | None, param: str = 
                 phrases.append(phrase)
     if len(phrases) > MAX_PHRASES:
         raise BadRequest(f"'{param}' has {len(phrases)} phrases; the limit is {MAX_PHRASES}", param=param)
+    if weight is not None and not phrases:
+        raise BadRequest("keyword_weight needs keywords to weigh", param="keyword_weight")
     w = DEFAULT_WEIGHT if weight is None else weight
     if not 0 < w <= MAX_WEIGHT:
         raise BadRequest(f"keyword_weight must be in (0, {MAX_WEIGHT:g}], got {w:g}", param="keyword_weight")

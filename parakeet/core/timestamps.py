@@ -76,9 +76,7 @@ class TokenTable:
     def seconds(self, offset: int) -> float:
         """An offset in encoder frames as NeMo's seconds (`offset * window_stride * subsampling`), rounded to
         the millisecond as the server reports it."""
-        table = self._seconds
-        if offset < 0:
-            return round(offset * self.window_stride_s * self.subsampling_factor, 3)
+        table = self._seconds  # offsets are frame indices (>= 0): a list grown on demand
         while len(table) <= offset:
             table.append(round(len(table) * self.window_stride_s * self.subsampling_factor, 3))
         return table[offset]
@@ -119,12 +117,12 @@ def tdt_timestamps(
     ids: list[int] = []
     starts: list[int] = []
     ends: list[int] = []
-    for t, s, d in zip(token_ids, frames, durations, strict=False):
+    for t, s, d in zip(token_ids, frames, durations, strict=False):  # as NeMo's zip: stops at the shortest
         if t != blank:
             ids.append(t)
             starts.append(s)
             ends.append(s + d)
-    n_tokens = sum(1 for t in token_ids if t != blank)
+    n_tokens = len(token_ids) - list(token_ids).count(blank)
     if len(ids) != n_tokens:
         raise ValueError(f"{len(ids)} token offsets for {n_tokens} non-blank tokens")
     n = len(ids)

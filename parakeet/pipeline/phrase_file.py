@@ -50,7 +50,7 @@ def read_phrase_file(path: Path) -> KeyPhrases | None:
             continue
         phrases.append(line.replace(",", " "))  # a line is one phrase: its commas do not split it
     try:
-        return parse_key_phrases(phrases, weight, param="PARAKEET_KEYWORDS_FILE")
+        return parse_key_phrases(phrases, weight if phrases else None, param="PARAKEET_KEYWORDS_FILE")
     except errors.BadRequest as exc:
         raise errors.InvalidSettings(f"PARAKEET_KEYWORDS_FILE {path}: {exc.message}") from None
 

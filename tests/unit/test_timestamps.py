@@ -80,6 +80,20 @@ def nemo_timestamps(decoding: Any, ids: list[int], frames: list[int], durations:
     return HypothesisTimestamps(_spans(timed, "word"), _spans(timed, "segment"), _spans(timed, "char"))
 
 
+def assert_same_as_nemo(
+    decoding: Any, table: TokenTable, ids: list[int], frames: list[int], durations: list[int]
+) -> None:
+    """Our timestamps equal NeMo's for this hypothesis, or both raise IndexError (NeMo indexes an empty word's last
+    character; so do we)."""
+    try:
+        expected = nemo_timestamps(decoding, ids, frames, durations)
+    except IndexError:
+        with pytest.raises(IndexError):
+            tdt_timestamps(ids, frames, durations, table)
+        return
+    assert tdt_timestamps(ids, frames, durations, table) == expected
+
+
 @st.composite
 def hypotheses(draw: st.DrawFn, vocab: int, marks: list[int], spaces: list[int]) -> tuple[list[int], ...]:
     """Token ids biased towards punctuation and bare word-start pieces, with non-decreasing frames and TDT
@@ -101,14 +115,7 @@ def test_property_equal_to_nemo_on_generated_hypotheses(punctuated_decoding: Any
     @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
     @given(hypotheses(vocab, marks, spaces))
     def check(case: tuple[list[int], list[int], list[int]]) -> None:
-        ids, frames, durations = case
-        try:
-            expected = nemo_timestamps(punctuated_decoding, ids, frames, durations)
-        except IndexError:  # NeMo indexes an empty word's last character; so do we
-            with pytest.raises(IndexError):
-                tdt_timestamps(ids, frames, durations, punctuated_table)
-            return
-        assert tdt_timestamps(ids, frames, durations, punctuated_table) == expected
+        assert_same_as_nemo(punctuated_decoding, punctuated_table, *case)
 
     check()
 
@@ -160,13 +167,7 @@ def test_property_equal_to_nemo_over_generated_vocabularies(data: st.DataObject)
         pieces=pieces, texts=texts, punctuation=frozenset(punctuation), decode_pieces=decoding.decode_tokens_to_str,
         blank_id=vocab, segment_delimiters=(".", "!", "?"), window_stride_s=0.01, subsampling_factor=8,
     )  # fmt: skip
-    try:
-        expected = nemo_timestamps(decoding, ids, frames, durations)
-    except IndexError:  # NeMo indexes an empty word's last character; so do we
-        with pytest.raises(IndexError):
-            tdt_timestamps(ids, frames, durations, table)
-        return
-    assert tdt_timestamps(ids, frames, durations, table) == expected
+    assert_same_as_nemo(decoding, table, ids, frames, durations)
 
 
 def test_equal_to_nemo_on_hand_picked_punctuation(punctuated_decoding: Any, punctuated_table: TokenTable) -> None:

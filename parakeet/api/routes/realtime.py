@@ -303,8 +303,6 @@ def _keywords(config: rt.SessionConfig) -> KeyPhrases | None:
         raise errors.BadRequest("keywords must be a list of strings or a comma-separated string", param="keywords")
     if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)):
         raise errors.BadRequest(f"keyword_weight must be a number, got {str(weight)[:40]!r}", param="keyword_weight")
-    if weight is not None and not values:
-        raise errors.BadRequest("keyword_weight needs keywords to weigh", param="keyword_weight")
     return parse_key_phrases(values, None if weight is None else float(weight))
 
 

@@ -135,8 +135,6 @@ async def ws_stream(
     stream = WsStream(websocket, worker, timestamps)
     try:
         phrases = parse_key_phrases(keywords or [], keyword_weight)
-        if keyword_weight is not None and phrases is None:
-            raise errors.BadRequest("keyword_weight needs keywords to weigh", param="keyword_weight")
         stream.open(VadParams(vad_threshold, vad_prefix_ms, vad_silence_ms) if vad else None, phrases)
     except errors.ParakeetError as exc:
         stream.outbox.put(error_event({"code": exc.code, "message": exc.message}))
