@@ -417,3 +417,26 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def hard_utterance(digits_engine: Any, min_digits: int) -> tuple[bytes, str, str]:
+    """A noisy utterance (float32 WAV, so the server decodes the very samples) of at least `min_digits` digits that
+    the model gets wrong unboosted but right when its digits are boosted: (wav, spoken text, unboosted text)."""
+    from parakeet.core.keywords import KeyPhrases
+    from parakeet.pipeline.audio import decode_audio
+
+    import speech
+
+    for seed in range(71_000, 71_400):
+        u = speech.random_utterance(seed, voices=speech.HELD_OUT_VOICES)
+        if len(u.text.split()) < min_digits:
+            continue
+        wave = (u.waveform + 0.1 * np.random.default_rng(seed).standard_normal(len(u.waveform))).astype(np.float32)
+        buf = io.BytesIO()
+        sf.write(buf, wave, 16000, format="WAV", subtype="FLOAT")
+        decoded = decode_audio(buf.getvalue(), max_duration_s=60).waveform
+        plain = digits_engine.transcribe([decoded], [False]).transcripts[0].text
+        boosted = digits_engine.transcribe([decoded], [False], None, [KeyPhrases((u.text,), 2.0)]).transcripts[0].text
+        if plain != u.text and boosted == u.text:
+            return buf.getvalue(), u.text, plain
+    raise AssertionError("no noisy utterance that boosting corrects in 400 seeds")

@@ -110,7 +110,9 @@ class HealthResponse(BaseModel):
     batches: int = Field(0, description="Batches run by this worker.")
     dropped_requests: int = Field(0, description="Requests dropped before the GPU: client gone, or past deadline.")
     failed_batches: int = Field(0, description="Batches that raised (their requests got 500).")
-    streams_open: int = Field(0, description="Open live streams (/ws, /v1/realtime) on this worker.")
+    streams_open: int = Field(
+        0, description="Open live streams (/ws, /v1/realtime, Wyoming utterances being streamed) on this worker."
+    )
     streams_refused: int = Field(0, description="Streams refused at connect for the stream limit.")
     stream_steps: int = Field(0, description="Batched streaming steps run.")
     mean_step_batch: float | None = Field(None, description="Streams per step, over the last 1000 steps.")

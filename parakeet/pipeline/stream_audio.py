@@ -2,7 +2,8 @@
 and G.711 mu-law / A-law, resampled with soxr's streaming resampler (HQ), the same steps and numbers as the upload
 decoder (parakeet.pipeline.audio), so a stream's audio equals the same audio uploaded as a WAV file.
 
-Shared by `/ws`, the OpenAI Realtime route and Wyoming; it knows nothing of sockets.
+Shared by `/ws`, the OpenAI Realtime route and Wyoming; it knows nothing of sockets. Also a stream's sample buffer
+(`SampleBuffer`) and a Wyoming utterance's recording (`PcmRecording`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from parakeet.core.engine import Waveform
+from parakeet.core.engine import SAMPLE_RATE_HZ, Waveform
 from parakeet.pipeline.audio import BlockConverter, DecodedAudio, check_format
 
 Encoding = Literal["pcm", "pcmu", "pcma"]
@@ -117,12 +118,15 @@ class PcmRecording:
         self._blocks: list[Waveform] = []
         self.samples = 0
 
-    def add(self, data: bytes) -> None:
-        """Raises: what `hold` raises (the samples are then not kept)."""
+    def add(self, data: bytes) -> Waveform:
+        """Returns the new 16 kHz samples (float32 [N]).
+
+        Raises: what `hold` raises (the samples are then not kept)."""
         block = self.audio.convert(data)
         self._hold(4 * (self.samples + len(block)))
         self._blocks.append(block)
         self.samples += len(block)
+        return block
 
     def finish(self) -> DecodedAudio:
         """The whole utterance as 16 kHz samples (the resampler's tail included); the recording is then empty."""
@@ -133,3 +137,38 @@ class PcmRecording:
 
     def clear(self) -> None:
         self._blocks, self.samples = [], 0
+
+
+class SampleBuffer:
+    """A live stream's growing float32 16 kHz samples, addressed by absolute stream sample, the head droppable
+    (parakeet.pipeline.stream_session)."""
+
+    def __init__(self) -> None:
+        self._data = np.zeros(SAMPLE_RATE_HZ, dtype=np.float32)
+        self.base = 0  # absolute sample of _data[0]
+        self.end = 0  # absolute sample one past the last
+
+    def append(self, x: Waveform) -> None:
+        n = self.end - self.base
+        if n + len(x) > len(self._data):
+            grown = np.zeros(max(2 * len(self._data), n + len(x)), dtype=np.float32)
+            grown[:n] = self._data[:n]
+            self._data = grown
+        self._data[n : n + len(x)] = x
+        self.end += len(x)
+
+    @property
+    def held(self) -> int:
+        """Samples in memory now."""
+        return self.end - self.base
+
+    def slice(self, start: int, stop: int) -> Waveform:
+        """Samples [start, stop) (absolute), a copy."""
+        return self._data[max(start, self.base) - self.base : stop - self.base].copy()
+
+    def drop_before(self, sample: int) -> None:
+        cut = min(max(sample, self.base), self.end) - self.base
+        if cut > 0:
+            n = self.end - self.base
+            self._data[: n - cut] = self._data[cut:n]
+            self.base += cut

@@ -110,6 +110,7 @@ class StreamScheduler:
         vad: VadParams | None = None,
         timestamps: bool = False,
         keywords: KeyPhrases | None = None,
+        finals: bool = True,
     ) -> StreamSession:
         """Admit a stream.
 
@@ -118,6 +119,7 @@ class StreamScheduler:
             vad: turn detection for this stream (utterances end at pauses), or None (they end when told).
             timestamps: whether its finals carry word timestamps.
             keywords: phrases boosted in its partials and finals.
+            finals: False: partials only (`StreamSession`).
 
         Raises:
             ShuttingDown: the worker is shutting down.
@@ -136,7 +138,7 @@ class StreamScheduler:
             )
         if vad is not None and self.vad is None:
             raise errors.BadRequest("voice activity detection is not available on this server")
-        session = StreamSession(self, next(self._ids), listener, vad, timestamps, keywords)
+        session = StreamSession(self, next(self._ids), listener, vad, timestamps, keywords, finals)
         self.sessions[session.id] = session
         metrics.STREAMS_OPEN.set(len(self.sessions))
         return session

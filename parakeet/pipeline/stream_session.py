@@ -17,12 +17,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import numpy as np
-
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, StepRequest, StepResult, Waveform
 from parakeet.core.keywords import KeyPhrases
 from parakeet.pipeline.requests import Outcome
+from parakeet.pipeline.stream_audio import SampleBuffer
 from parakeet.pipeline.stream_config import StreamConfig, StreamGeometry
 from parakeet.pipeline.vad import VAD_FRAME_SAMPLES, VadParams, VadSegmenter
 
@@ -107,42 +106,16 @@ class SessionHost(Protocol):
         """The session closed."""
 
 
-class _Samples:
-    """A growing float32 buffer addressed by absolute stream sample, with the head droppable."""
-
-    def __init__(self) -> None:
-        self._data = np.zeros(SAMPLE_RATE_HZ, dtype=np.float32)
-        self.base = 0  # absolute sample of _data[0]
-        self.end = 0  # absolute sample one past the last
-
-    def append(self, x: Waveform) -> None:
-        n = self.end - self.base
-        if n + len(x) > len(self._data):
-            grown = np.zeros(max(2 * len(self._data), n + len(x)), dtype=np.float32)
-            grown[:n] = self._data[:n]
-            self._data = grown
-        self._data[n : n + len(x)] = x
-        self.end += len(x)
-
-    def slice(self, start: int, stop: int) -> Waveform:
-        """Samples [start, stop) (absolute), a copy."""
-        return self._data[max(start, self.base) - self.base : stop - self.base].copy()
-
-    def drop_before(self, sample: int) -> None:
-        cut = min(max(sample, self.base), self.end) - self.base
-        if cut > 0:
-            n = self.end - self.base
-            self._data[: n - cut] = self._data[cut:n]
-            self.base += cut
-
-
 class StreamSession:
     """One live stream. Created by `StreamScheduler.open`.
 
     Protocol side: feed audio with `append`; end an utterance with `end_utterance` (EOS, commit) or drop it with
     `reset`; `close` when the socket goes. `has_room`/`wait_for_room` are the backpressure, `closing` is set when
-    the worker shuts down. Scheduler side: `step_request`/`apply_step`/`step_failed` and `vad_frame`/`apply_vad`/
-    `vad_failed`. With VAD, utterances exist only between detected speech start and end.
+    the worker shuts down. A session opened with `finals=False` gives partials only, of one utterance of any length
+    (no length limit cuts it; its audio is kept only as far back as the next step's left context): a protocol that
+    transcribes the whole utterance itself (Wyoming) uses it for the partials alone. Scheduler side:
+    `step_request`/`apply_step`/`step_failed` and `vad_frame`/`apply_vad`/`vad_failed`. With VAD, utterances exist
+    only between detected speech start and end.
     """
 
     def __init__(
@@ -153,15 +126,17 @@ class StreamSession:
         vad: VadParams | None,
         timestamps: bool,
         keywords: KeyPhrases | None = None,
+        finals: bool = True,
     ) -> None:
         self.scheduler, self.id, self.listener, self.timestamps = scheduler, stream_id, listener, timestamps
         self.keywords = keywords  # boosted in the partials' steps and in each final alike
+        self.finals = finals  # False: partials only (its protocol transcribes the utterance itself; Wyoming)
         self.vad = VadSegmenter(vad) if vad is not None else None
         self.closed = False
         self.epoch = 0  # bumped at every utterance end/reset: step results of an older epoch are discarded
         self.last_step_at = 0.0
         self.closing = scheduler.closing
-        self._audio = _Samples()
+        self._audio = SampleBuffer()
         self._start: int | None = 0 if vad is None else None  # utterance start (absolute sample); None: silence
         self._frames = 0  # encoder frames of the utterance committed so far
         self._state: Any = None
@@ -182,6 +157,11 @@ class StreamSession:
         return self._audio.end
 
     @property
+    def held_samples(self) -> int:
+        """The stream's samples in memory now (16 kHz)."""
+        return self._audio.held
+
+    @property
     def in_utterance(self) -> bool:
         return self._start is not None
 
@@ -197,7 +177,7 @@ class StreamSession:
         self._audio.append(samples)
         metrics.STREAM_AUDIO.inc(len(samples) / SAMPLE_RATE_HZ)
         limit = self.scheduler.config.max_utterance_s * SAMPLE_RATE_HZ
-        if self._start is not None and self._audio.end - self._start >= limit:
+        if self.finals and self._start is not None and self._audio.end - self._start >= limit:
             self._finish(self._cut(self._audio.end, keep_open=True), "max_length")
         self._update_room()
         self.scheduler.wake()
@@ -383,9 +363,11 @@ class StreamSession:
         self._frames += result.committed_frames
         self._state, self._tokens = result.state, result.tokens
         self._failures = 0
+        g = self.scheduler.geometry
+        if not self.finals:  # no final needs the utterance's audio: keep only the next window's left context on
+            self._audio.drop_before((self._start or 0) + max(0, self._frames - g.left_frames) * g.frame_samples)
         if result.text != self._text:
             self._text = result.text
-            g = self.scheduler.geometry
             covered = min((self._frames + g.right_frames) * g.frame_samples, self._audio.end - (self._start or 0))
             self._emit(Partial(result.text, result.committed_text, covered / SAMPLE_RATE_HZ))
         self._update_room()

@@ -315,9 +315,11 @@ class Worker:
         vad: VadParams | None = None,
         timestamps: bool = False,
         keywords: KeyPhrases | None = None,
+        finals: bool = True,
     ) -> StreamSession:
-        """Admit a live stream (see `StreamScheduler.open`); `keywords` and the server-wide list
-        (PARAKEET_KEYWORDS_FILE, as it is when the stream opens) are boosted in its partials and finals.
+        """Admit a live stream (see `StreamScheduler.open`; `finals=False`: partials only); `keywords` and the
+        server-wide list (PARAKEET_KEYWORDS_FILE, as it is when the stream opens) are boosted in its partials and
+        finals.
 
         Raises:
             ShuttingDown, NotReady, TooManyStreams, BadRequest (VAD unavailable).
@@ -325,7 +327,7 @@ class Worker:
         self._check_serving("reconnect")
         assert self.streams is not None
         phrases = merge_key_phrases(keywords, self.phrases.current())
-        return self.streams.open(listener, vad=vad, timestamps=timestamps, keywords=phrases)
+        return self.streams.open(listener, vad=vad, timestamps=timestamps, keywords=phrases, finals=finals)
 
     def snapshot(self) -> WorkerSnapshot:
         """The state and load, read from counters only (never waits behind the GPU)."""

@@ -330,3 +330,26 @@ def test_a_failing_vad_is_dropped_after_three_tries_and_the_stream_goes_on() -> 
     assert any("voice activity detection failed" in e.message for e in failed)
     assert engine.steps and room  # the stream streams on without VAD, and its reader is not held
     assert not any(isinstance(e, UtteranceEnded) for e in events)
+
+
+def test_a_partials_only_stream_is_never_cut_and_keeps_only_the_left_context_it_needs() -> None:
+    """`finals=False` (Wyoming's streaming transcripts): past `max_utterance_s` the utterance goes on (no
+    `UtteranceEnded`, no final asked); its steps see the same windows as a stream that keeps all its audio."""
+    engine, finals = FakeEngine(), Finals()
+    cfg = replace(CFG, max_utterance_s=2.0)
+
+    async def body(s: StreamScheduler) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        session = s.open(events.append, finals=False)
+        for n in range(1, 15):  # 14 steps of 6 frames, 6.2 s in all: past the 2 s limit
+            session.append(audio(6 * FRAME / 16000) if n > 1 else audio(12 * FRAME / 16000))
+            await until(lambda n=n: s.stats.steps == n)
+        assert session.held_samples == (50 + 6) * FRAME  # the next window's left context (capped) and its 6 new
+        session.close()
+        return events
+
+    events = run_scheduler(engine, body, cfg, finals=finals)
+    assert not any(isinstance(e, UtteranceEnded | Final) for e in events) and finals.asked == []
+    lefts = [step[0].left_frames for step in engine.steps]
+    assert lefts == [0, 6, 12, 18, 24, 30, 36, 42, 48, 50, 50, 50, 50, 50]  # all there (4000 ms = 50 frames cap)
+    assert [len(step[0].window) for step in engine.steps] == [(left + 12) * FRAME for left in lefts]
