@@ -156,6 +156,7 @@ class ParakeetEngine:
         self._decodings: dict[tuple[bool, bool], Any] = {}  # (confidence, boosting) -> NeMo decoding (_decoding_for)
         # Compiled phrase lists, per decoding object (its multi-model holds them): cache key -> NeMo's request config.
         self._boosted: dict[int, OrderedDict[str, Any]] = {}
+        self._spells: dict[str, bool] = {}  # character -> whether the tokenizer spells it (unspellable)
         self.cuda_graphs = False
         self.cuda_graphs_reason = "not a CUDA device" if device.type != "cuda" else "off (as constructed)"
         self.set_cuda_graphs(cuda_graphs)
@@ -531,6 +532,26 @@ class ParakeetEngine:
             )
             for span, c, piece in zip(chars, scores, pieces, strict=True)
         )
+
+    def unspellable(self, text: str) -> str:
+        """The distinct characters of `text` that the model's tokenizer maps to its unknown token (a phrase holding
+        one cannot be boosted as written), in first-seen order; "" when it spells them all. Whitespace always spells.
+
+        Thread-safe: only the tokenizer's encoder runs (SentencePiece keeps no state between encodings), so the
+        server calls it on its event loop while the GPU thread decodes. Each character is encoded once."""
+        unk = getattr(self.model.tokenizer, "unk_id", None)
+        if not isinstance(unk, int) or unk < 0:
+            return ""
+        missing = []
+        for char in dict.fromkeys(text):
+            if char.isspace():
+                continue
+            spells = self._spells.get(char)
+            if spells is None:
+                spells = self._spells[char] = unk not in self.model.tokenizer.text_to_ids(char)
+            if not spells:
+                missing.append(char)
+        return "".join(missing)
 
     def warmup(self, duration_s: float = 2.0) -> float:
         """Run one batch of seeded noise so that first requests don't pay for lazy init. Returns ms."""

@@ -85,6 +85,27 @@ def exit_worker(message: str) -> NoReturn:
     os._exit(3)
 
 
+def _reload_phrases_on_hup(worker: Worker) -> Callable[[], None]:
+    """SIGHUP re-reads PARAKEET_KEYWORDS_FILE at once, changed or not (a change is also seen at the next request
+    without it). Only in a worker that is its own process's main thread (one worker: the server's pid; with
+    several, uvicorn's supervisor takes SIGHUP as "restart the workers"). Returns a function that puts the
+    previous handler back."""
+    loop = asyncio.get_running_loop()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(worker.phrases.reload)
+
+    try:
+        previous = signal.signal(signal.SIGHUP, handler)
+    except ValueError:  # not the main thread
+        return lambda: None
+
+    def restore() -> None:
+        signal.signal(signal.SIGHUP, previous)
+
+    return restore
+
+
 def _chain_shutdown_signals(worker: Worker) -> Callable[[], None]:
     """The first step of the worker's one shutdown path: `begin_shutdown()` the moment SIGTERM/SIGINT arrives, then
     let uvicorn's own handler run (it stops accepting and waits for in-flight requests; the lifespan then calls
@@ -153,7 +174,7 @@ async def _load(
 ) -> None:
     try:
         await worker.load(factory, vad_factory)
-    except errors.ModelLoadError as exc:
+    except (errors.ModelLoadError, errors.InvalidSettings) as exc:
         on_fatal(exc.message)
     except Exception:
         log.exception("model load failed")
@@ -195,6 +216,7 @@ def _lifespan(
         wyoming = await _start_wyoming(settings, worker, on_fatal)
         loader = asyncio.create_task(_load(worker, factory, vad_factory, on_fatal))
         restore_signals = _chain_shutdown_signals(worker)
+        restore_hup = _reload_phrases_on_hup(worker)
         try:
             yield
         finally:
@@ -203,6 +225,7 @@ def _lifespan(
                 await wyoming.stop()
             await worker.close()
             restore_signals()
+            restore_hup()
             if claim is not None:
                 claim.release()
 

@@ -83,6 +83,9 @@ class NoopEngine:
             [StepResult(r.tokens, "", "", None, len(r.window) // 1280 - r.left_frames) for r in requests], 0.0
         )
 
+    def unspellable(self, text: str) -> str:
+        return ""
+
     def warmup(self, duration_s: float = 2.0) -> float:
         return 0.0
 

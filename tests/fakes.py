@@ -60,6 +60,7 @@ class FakeEngine:
     timestamps_asked: list[list[bool]] = field(default_factory=list)  # the timestamp flags of each call
     keywords_asked: list[list[Any]] = field(default_factory=list)  # the key phrases of each call (None: none)
     steps: list[list[StepRequest]] = field(default_factory=list)  # the requests of each streaming step
+    cannot_spell: str = ""  # characters its "tokenizer" cannot spell (unspellable)
 
     def transcribe(
         self,
@@ -97,6 +98,9 @@ class FakeEngine:
             frames = r.commit_frames if r.commit_frames is not None else len(r.window) // 1280 - r.left_frames
             results.append(StepResult(r.tokens, "", f"{len(r.window)}", None, frames))
         return StepBatchResult(results, 0.1)
+
+    def unspellable(self, text: str) -> str:
+        return "".join(c for c in dict.fromkeys(text) if c in self.cannot_spell)
 
     def warmup(self, duration_s: float = 2.0) -> float:
         return 1.0

@@ -22,6 +22,15 @@ from parakeet.core.keywords import KeyPhrases, parse_key_phrases
 from parakeet.pipeline.fetch import UrlPolicy, fetch_audio
 
 
+class PhraseItem(BaseModel):
+    """One key phrase with its own weight (`{"phrase": "Anna Kowalski", "weight": 2}`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phrase: str
+    weight: float | None = None
+
+
 class AudioRequest(BaseModel):
     """The JSON body (or its `input` object)."""
 
@@ -33,7 +42,7 @@ class AudioRequest(BaseModel):
     timestamp: bool | None = None  # serverless handlers' name
     include_timestamps: bool | None = None  # other servers' name
     confidence: bool | None = None
-    keywords: list[str] | str | None = None  # phrases to boost: a list, or one comma-separated string
+    keywords: Any = None  # phrases to boost: a comma-separated string, or a list of strings and PhraseItems (_keywords)
     keyword_weight: float | None = None
 
 
@@ -117,11 +126,51 @@ async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -
         which = "both" if req.audio_base64 is not None else "neither"
         raise errors.BadRequest(f"send exactly one of audio_base64 and audio_url (got {which})", param="audio_base64")
     timestamps = bool(req.timestamps or req.timestamp or req.include_timestamps)
-    values = [req.keywords] if isinstance(req.keywords, str) else list(req.keywords or [])
-    keywords = parse_key_phrases(values, req.keyword_weight)
+    keywords = _keywords(req)
     if req.audio_base64 is not None:
         options = JsonOptions("audio_base64", timestamps, bool(req.confidence), keywords)
         return decode_base64(req.audio_base64, max_bytes), options
     assert req.audio_url is not None
     options = JsonOptions("audio_url", timestamps, bool(req.confidence), keywords)
     return await fetch_audio(req.audio_url, policy, max_bytes), options
+
+
+def _keywords(req: AudioRequest) -> KeyPhrases | None:
+    """`keywords` as a string (a comma list), a list of strings (each may be a comma list) or of `PhraseItem`s (a
+    phrase with a comma stays one phrase), with `keyword_weight`. NeMo boosts a request's list with one weight, so
+    the weights given must agree.
+
+    Raises:
+        BadRequest: weights that differ (param `keywords`), or as `parse_key_phrases`.
+    """
+    raw = [req.keywords] if isinstance(req.keywords, str) else req.keywords if req.keywords is not None else []
+    if not isinstance(raw, list):
+        raise errors.BadRequest("'keywords' must be a string or a list", param="keywords")
+    values, weights = [], set()
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            values.append(item)
+            continue
+        try:
+            phrase = PhraseItem.model_validate(item)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(p) for p in problem.get("loc", ()))
+            what = "unknown field" if problem.get("type") == "extra_forbidden" else problem["msg"]
+            raise errors.BadRequest(
+                f'keywords[{i}] must be a string or {{"phrase", "weight"}}: {what}{f" ({where})" if where else ""}',
+                param="keywords",
+            ) from None
+        values.append(phrase.phrase.replace(",", " "))
+        if phrase.weight is not None:
+            weights.add(phrase.weight)
+    if req.keyword_weight is not None:
+        weights.add(req.keyword_weight)
+    if len(weights) > 1:
+        listed = ", ".join(f"{w:g}" for w in sorted(weights))
+        raise errors.BadRequest(
+            f"'keywords' gives different weights ({listed}); NeMo boosts a request's phrases with one weight: send "
+            "keyword_weight, or the same weight on every phrase",
+            param="keywords",
+        )
+    return parse_key_phrases(values, weights.pop() if weights else None)

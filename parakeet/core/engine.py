@@ -177,6 +177,12 @@ class Engine(Protocol):
         """
         ...
 
+    def unspellable(self, text: str) -> str:
+        """The distinct characters of `text` the model's tokenizer cannot spell (it maps them to its unknown
+        token), in first-seen order; "" when it spells them all. Thread-safe, unlike the rest: it runs on the
+        event loop (a request's key phrases are checked before they are queued)."""
+        ...
+
     def warmup(self, duration_s: float = 2.0) -> float:
         """Run one batch of `duration_s` seconds of synthetic audio; return its compute time in ms."""
         ...

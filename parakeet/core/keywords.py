@@ -9,7 +9,7 @@ asr_customization/word_boosting.html). Identical lists share one compiled tree t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -68,6 +68,23 @@ def parse_key_phrases(values: Iterable[str], weight: float | None, param: str = 
     if not 0 < w <= MAX_WEIGHT:
         raise BadRequest(f"keyword_weight must be in (0, {MAX_WEIGHT:g}], got {w:g}", param="keyword_weight")
     return KeyPhrases(tuple(phrases), w) if phrases else None
+
+
+def check_spelling(keywords: KeyPhrases | None, unspellable: Callable[[str], str], param: str = "keywords") -> None:
+    """Refuse phrases the model cannot spell: its tokenizer maps some of their characters to the unknown token, so
+    the boosting tree would boost "unknown" instead of the phrase. `unspellable` is `Engine.unspellable`.
+
+    Raises:
+        BadRequest: the first such phrase and its characters, `param` the field.
+    """
+    for phrase in keywords.phrases if keywords is not None else ():
+        missing = unspellable(phrase)
+        if missing:
+            raise BadRequest(
+                f"the phrase {phrase[:60]!r} in '{param}' has characters the model cannot spell: "
+                + ", ".join(repr(c) for c in missing[:10]),
+                param=param,
+            )
 
 
 def merge_key_phrases(request: KeyPhrases | None, server: KeyPhrases | None) -> KeyPhrases | None:

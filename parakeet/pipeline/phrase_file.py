@@ -4,18 +4,20 @@ requests that cannot send any.
 
 File format (UTF-8): one phrase per line; blank lines and lines starting with `#` are skipped; one optional line
 `weight = <number>` sets the list's boosting weight (default 1; NeMo boosts a list with one weight). The file is
-re-read when its modification time or size changes (checked at each request: one `stat`), so editing it needs no
-restart; an edit that makes it invalid keeps the previous list and logs one ERROR naming the problem.
+re-read when its modification time or size changes (checked at each request: one `stat`) or at SIGHUP, so
+editing it needs no restart; an edit that makes it invalid keeps the previous list and logs one ERROR naming the
+problem.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from parakeet.core import errors
-from parakeet.core.keywords import KeyPhrases, parse_key_phrases
+from parakeet.core.keywords import KeyPhrases, check_spelling, parse_key_phrases
 
 log = logging.getLogger("parakeet.keywords")
 
@@ -66,11 +68,27 @@ class ServerPhrases:
         self.path = path
         self._stamp: tuple[int, int] | None = None
         self._phrases: KeyPhrases | None = None
+        self._spelling: Callable[[str], str] = lambda text: ""
         if path is not None:
             self._stamp = self._stat()
             self._phrases = read_phrase_file(path)
             count = len(self._phrases.phrases) if self._phrases else 0
             log.info("server-wide key phrases: %d from %s", count, path)
+
+    def check_with(self, unspellable: Callable[[str], str]) -> None:
+        """Check the list, now and at every reload, with the model's tokenizer (`Engine.unspellable`).
+
+        Raises:
+            InvalidSettings: a phrase holds characters the model cannot spell (the worker stops with that line).
+        """
+        self._spelling = unspellable
+        self._check(self._phrases)
+
+    def _check(self, phrases: KeyPhrases | None) -> None:
+        try:
+            check_spelling(phrases, self._spelling, param="PARAKEET_KEYWORDS_FILE")
+        except errors.BadRequest as exc:
+            raise errors.InvalidSettings(f"PARAKEET_KEYWORDS_FILE {self.path}: {exc.message}") from None
 
     def _stat(self) -> tuple[int, int] | None:
         assert self.path is not None
@@ -79,6 +97,12 @@ class ServerPhrases:
         except OSError:
             return None
         return st.st_mtime_ns, st.st_size
+
+    def reload(self) -> None:
+        """Re-read the file now, changed or not (SIGHUP)."""
+        if self.path is not None:
+            self._stamp = (-1, -1)
+            self.current()
 
     def current(self) -> KeyPhrases | None:
         """The list now: re-read first if the file changed since the last read (an invalid or vanished file keeps
@@ -89,7 +113,9 @@ class ServerPhrases:
         if stamp != self._stamp:
             self._stamp = stamp
             try:
-                self._phrases = read_phrase_file(self.path)
+                phrases = read_phrase_file(self.path)
+                self._check(phrases)
+                self._phrases = phrases
             except errors.InvalidSettings as exc:
                 log.error("%s; keeping the previous %d phrase(s)", exc.message,
                           len(self._phrases.phrases) if self._phrases else 0)  # fmt: skip

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ
-from parakeet.core.keywords import KeyPhrases, merge_key_phrases
+from parakeet.core.keywords import KeyPhrases, check_spelling, merge_key_phrases
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.audio import DecodedAudio
 from parakeet.pipeline.batching import Batcher
@@ -136,6 +136,7 @@ class Serving:
     max_audio_duration_s: float
     on_served: Callable[[Outcome], None]
     server_phrases: Callable[[], KeyPhrases | None] = lambda: None  # PARAKEET_KEYWORDS_FILE, merged into each request
+    spelling: Callable[[str], str] = lambda text: ""  # Engine.unspellable: a request's phrases are checked with it
 
 
 class RequestJob:
@@ -257,6 +258,7 @@ class RequestJob:
         on_words: Callable[[Sequence[TimedSpan]], None] | None,
     ) -> Outcome:
         s = self._serving
+        check_spelling(options.keywords, s.spelling)
         ticket = s.batcher.admit()  # the GPU queue: taken once the audio is in hand, before decoding
         try:
             t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 from parakeet import VERSION
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, VoiceActivityModel, Waveform
-from parakeet.core.keywords import KeyPhrases, merge_key_phrases
+from parakeet.core.keywords import KeyPhrases, check_spelling, merge_key_phrases
 from parakeet.core.settings import Settings, decoder_pool_size
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.batch_policy import BatcherConfig
@@ -144,6 +144,7 @@ class Worker:
 
         Raises:
             ModelLoadError: from the factory (phase becomes "failed", detail says why).
+            InvalidSettings: the server-wide phrase list holds a phrase the model cannot spell (phase "failed").
             Exception: anything else the factories or the warm-up raised (phase "failed" too).
         """
         loop = asyncio.get_running_loop()
@@ -161,6 +162,11 @@ class Worker:
             raise
         if self.phase != "loading":  # shut down while loading
             return
+        try:
+            self.phrases.check_with(engine.unspellable)
+        except errors.InvalidSettings as exc:
+            self.phase, self.detail = "failed", exc.message
+            raise
         self._serve_with(engine, vad, warm_ms)
         self.device_info = device_info
         self.phase, self.detail = "ok", None
@@ -191,7 +197,7 @@ class Worker:
         self.engine, self.batcher, self.streams = engine, batcher, streams
         self._serving = Serving(
             self.decoder, batcher, transcriber, engine.model_name, s.max_audio_duration_s, self._served,
-            self.phrases.current,
+            self.phrases.current, engine.unspellable,
         )  # fmt: skip
 
     def _publish_device(self, info: DeviceInfo) -> None:
@@ -322,12 +328,22 @@ class Worker:
         finals.
 
         Raises:
-            ShuttingDown, NotReady, TooManyStreams, BadRequest (VAD unavailable).
+            ShuttingDown, NotReady, TooManyStreams, BadRequest (VAD unavailable, a phrase the model cannot spell).
         """
         self._check_serving("reconnect")
         assert self.streams is not None
+        self.check_key_phrases(keywords)
         phrases = merge_key_phrases(keywords, self.phrases.current())
         return self.streams.open(listener, vad=vad, timestamps=timestamps, keywords=phrases, finals=finals)
+
+    def check_key_phrases(self, keywords: KeyPhrases | None) -> None:
+        """Refuse phrases the loaded model cannot spell (`check_spelling`; nothing to check before it is loaded).
+
+        Raises:
+            BadRequest: param `keywords`.
+        """
+        if self.engine is not None:
+            check_spelling(keywords, self.engine.unspellable)
 
     def snapshot(self) -> WorkerSnapshot:
         """The state and load, read from counters only (never waits behind the GPU)."""

@@ -40,6 +40,18 @@ def test_keywords_transcribe_multipart_and_json_boost_like_the_engine(
     body = {"audio_base64": base64.b64encode(wav).decode(), "keywords": [spoken], "keyword_weight": 2.0}
     r = digits_client.post("/transcribe", json=body)
     assert r.status_code == 200 and r.json()["text"] == spoken, r.text
+    items = [{"phrase": spoken, "weight": 2}, "one two", {"phrase": "three, four"}]  # objects, strings, one weight
+    r = digits_client.post("/transcribe", json={**body, "keywords": items, "keyword_weight": None})
+    assert r.status_code == 200 and r.json()["text"] == spoken, r.text
+    for bad, fragment in [
+        ({"keywords": [{"phrase": spoken, "weight": 2}, {"phrase": "one", "weight": 3}]}, "different weights (2, 3)"),
+        ({"keywords": [{"phrase": spoken, "weight": 3}], "keyword_weight": 2}, "different weights (2, 3)"),
+        ({"keywords": [{"phrase": spoken, "boost": 3}]}, "unknown field"),
+        ({"keywords": [5]}, "keywords"),
+    ]:
+        r = digits_client.post("/transcribe", json={"audio_base64": body["audio_base64"], **bad})
+        assert r.status_code == 400 and fragment in r.json()["error"]["message"], r.text
+        assert r.json()["error"]["param"].split(".")[0] == "keywords", r.text
 
 
 def test_keywords_openai_sdk_extra_body(digits_client: httpx.Client, hard: tuple[bytes, str, str]) -> None:
@@ -68,6 +80,11 @@ def test_keywords_openai_sdk_extra_body(digits_client: httpx.Client, hard: tuple
             "keyword_weight",
         ),
         ({"keyword_weight": "2"}, "keyword_weight needs keywords to weigh", "keyword_weight"),
+        (
+            {"keywords": "four, Anna Kowalski"},  # the digits model's tokenizer knows the letters of digit words
+            "the phrase 'Anna Kowalski' in 'keywords' has characters the model cannot spell: 'A', 'a', 'K', 'l', 'k'",
+            "keywords",
+        ),
     ],
 )
 def test_keywords_limits_are_400_naming_the_limit_and_the_field(
@@ -122,6 +139,9 @@ def test_keywords_on_ws_boost_partials_and_the_final_like_transcribe(digits_clie
     with digits_client.websocket_connect("/ws?keyword_weight=2") as ws:
         error = receive(ws)
     assert error["type"] == "error" and "keyword_weight needs keywords" in error["message"], error
+    with digits_client.websocket_connect("/ws?keywords=Anna") as ws:
+        error = receive(ws)
+    assert error["type"] == "error" and "cannot spell: 'A', 'a'" in error["message"], error
 
 
 def test_keywords_in_realtime_session_update(digits_client: Any, hard: tuple[bytes, str, str]) -> None:
@@ -148,6 +168,11 @@ def test_keywords_in_realtime_session_update(digits_client: Any, hard: tuple[byt
         ws.send_text(json.dumps({"type": "session.update", "session": bad}))
         error = realtime_event(receive(ws))
         assert error.type == "error" and error.error.param == "session.audio.input.transcription.keywords", error
+        unspellable = {"type": "transcription", "audio": {"input": {"transcription": {"keywords": ["Anna"]}}}}
+        ws.send_text(json.dumps({"type": "session.update", "session": unspellable}))
+        error = realtime_event(receive(ws))
+        assert error.type == "error" and error.error.param == "session.audio.input.transcription.keywords", error
+        assert "cannot spell: 'A', 'a'" in error.error.message
         ws.send_text(json.dumps({"type": "session.update", "session": session}))
         assert realtime_event(receive(ws)).type == "session.updated"
         ws.send_text(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}))

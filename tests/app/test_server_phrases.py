@@ -21,7 +21,7 @@ from parakeet.pipeline.phrase_file import ServerPhrases, read_phrase_file
 from server import create_app
 
 from fakes import FakeEngine, FixedEngineFactory, NoVad
-from helpers import free_port, run, running_app, wav_of
+from helpers import free_port, run, running_app, until, wav_of
 
 
 def write(path: Path, text: str) -> None:
@@ -129,3 +129,36 @@ def test_a_bad_phrase_file_stops_the_worker_with_one_line(tmp_path: Path) -> Non
 
     run(main())
     assert fatal == [f"PARAKEET_KEYWORDS_FILE {f} line 1: weight must be a number, got 'ten'"]
+
+
+def test_a_phrase_the_model_cannot_spell_stops_the_worker_or_is_refused_at_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Checked with the model's tokenizer once it is loaded: at start-up one line and the worker stops; at a reload
+    the previous list stays (one ERROR)."""
+    from asgi_lifespan import LifespanManager
+
+    from parakeet.core.settings import Settings
+
+    f = tmp_path / "phrases.txt"
+    write(f, "Lodz\n")
+    phrases = ServerPhrases(f)
+    phrases.check_with(FakeEngine(cannot_spell="Łź").unspellable)
+    with caplog.at_level(logging.ERROR, logger="parakeet.keywords"):
+        write(f, "Łódź\n")
+        assert phrases.current() == KeyPhrases(("Lodz",))
+    assert any("cannot spell: 'Ł', 'ź'" in r.getMessage() for r in caplog.records)
+    write(f, "Łódź\n")
+    fatal: list[str] = []
+    app = create_app(
+        Settings(device="cpu", decode_workers=1, model="fake", keywords_file=f),
+        engine_factory=FixedEngineFactory(FakeEngine(cannot_spell="Łź")), on_fatal=fatal.append, vad_factory=NoVad(),
+    )  # fmt: skip
+
+    async def start() -> None:
+        async with LifespanManager(app):
+            await until(lambda: fatal, 30, "the fatal line")  # the load runs in the background
+
+    run(start())
+    assert fatal == [f"PARAKEET_KEYWORDS_FILE {f}: the phrase 'Łódź' in 'PARAKEET_KEYWORDS_FILE' has characters the "
+                     "model cannot spell: 'Ł', 'ź'"]  # fmt: skip

@@ -151,3 +151,25 @@ def test_two_workers_share_one_gpu_by_slots_and_a_replacement_takes_the_dead_one
     after = slots(2)
     replacement = [pid for pid in after if pid not in first]
     assert len(replacement) == 1 and after[replacement[0]] == (0, 1), after
+
+
+def test_sighup_re_reads_the_phrase_file_and_the_worker_keeps_serving(tmp_path: Path) -> None:
+    """An edit that leaves the file's size and mtime as they were is not seen by the per-request check; SIGHUP to the
+    (single) worker re-reads it at once, and the process goes on serving (SIGHUP's default would end it)."""
+    from helpers import start_server
+
+    f = tmp_path / "phrases.txt"
+    f.write_text("kitchen light\n")
+    stamp = f.stat()
+    server = start_server(tmp_path, {"PARAKEET_KEYWORDS_FILE": str(f), "PARAKEET_LOG_LEVEL": "INFO"}, fake=True)
+    try:
+        server.wait_ready()
+        f.write_text("garage doors\n")  # same size
+        os.utime(f, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "server-wide key phrases reloaded: 1" in server.log(), 30, "the reload's log line")
+        r = httpx.post(f"{server.url}/transcribe", files={"file": ("a.wav", wav_of(1, 1.0))}, timeout=30)
+        assert r.status_code == 200 and server.proc.poll() is None
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a graceful shutdown
+    assert "Application shutdown complete" in server.log()

@@ -278,7 +278,9 @@ class RealtimeConnection:
             raise BadEvent(message, param=param) from None
         old_in, new_in = self.config.audio.input, config.audio.input
         try:
-            changed_keywords = _keywords(config) != _keywords(self.config)
+            keywords = _keywords(config)
+            self.worker.check_key_phrases(keywords)
+            changed_keywords = keywords != _keywords(self.config)
         except errors.BadRequest as exc:
             raise BadEvent(exc.message, param=f"session.audio.input.transcription.{exc.param}") from None
         reopen = old_in.turn_detection != new_in.turn_detection or old_in.format != new_in.format or changed_keywords
