@@ -11,10 +11,9 @@ from typing import Any
 import jiwer
 import numpy as np
 import pytest
-import soundfile as sf
-import torch
+from check_keywords_parity import nemo_boosted_texts
 
-from inference import ParakeetEngine, load_asr_model
+from inference import ParakeetEngine
 from parakeet.core.errors import BadRequest
 from parakeet.core.keywords import MAX_PHRASE_CHARS, MAX_PHRASES, KeyPhrases, parse_key_phrases
 
@@ -38,39 +37,6 @@ def hard_cases(digits_engine: ParakeetEngine) -> tuple[list[Any], list[np.ndarra
     wrong = [i for i, (u, t) in enumerate(zip(utts, texts, strict=True)) if u.text != t]
     assert len(wrong) >= 6, f"only {len(wrong)} of 40 noisy utterances are misrecognised: make the noise louder"
     return [utts[i] for i in wrong], [waves[i] for i in wrong]
-
-
-def nemo_boosted_texts(
-    model_path: Path, waves: list[np.ndarray], lists: list[KeyPhrases | None], tmp: Path
-) -> list[str]:
-    """NeMo's own transcribe() on file paths with per-utterance boosting: `partial_hypothesis` carrying each
-    utterance's BiasingRequestItemConfig, the decoding with `greedy.enable_per_stream_biasing` (NeMo's word-boosting
-    guide, docs/source/asr/asr_customization/word_boosting.rst)."""
-    from nemo.collections.asr.parts.context_biasing.biasing_multi_model import BiasingRequestItemConfig
-    from nemo.collections.asr.parts.context_biasing.boosting_graph_batched import BoostingTreeModelConfig
-    from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
-    from omegaconf import OmegaConf, open_dict
-
-    model = load_asr_model(str(model_path), torch.device("cpu"))
-    cfg: Any = OmegaConf.create(OmegaConf.to_container(model.cfg.decoding, resolve=True))
-    with open_dict(cfg):
-        cfg.strategy = "greedy_batch"
-        cfg.greedy.enable_per_stream_biasing = True
-    model.change_decoding_strategy(cfg, verbose=False)
-    model.eval()
-    paths = []
-    for i, w in enumerate(waves):
-        sf.write(tmp / f"b{i}.wav", w, 16000, subtype="FLOAT")
-        paths.append(str(tmp / f"b{i}.wav"))
-    partial = [
-        None if kp is None else Hypothesis.empty_with_biasing_cfg(BiasingRequestItemConfig(
-            boosting_model_cfg=BoostingTreeModelConfig(key_phrases_list=list(kp.phrases), use_triton=False),
-            boosting_model_alpha=kp.weight,
-        ))
-        for kp in lists
-    ]  # fmt: skip
-    out = model.transcribe(paths, batch_size=len(paths), verbose=False, partial_hypothesis=partial)
-    return [h.text if hasattr(h, "text") else str(h) for h in out]
 
 
 def test_keywords_text_equals_nemo_transcribe_with_the_same_boosting(
