@@ -120,6 +120,10 @@ def run(prepared: Path, out: Path, dry_run: bool = False) -> int:
               "--duration-s", "5", "--sequential", "10", "--slo-p95-ms", "300",
               "--clips-dir", str(prepared / "clips"), "--out-dir", str(out / "served")]  # fmt: skip
     steps.append(step("served", served, out, 240, env))
+    sizes = ["--batch", "2", "--clip-s", "3"] if dry_run else ["--batch", "16", "--clip-s", "15", "--precision", "bf16"]
+    keywords = [PY, "scripts/bench_keywords.py", "--model", str(model), "--device", device, *sizes,
+                "--repeats", "5", "--weight", "0.001", "--out", str(out / "keywords.json")]  # fmt: skip
+    steps.append(step("keywords", keywords, out, 60, env))
     streams = [PY, "scripts/bench_streams.py", "--model", str(model), "--streams", streams_n, "--stage-s", "8",
                "--utterances", str(STREAM_UTTERANCES), "--out", str(out / "streams.json")]  # fmt: skip
     steps.append(step("streams", streams, out, 90, env))
@@ -171,6 +175,14 @@ def summarize(out: Path, steps: list[dict[str, Any]]) -> int:
         for st in streams["stages"]:
             lag, final = st.get("partial_lag_p95_s"), st.get("eos_to_final_p95_ms")
             lines.append(f"| {st['streams']} | {st['holds_real_time']} | {_num(lag, '.3f')} | {_num(final, '.0f')} |")
+    keywords = _load(out / "keywords.json")
+    if keywords:
+        lines += ["", "Key-phrase boosting, engine alone, 16 x 15 s, weight 0.001 (the cost without the effect):", "",
+                  "| phrases | first batch ms | cached batch ms | without phrases ms | added, cached |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for r in keywords["rows"][1:]:
+            lines.append(f"| {r['phrases']} | {r['first_ms']:.0f} | {r['cached_ms']:.0f} | {r['plain_ms']:.0f} | "
+                         f"{r['added_cached']:+.1%} |")  # fmt: skip
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps({"steps": steps, "engine": engine}, indent=1))
     print("\n".join(lines))

@@ -1,8 +1,8 @@
 """Check: the engine's boosted text equals NeMo's own `model.transcribe()` with the same per-stream boosting, on any
 model (the digits model in the tests; the full-size architecture with random weights here, on demand).
 
-`--items` clips of `--clip-s` seconds (espeak-ng digits with pauses) get mixed phrase lists in one batch: none, the
-model's own unboosted words of the item, another item's words, several lists at weights 0.5 to 2. Our engine
+`--items` clips of `--clip-s` seconds (espeak-ng digits with pauses) get mixed phrase lists in one batch: none,
+another item's unboosted words, the item's own and another's, fixed phrases (`--extra`), at weights 0.5 to 5. Our engine
 transcribes the batch once; NeMo transcribes the same samples from files with `partial_hypothesis` carrying each
 item's `BiasingRequestItemConfig` (NeMo's word-boosting guide,
 https://docs.nvidia.com/nemo-framework/user-guide/latest/nemotoolkit/asr/asr_customization/word_boosting.html).
@@ -11,7 +11,7 @@ Prints one line per item and how many lists changed the text; exit 1 on any diff
     .venv/bin/python scripts/check_keywords_parity.py --model models/digits_tdt.nemo
     .venv/bin/python scripts/build_test_models.py fullsize --out /tmp/full.nemo \\
         --tokenizer-dir ../shared/tokenizers/bpe_1024_random
-    .venv/bin/python scripts/check_keywords_parity.py --model /tmp/full.nemo --items 6 --clip-s 6
+    .venv/bin/python scripts/check_keywords_parity.py --model /tmp/full.nemo --items 8 --clip-s 6
 """
 
 from __future__ import annotations
@@ -67,19 +67,22 @@ def nemo_boosted_texts(
     return [h.text if hasattr(h, "text") else str(h) for h in out]
 
 
-def phrase_lists(plain: list[str]) -> list[KeyPhrases | None]:
-    """Mixed lists for a batch whose unboosted texts are `plain`: every third item none, the others words of their
-    own text or of the next item's (so boosting has something to pull towards), at weights 0.5, 1 and 2."""
+def phrase_lists(plain: list[str], extra: tuple[str, ...]) -> list[KeyPhrases | None]:
+    """Mixed lists for a batch whose unboosted texts are `plain`, by item number mod 4: none; the next item's words
+    at weight 2; the item's own and the next item's words at 0.5; `extra` at weight 5 (strong enough to change
+    what a random-weight model emits)."""
     lists: list[KeyPhrases | None] = []
     for i, text in enumerate(plain):
         words = text.split() or ["zero"]
         other = plain[(i + 1) % len(plain)].split() or ["one"]
-        if i % 3 == 0:
+        if i % 4 == 0:
             lists.append(None)
-        elif i % 3 == 1:
+        elif i % 4 == 1:
             lists.append(KeyPhrases((" ".join(other[:3]),), 2.0))
-        else:
+        elif i % 4 == 2:
             lists.append(KeyPhrases(tuple(dict.fromkeys([" ".join(words[1:3]) or words[0], *other[:2]])), 0.5))
+        else:
+            lists.append(KeyPhrases(extra, 5.0))
     return lists
 
 
@@ -88,6 +91,7 @@ def main() -> int:
     p.add_argument("--model", type=Path, default=ROOT / "models" / "digits_tdt.nemo")
     p.add_argument("--items", type=int, default=6)
     p.add_argument("--clip-s", type=float, default=5.0)
+    p.add_argument("--extra", default="seven seven seven,zero one", help="comma list: the phrases of every 4th item")
     args = p.parse_args()
 
     import torch
@@ -100,7 +104,8 @@ def main() -> int:
     waves = clips(args.items, args.clip_s, 0)
     flags = [False] * len(waves)
     plain = [t.text for t in engine.transcribe(waves, flags).transcripts]
-    lists = phrase_lists(plain)
+    extra = tuple(x for x in (e.strip() for e in args.extra.split(",")) if x and not engine.unspellable(x))
+    lists = phrase_lists(plain, extra or ("zero",))
     ours = [t.text for t in engine.transcribe(waves, flags, None, lists).transcripts]
     with tempfile.TemporaryDirectory() as tmp:
         theirs = nemo_boosted_texts(args.model, waves, lists, Path(tmp))

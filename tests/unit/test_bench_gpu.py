@@ -33,6 +33,9 @@ def test_bench_gpu_summary_reads_the_steps_outputs(tmp_path: Path) -> None:
     served = [{"workers_per_gpu": 1, "format": "json", "achieved_rps_at_slo": 450.0}]
     (tmp_path / "served" / "served.json").write_text(json.dumps({"rows": served}))
     (tmp_path / "served" / "served.md").write_text("| served table |")
+    keyword_rows = [{"phrases": 0}, {"phrases": 100, "first_ms": 90.0, "cached_ms": 52.0, "plain_ms": 50.0,
+                                     "added_cached": 0.04}]  # fmt: skip
+    (tmp_path / "keywords.json").write_text(json.dumps({"rows": keyword_rows}))
     steps = [
         {"step": "build", "status": "ok", "seconds": 60.0},
         {"step": "streams", "status": "exit 1", "seconds": 3.0},
@@ -42,3 +45,4 @@ def test_bench_gpu_summary_reads_the_steps_outputs(tmp_path: Path) -> None:
     assert "| 64 | 200.0 | 300.0 | 1.50x |" in text and "| 256 | 400.0 | 500.0 | 1.25x |" in text
     assert "k = 1 json: 90% (450.0 of 500.0 req/s)" in text
     assert "| streams | exit 1 | 3 |" in text
+    assert "| 100 | 90 | 52 | 50 | +4.0% |" in text
