@@ -700,7 +700,8 @@ def cuda_graphs_self_check(engine: ParakeetEngine) -> tuple[str | None, str]:
 
     The probe is seeded random encoder output (graphs change only the decoder, and random frames make it emit
     many tokens): offline batches of sizes 1, 3 and 16 with mixed lengths (8-200 frames) with word timestamps, the
-    size-3 batch again with confidence, and streaming steps of a batch of 4 streams that shrinks to 3 and then 2
+    size-3 batch again with confidence and again with key phrases on two items (NeMo's per-stream boosting, a
+    decoding of its own), and streaming steps of a batch of 4 streams that shrinks to 3 and then 2
     (carried decoder states, speculative right context, a final step). Leaves the engine with graphs on.
 
     Returns:
@@ -716,6 +717,7 @@ def cuda_graphs_self_check(engine: ParakeetEngine) -> tuple[str | None, str]:
         return enc.to(engine.device, engine.dtype), torch.tensor(lengths, dtype=torch.int64, device=engine.device)
 
     offline = [encoder_output([int(n) for n in rng.integers(8, 200, size=b)]) for b in _CHECK_BATCH_SIZES]
+    boosted: list[KeyPhrases | None] = []  # the size-3 batch's key phrases (per-stream boosting), set by the first run
     stream_enc = encoder_output([60] * _CHECK_STREAMS)[0].transpose(1, 2).contiguous()  # [S, 60, D]
 
     def run() -> tuple[list[list[Transcript]], list[list[StepResult]]]:
@@ -723,6 +725,11 @@ def cuda_graphs_self_check(engine: ParakeetEngine) -> tuple[str | None, str]:
             outs = [engine.decode_encoded(enc, lens, [True] * len(lens))[0] for enc, lens in offline]
             enc, lens = offline[1]
             outs.append(engine.decode_encoded(enc, lens, [True] * len(lens), [True] * len(lens))[0])
+            if not boosted:  # the first run (graphs off) picks phrases the tokenizer spells: words it emitted
+                words = [w for t in outs[1] for w in t.text.split()]
+                boosted[:] = [KeyPhrases((" ".join(words[:2]),)) if words else None, None,
+                              KeyPhrases(tuple(dict.fromkeys(words[2:5])), 2.0) if words[2:5] else None]  # fmt: skip
+            outs.append(engine.decode_encoded(enc, lens, [True] * len(lens), None, boosted)[0])
             steps: list[list[StepResult]] = []
             states: list[Any] = [None] * _CHECK_STREAMS
             tokens: list[tuple[int, ...]] = [()] * _CHECK_STREAMS

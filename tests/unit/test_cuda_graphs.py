@@ -35,7 +35,7 @@ def test_cuda_graphs_self_check_compares_a_probe_that_makes_the_decoder_emit(eng
     problem, summary = cuda_graphs_self_check(engine)
     assert problem is None
     items, tokens, steps = (int(part.split()[0]) for part in summary.split(", "))
-    assert (items, steps) == (1 + 3 + 16 + 3, 4 + 3 + 2)
+    assert (items, steps) == (1 + 3 + 16 + 3 + 3, 4 + 3 + 2)
     assert tokens > items  # random encoder frames make the decoder emit: the comparison is not of empty outputs
 
 
@@ -44,8 +44,9 @@ def test_cuda_graphs_auto_serves_with_them_when_the_self_check_finds_no_differen
 ) -> None:
     with caplog.at_level(logging.INFO, logger="parakeet.inference"):
         choose_cuda_graphs(engine, "auto", cuda=True)
-    assert engine.cuda_graphs_reason.startswith("on: the self-check found no difference (23 items, ")
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert engine.cuda_graphs_reason.startswith("on: the self-check found no difference (26 items, ")
+    # (NeMo itself warns that its boosting without Triton, the CPU's, is not CUDA-graph compatible: not ours)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("parakeet")]
     assert any("TDT decoder, CUDA graphs: on: the self-check" in r.getMessage() for r in caplog.records)
 
 
@@ -97,8 +98,10 @@ def test_cuda_graphs_auto_stays_off_with_one_warning_when_the_self_check_fails(
         choose_cuda_graphs(engine, "auto", cuda=True)
     assert not engine.cuda_graphs
     assert engine.cuda_graphs_reason.startswith(f"off: the self-check failed: {expected}"), engine.cuda_graphs_reason
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and warnings[0].startswith("CUDA graphs off: the start-up self-check failed (23 items")
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("parakeet")
+    ]
+    assert len(warnings) == 1 and warnings[0].startswith("CUDA graphs off: the start-up self-check failed (26 items")
     assert expected in warnings[0]
 
 
