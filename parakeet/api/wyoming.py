@@ -37,7 +37,7 @@ from parakeet.core import errors
 from parakeet.core.keywords import KeyPhrases, parse_key_phrases
 from parakeet.pipeline.requests import RequestJob, TranscribeOptions
 from parakeet.pipeline.stream_audio import PcmRecording, StreamAudio
-from parakeet.pipeline.stream_session import Partial, StreamEvent, StreamSession
+from parakeet.pipeline.stream_session import Partial, StreamEvent, StreamSession, text_delta
 from parakeet.pipeline.worker import Worker
 
 log = logging.getLogger("parakeet.wyoming")
@@ -71,8 +71,8 @@ def key_phrases(request: Transcribe) -> KeyPhrases | None:
 
 class _LiveTranscript:
     """The streaming transcript of one utterance: a partials-only live stream whose committed text (never the
-    speculative tail, which may change) goes out as `transcript-chunk` deltas. Deltas that pile up while one is
-    being written go out as one (a slow reader gets fewer, longer chunks, never a backlog).
+    speculative tail, which may change), in whole words, goes out as `transcript-chunk` deltas. Deltas that pile up
+    while one is being written go out as one (a slow reader gets fewer, longer chunks, never a backlog).
 
     Args:
         write: the connection's event writer (one at a time, in order).
@@ -98,12 +98,11 @@ class _LiveTranscript:
         if isinstance(event, Partial):
             self.extend(event.committed_text)
 
-    def extend(self, text: str) -> None:
-        """Send what `text` adds to the text sent so far (nothing when it does not extend it: a delta cannot be
-        taken back; the final `transcript` corrects it)."""
-        said = self.sent + self._unsent
-        if len(text) > len(said) and text.startswith(said):
-            self._unsent += text[len(said) :]
+    def extend(self, text: str, *, whole_words: bool = True) -> None:
+        """Send what `text` adds to the text sent so far (`text_delta`)."""
+        delta = text_delta(self.sent + self._unsent, text, whole_words=whole_words)
+        if delta:
+            self._unsent += delta
             if self._sender is None or self._sender.done():
                 self._sender = asyncio.get_running_loop().create_task(self._send())
 
@@ -123,7 +122,7 @@ class _LiveTranscript:
         """After `stop`: send the chunks still queued, then the final's remainder past them (`final_text`, when
         it extends what they said)."""
         if final_text is not None:
-            self.extend(final_text)
+            self.extend(final_text, whole_words=False)
         if self._sender is not None:
             await self._sender
 

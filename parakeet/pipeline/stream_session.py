@@ -91,6 +91,16 @@ Listener = Callable[[StreamEvent], None]
 Finalize = Callable[[Waveform, bool, KeyPhrases | None], Awaitable[Outcome]]
 
 
+def text_delta(sent: str, text: str, *, whole_words: bool = True) -> str:
+    """What `text` (a stream's committed text, which only grows) adds to the `sent` text of a protocol that sends
+    deltas (Realtime's `delta` events, Wyoming's `transcript-chunk`s): up to its last whole word when `whole_words`
+    (the word being spoken may still grow), "" when it adds nothing or no longer extends `sent` (a delta cannot be
+    taken back; the utterance's final corrects it)."""
+    if whole_words:
+        text = text[: text.rfind(" ") + 1].rstrip()
+    return text[len(sent) :] if len(text) > len(sent) and text.startswith(sent) else ""
+
+
 class SessionHost(Protocol):
     """What a session needs of the scheduler that owns it (parakeet.pipeline.stream_scheduler.StreamScheduler)."""
 

@@ -37,6 +37,7 @@ from parakeet.pipeline.stream_session import (
     StreamEvent,
     StreamSession,
     UtteranceEnded,
+    text_delta,
 )
 from parakeet.pipeline.worker import Worker
 
@@ -118,9 +119,9 @@ class RealtimeConnection:
 
     def on_event(self, event: StreamEvent) -> None:
         if isinstance(event, Partial):
-            stable = event.committed_text[: event.committed_text.rfind(" ") + 1].rstrip()
-            if stable.startswith(self.sent_delta) and len(stable) > len(self.sent_delta):
-                delta, self.sent_delta = stable[len(self.sent_delta) :], stable
+            delta = text_delta(self.sent_delta, event.committed_text)
+            if delta:
+                self.sent_delta += delta
                 self.send(rt.TranscriptionDelta(item_id=self.item_id, delta=delta))
         elif isinstance(event, SpeechStarted):
             self.send(rt.SpeechStarted(audio_start_ms=_ms(event.sample), item_id=self.item_id))
