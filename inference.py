@@ -31,11 +31,13 @@ from parakeet.core.engine import (
     StepBatchResult,
     StepRequest,
     StepResult,
+    Waveform,
 )
 from parakeet.core.errors import DeviceOutOfMemory, ModelLoadError
 from parakeet.core.keywords import KeyPhrases
 from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings
+from parakeet.core.speakers import SpeakerSegment
 from parakeet.core.timestamps import HypothesisTimestamps, TokenTable, tdt_timestamps
 from parakeet.core.transcripts import BatchResult, TimedSpan, Transcript
 from parakeet.core.tuning import Tuning
@@ -61,21 +63,37 @@ def load_asr_model(name_or_path: str, device: torch.device) -> Any:
     """
     from nemo.collections.asr.models import ASRModel
 
+    return _load_nemo(ASRModel, name_or_path, device, "PARAKEET_MODEL")
+
+
+def load_diarization_model(name_or_path: str, device: torch.device) -> Any:
+    """Load NeMo's Sortformer diarizer (`SortformerEncLabelModel`) from a local .nemo file or the Hugging Face hub,
+    e.g. "nvidia/diar_streaming_sortformer_4spk-v2" (CC-BY-4.0).
+
+    Raises:
+        ModelLoadError: as `load_asr_model`, naming PARAKEET_DIARIZATION_MODEL.
+    """
+    from nemo.collections.asr.models import SortformerEncLabelModel
+
+    return _load_nemo(SortformerEncLabelModel, name_or_path, device, "PARAKEET_DIARIZATION_MODEL")
+
+
+def _load_nemo(cls: Any, name_or_path: str, device: torch.device, setting: str) -> Any:
     if name_or_path.endswith(".nemo") or Path(name_or_path).exists():
         path = Path(name_or_path).expanduser()
         if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path} (PARAKEET_MODEL names a .nemo file that is not there)")
+            raise ModelLoadError(f"model file not found: {path} ({setting} names a .nemo file that is not there)")
         try:
-            return ASRModel.restore_from(str(path), map_location=device)
+            return cls.restore_from(str(path), map_location=device)
         except Exception as exc:
             raise ModelLoadError(f"could not restore {path}: {type(exc).__name__}: {exc}") from exc
     try:
-        return ASRModel.from_pretrained(name_or_path, map_location=device)
+        return cls.from_pretrained(name_or_path, map_location=device)
     except Exception as exc:
-        raise ModelLoadError(_hub_failure_message(name_or_path, exc)) from exc
+        raise ModelLoadError(_hub_failure_message(name_or_path, exc, setting)) from exc
 
 
-def _hub_failure_message(model: str, exc: BaseException) -> str:
+def _hub_failure_message(model: str, exc: BaseException, setting: str = "PARAKEET_MODEL") -> str:
     kind = type(exc).__name__
     chain: list[str] = []
     e: BaseException | None = exc
@@ -92,8 +110,8 @@ def _hub_failure_message(model: str, exc: BaseException) -> str:
     else:
         why = f"{kind}: {str(exc).splitlines()[0][:300] if str(exc) else 'no detail'}"
     return (
-        f"could not load model '{model}': {why}. Ways out: set PARAKEET_MODEL to a local .nemo file "
-        f"(e.g. PARAKEET_MODEL=/models/parakeet-tdt-0.6b-v3.nemo), or pre-fill the Hugging Face cache on a "
+        f"could not load model '{model}': {why}. Ways out: set {setting} to a local .nemo file "
+        f"(e.g. {setting}=/models/{model.rsplit('/', 1)[-1]}.nemo), or pre-fill the Hugging Face cache on a "
         f"machine with internet (`hf download {model}`) and copy it here (HF_HOME, default ~/.cache/huggingface)"
     )
 
@@ -847,3 +865,83 @@ def build_engine(settings: Settings, device: torch.device, tuning: Tuning | None
         time.perf_counter() - t0,
     )
     return engine
+
+
+class SortformerDiarizer:
+    """Speaker activity with NeMo's Sortformer (`SortformerEncLabelModel`), batched: the model's own `forward`
+    (preprocessor, FastConformer encoder, Transformer encoder, per-speaker sigmoids; the streaming model's
+    speaker-cache pass when its config says `streaming_mode`) on a zero-padded batch, then NeMo's own
+    post-processing per speaker (`ts_vad_post_processing` with `load_postprocessing_from_yaml`'s defaults, times
+    rounded to 10 ms, overlapping intervals merged), so the segments equal `model.diarize()`'s on the same audio
+    (tests/unit/test_diarization.py). Not thread-safe: the worker's GPU thread calls it.
+
+    Args:
+        model: a restored `SortformerEncLabelModel` on `device` (`load_diarization_model`).
+        device: its device.
+        model_name: as /health and responses name it.
+    """
+
+    def __init__(self, model: Any, device: torch.device, *, model_name: str) -> None:
+        from nemo.collections.asr.parts.mixins.diarization import load_postprocessing_from_yaml
+
+        self.model, self.device, self.model_name = model, device, model_name
+        self.model.eval()
+        self.max_speakers = int(model._cfg.max_num_of_spks)
+        self.subsampling = int(model._cfg.encoder.subsampling_factor)  # 10 ms feature frames per output frame
+        self.postprocessing = load_postprocessing_from_yaml(None)
+
+    def diarize(self, waveforms: Sequence[Waveform]) -> list[list[SpeakerSegment]]:
+        """Each waveform's speaker segments, sorted by start (then speaker).
+
+        Args:
+            waveforms: B >= 1 float32 16 kHz mono waveforms [T_i], T_i >= 1.
+
+        Returns:
+            B lists of `SpeakerSegment` (speaker: the model's index, 0 = the first to speak).
+
+        Raises:
+            DeviceOutOfMemory: the padded batch does not fit.
+        """
+        from nemo.collections.asr.parts.utils.speaker_utils import merge_float_intervals
+        from nemo.collections.asr.parts.utils.vad_utils import ts_vad_post_processing
+
+        lengths = [len(w) for w in waveforms]
+        x = torch.zeros(len(waveforms), max(lengths), dtype=torch.float32)
+        for i, w in enumerate(waveforms):
+            x[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+        try:
+            with torch.inference_mode():
+                preds = (
+                    self.model.forward(
+                        audio_signal=x.to(self.device), audio_signal_length=torch.tensor(lengths, device=self.device)
+                    )
+                    .float()
+                    .cpu()
+                )  # [B, T_out, S]
+        except torch.OutOfMemoryError as exc:
+            raise DeviceOutOfMemory(f"the diarization batch of {len(waveforms)} does not fit") from exc
+        out = []
+        for item in preds:
+            segments = []
+            for speaker in range(item.shape[-1]):
+                spans = ts_vad_post_processing(
+                    item[:, speaker], self.postprocessing, unit_10ms_frame_count=self.subsampling
+                )
+                rounded = [[round(float(a), 2), round(float(b), 2)] for a, b in spans.tolist()]
+                merged = merge_float_intervals(rounded)  # (float32 inside: rounded again)
+                segments += [SpeakerSegment(round(float(a), 3), round(float(b), 3), speaker) for a, b in merged]
+            out.append(sorted(segments, key=lambda s: (s.start_s, s.speaker)))
+        return out
+
+
+def build_diarizer(name_or_path: str, device: torch.device) -> SortformerDiarizer:
+    """Load the diarizer `name_or_path` names onto `device`.
+
+    Raises:
+        ModelLoadError: it could not be loaded (`load_diarization_model`).
+    """
+    t0 = time.perf_counter()
+    diarizer = SortformerDiarizer(load_diarization_model(name_or_path, device), device, model_name=name_or_path)
+    log.info("loaded diarizer %s on %s (up to %d speakers) in %.1f s", name_or_path, device,
+             diarizer.max_speakers, time.perf_counter() - t0)  # fmt: skip
+    return diarizer

@@ -8,11 +8,15 @@ so that it really transcribes "three seven one". Recipe and numbers: docs/nemo.m
 parameters, 2.5 GB .nemo) with random weights and a random 8192-piece tokenizer, for speed and memory
 measurements only: its text is noise. The encoder's cost does not depend on the weights; the decoder's
 does (it runs once per emitted token), so the blank logit is calibrated to a speech-like emission rate.
+`tiny_diarizer`: a random tiny Sortformer diarizer (NeMo's `SortformerEncLabelModel`, ~0.4 M parameters), for the
+diarizer's plumbing and its equality with NeMo's own `diarize()`; it tells no speakers apart (its last layer is
+calibrated so that each speaker is on and off in runs).
 All are seeded; the same command gives the same model on the same library versions.
 
 Usage:
     python3 scripts/build_test_models.py tiny --out models/tiny_tdt.nemo
     python3 scripts/build_test_models.py digits --out models/digits_tdt.nemo [--steps 1800]
+    python3 scripts/build_test_models.py tiny_diarizer --out models/tiny_sortformer.nemo
     python3 scripts/build_test_models.py fullsize --out models/parakeet_arch_random.nemo \
         --arch parakeet_tdt_0.6b_v3_arch.yaml --tokenizer-dir tokenizers/bpe_8192_random  (an 8192-piece BPE)
 """
@@ -203,6 +207,68 @@ def build_tiny(out: Path, seed: int) -> None:
         model.save_to(str(out))
     n_params = sum(p.numel() for p in model.parameters())
     log.info("tiny TDT: %d parameters -> %s (%.1f MB)", n_params, out, out.stat().st_size / 1e6)
+
+
+def sortformer_config(n_layers: int = 2, d_model: int = 64, n_mels: int = 80, max_speakers: int = 4) -> Any:
+    """A small offline Sortformer diarizer config: the modules of NVIDIA's `streaming_sortformer_diarizer_4spk-v2.yaml`
+    (NeMo examples/speaker_tasks/diarization/conf/neural_diarizer/: mel preprocessor, FastConformer encoder with 8x
+    dw_striding, Transformer encoder, Sortformer modules, BCE loss with arrival-time-sort and permutation-invariant
+    targets) at a fraction of the size, offline (`streaming_mode: false`)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
+        "sample_rate": 16000, "pil_weight": 0.5, "ats_weight": 0.5, "max_num_of_spks": max_speakers,
+        "streaming_mode": False, "model_defaults": {"fc_d_model": d_model, "tf_d_model": d_model},
+        "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+                         "normalize": "per_feature", "window_size": 0.025, "sample_rate": 16000,
+                         "window_stride": 0.01, "window": "hann", "features": n_mels, "n_fft": 512,
+                         "frame_splicing": 1, "dither": 0.0},
+        "sortformer_modules": {"_target_": "nemo.collections.asr.modules.sortformer_modules.SortformerModules",
+                               "num_spks": max_speakers, "dropout_rate": 0.1, "fc_d_model": d_model,
+                               "tf_d_model": d_model},
+        "encoder": {"_target_": "nemo.collections.asr.modules.ConformerEncoder", "feat_in": n_mels, "feat_out": -1,
+                    "n_layers": n_layers, "d_model": d_model, "subsampling": "dw_striding", "subsampling_factor": 8,
+                    "subsampling_conv_channels": d_model, "causal_downsampling": False, "ff_expansion_factor": 4,
+                    "self_attention_model": "rel_pos", "n_heads": 4, "att_context_size": [-1, -1],
+                    "att_context_style": "regular", "xscaling": True, "untie_biases": True, "pos_emb_max_len": 5000,
+                    "conv_kernel_size": 9, "conv_norm_type": "batch_norm", "conv_context_size": None,
+                    "dropout": 0.1, "dropout_pre_encoder": 0.1, "dropout_emb": 0.0, "dropout_att": 0.1},
+        "transformer_encoder": {
+            "_target_": "nemo.collections.asr.modules.transformer.transformer_encoders.TransformerEncoder",
+            "num_layers": n_layers, "hidden_size": d_model, "inner_size": 4 * d_model, "num_attention_heads": 4,
+            "attn_score_dropout": 0.1, "attn_layer_dropout": 0.1, "ffn_dropout": 0.1, "hidden_act": "relu",
+            "pre_ln": False, "pre_ln_final_layer_norm": True},
+        "loss": {"_target_": "nemo.collections.asr.losses.bce_loss.BCELoss", "weight": None, "reduction": "mean"},
+    })  # fmt: skip
+
+
+def build_tiny_diarizer(out: Path, seed: int) -> None:
+    """Random tiny Sortformer (2 + 2 layers, d_model 64): NeMo's real modules with random weights, for the
+    diarizer's plumbing and its equality with NeMo's own `diarize()`; it tells no speakers apart. Its last layer is
+    calibrated on speech so that each speaker is active about half the time, in runs."""
+    import torch
+    from nemo.collections.asr.models import SortformerEncLabelModel
+
+    torch.manual_seed(seed)
+    model = SortformerEncLabelModel(sortformer_config())
+    model.eval()
+    # Random weights give each speaker a near-constant probability: calibrate the last layer on speech so that
+    # each speaker's logit has median 0 and spread 3 (on and off in runs), so the outputs have segments and gaps.
+    head = model.sortformer_modules.single_hidden_to_spks
+    seen: list[Any] = []
+    hook = head.register_forward_hook(lambda module, args, output: seen.append(output.detach()))
+    speech_ = torch.from_numpy(calibration_speech(seed))[None]
+    with torch.no_grad():
+        model.forward(audio_signal=speech_, audio_signal_length=torch.tensor([speech_.shape[1]]))
+        hook.remove()
+        logits = seen[0][0]  # [T, S]
+        scale = 3.0 / logits.std(0).clamp(min=1e-6)
+        head.weight.mul_(scale[:, None])
+        head.bias.copy_((head.bias - logits.median(0).values) * scale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save_to(str(out))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("tiny Sortformer (random): %d parameters -> %s (%.1f MB)", n_params, out, out.stat().st_size / 1e6)
 
 
 def calibration_speech(seed: int) -> Any:
@@ -398,7 +464,7 @@ def build_digits(out: Path, seed: int, steps: int, n_utts: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["tiny", "digits", "fullsize"])
+    parser.add_argument("kind", choices=["tiny", "digits", "fullsize", "tiny_diarizer"])
     parser.add_argument("--out", type=Path, required=True, help="where to write the .nemo file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1800, help="digits: training steps (~3/s on 2 cores)")
@@ -421,6 +487,8 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     if args.kind == "tiny":
         build_tiny(args.out, args.seed)
+    elif args.kind == "tiny_diarizer":
+        build_tiny_diarizer(args.out, args.seed)
     elif args.kind == "fullsize":
         build_fullsize(args.out, args.seed, args.arch, args.tokenizer_dir, args.tokens_per_s)
     else:

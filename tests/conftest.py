@@ -29,6 +29,7 @@ from helpers import LiveServer, Serve, ServerProcess, cpu_settings, digits_app, 
 MODELS = ROOT / "models"
 TINY_MODEL = MODELS / "tiny_tdt.nemo"
 DIGITS_MODEL = MODELS / "digits_tdt.nemo"
+TINY_SORTFORMER = MODELS / "tiny_sortformer.nemo"
 # Test utterances use seeds far from the training corpus (seeds 0..2399 at --seed 0).
 TEST_SEED_BASE = 7_000_000
 LEVELS = ("unit", "app", "e2e", "browser")
@@ -59,6 +60,11 @@ def tiny_model_path() -> Path:
 @pytest.fixture(scope="session")
 def digits_model_path() -> Path:
     return _build("digits", DIGITS_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_sortformer_path() -> Path:
+    return _build("tiny_diarizer", TINY_SORTFORMER)
 
 
 @pytest.fixture(scope="session")

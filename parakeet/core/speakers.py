@@ -1,0 +1,103 @@
+"""Speakers (diarization) on a transcript: which speaker said each word, the turns they form, and speaking time.
+
+A diarizer (`parakeet.core.engine.Diarizer`; NeMo's Sortformer in inference.py) gives each speaker's activity as
+`SpeakerSegment`s in seconds, its speakers numbered by the model (Sortformer: in order of arrival, arrival-time
+sorting). Here, without arrays: each word gets the speaker whose activity overlaps it most (a word in a gap, or
+heard by none, the speaker of the nearest segment), speakers are then labelled `A`, `B`, ... in order of their first
+word (OpenAI's `diarized_json` convention: https://platform.openai.com/docs/api-reference/audio/diarized-json-object),
+and consecutive words of one speaker form a turn (a turn never mixes two speakers).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from parakeet.core.transcripts import TimedSpan
+
+
+@dataclass(frozen=True)
+class SpeakerSegment:
+    """One stretch of one speaker's activity: [start_s, end_s) seconds from the clip start; `speaker` is the model's
+    speaker index (0 .. max speakers - 1). Segments of different speakers may overlap (people talk over each other)."""
+
+    start_s: float
+    end_s: float
+    speaker: int
+
+
+@dataclass(frozen=True)
+class SpeakerTurn:
+    """Consecutive words of one speaker: its label (`A`, `B`, ...), its span and its words."""
+
+    speaker: str
+    start_s: float
+    end_s: float
+    words: tuple[TimedSpan, ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.text for w in self.words)
+
+
+def word_speakers(words: Sequence[TimedSpan], segments: Sequence[SpeakerSegment]) -> list[int | None]:
+    """The model's speaker index of each word: the speaker whose segments overlap the word longest (ties: the lower
+    index); a word no segment overlaps (a gap, or a zero-length word) takes the speaker of the nearest segment (by
+    the distance between the word's and the segment's spans). None for every word when there is no segment."""
+    out: list[int | None] = []
+    for w in words:
+        overlap: dict[int, float] = {}
+        for s in segments:
+            o = min(w.end_s, s.end_s) - max(w.start_s, s.start_s)
+            if o > 0:
+                overlap[s.speaker] = overlap.get(s.speaker, 0.0) + o
+        if overlap:
+            out.append(max(sorted(overlap), key=lambda k: overlap[k]))
+        elif segments:
+            nearest = min(segments, key=lambda s: (max(s.start_s - w.end_s, w.start_s - s.end_s, 0.0), s.speaker))
+            out.append(nearest.speaker)
+        else:
+            out.append(None)
+    return out
+
+
+def speaker_labels(indices: Sequence[int | None]) -> list[str | None]:
+    """`A`, `B`, ... in order of first appearance (then `S27`, `S28`, ... past 26 speakers); None stays None."""
+    names: dict[int, str] = {}
+    out: list[str | None] = []
+    for k in indices:
+        if k is None:
+            out.append(None)
+            continue
+        if k not in names:
+            n = len(names)
+            names[k] = string.ascii_uppercase[n] if n < 26 else f"S{n + 1}"
+        out.append(names[k])
+    return out
+
+
+def speaker_turns(words: Sequence[TimedSpan], labels: Sequence[str | None]) -> list[SpeakerTurn]:
+    """Consecutive words with the same label as turns, in order (words without a label join the turn before them,
+    or the next one at the start)."""
+    turns: list[SpeakerTurn] = []
+    filled = list(labels)
+    for i in range(len(filled)):  # a word without a speaker: the previous word's, else the next labelled one's
+        if filled[i] is None:
+            filled[i] = filled[i - 1] if i else next((x for x in filled if x is not None), None)
+    for w, label in zip(words, filled, strict=True):
+        name = label or "A"
+        if turns and turns[-1].speaker == name:
+            last = turns[-1]
+            turns[-1] = SpeakerTurn(name, last.start_s, max(last.end_s, w.end_s), (*last.words, w))
+        else:
+            turns.append(SpeakerTurn(name, w.start_s, w.end_s, (w,)))
+    return turns
+
+
+def speaking_time(turns: Sequence[SpeakerTurn]) -> dict[str, float]:
+    """Seconds of turns per speaker label, in order of first appearance."""
+    total: dict[str, float] = {}
+    for t in turns:
+        total[t.speaker] = total.get(t.speaker, 0.0) + (t.end_s - t.start_s)
+    return total

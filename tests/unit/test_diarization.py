@@ -1,0 +1,66 @@
+"""The diarizer (inference.SortformerDiarizer): its batched segments equal NeMo's own `diarize()` on the same audio
+and model (a random tiny Sortformer: the real modules and post-processing, no speaker sense), and loading fails
+with one message naming PARAKEET_DIARIZATION_MODEL. Speaker assignment on words: tests/unit/test_speakers.py."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from inference import SortformerDiarizer, load_diarization_model
+from parakeet.core.errors import ModelLoadError
+
+import speech
+
+
+def conversation(seed: int, seconds: float) -> np.ndarray:
+    """Two held-out voices taking turns with pauses, cut to `seconds`."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for turn in range(8):
+        voice = speech.HELD_OUT_VOICES[turn % 2]
+        parts += [speech.speak(speech.random_digits(random.Random(seed + turn), 2, 4), voice),
+                  np.zeros(int(rng.uniform(0.1, 0.6) * 16000), np.float32)]  # fmt: skip
+    return np.concatenate(parts)[: int(seconds * 16000)].astype(np.float32)
+
+
+def lines(segments: list[object]) -> list[str]:
+    return sorted(f"{s.start_s:.3f} {s.end_s:.3f} speaker_{s.speaker}" for s in segments)  # type: ignore[attr-defined]
+
+
+def test_diarizer_segments_equal_nemo_diarize_on_a_batch(tiny_sortformer_path: Path, tmp_path: Path) -> None:
+    model = load_diarization_model(str(tiny_sortformer_path), torch.device("cpu"))
+    diarizer = SortformerDiarizer(model, torch.device("cpu"), model_name="tiny")
+    waves = [conversation(1, 3.0), conversation(2, 7.5), conversation(3, 5.2)]
+    ours = diarizer.diarize(waves)
+    paths = []
+    for i, w in enumerate(waves):
+        sf.write(tmp_path / f"c{i}.wav", w, 16000, subtype="FLOAT")
+        paths.append(str(tmp_path / f"c{i}.wav"))
+    theirs = model.diarize(audio=paths, batch_size=len(paths), verbose=False)
+    assert [lines(o) for o in ours] == [sorted(t) for t in theirs]
+    assert sum(len(o) for o in ours) >= 30  # speakers on and off in runs: not a comparison of empty outputs
+    for o, w in zip(ours, waves, strict=True):
+        assert all(0 <= s.start_s < s.end_s <= len(w) / 16000 + 0.08 for s in o)
+        assert all(0 <= s.speaker < diarizer.max_speakers for s in o)
+        assert o == sorted(o, key=lambda s: (s.start_s, s.speaker))
+
+
+def test_diarizer_load_failures_name_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="PARAKEET_DIARIZATION_MODEL names a .nemo file that is not there"):
+        load_diarization_model(str(tmp_path / "missing.nemo"), torch.device("cpu"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as info:
+        load_diarization_model("nvidia/diar_streaming_sortformer_4spk-v2", torch.device("cpu"))
+    msg = str(info.value)
+    assert "could not load model 'nvidia/diar_streaming_sortformer_4spk-v2'" in msg
+    assert "not in the local Hugging Face cache" in msg and "PARAKEET_DIARIZATION_MODEL=" in msg
