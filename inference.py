@@ -28,6 +28,7 @@ from parakeet.core.engine import (
     CPU_DEVICE,
     SAMPLE_RATE_HZ,
     DeviceInfo,
+    Diarizer,
     StepBatchResult,
     StepRequest,
     StepResult,
@@ -175,6 +176,7 @@ class ParakeetEngine:
         # Compiled phrase lists, per decoding object (its multi-model holds them): cache key -> NeMo's request config.
         self._boosted: dict[int, OrderedDict[str, Any]] = {}
         self._spells: dict[str, bool] = {}  # character -> whether the tokenizer spells it (unspellable)
+        self.diarizer: Diarizer | None = None  # build_engine sets it when PARAKEET_DIARIZATION_MODEL is
         self.cuda_graphs = False
         self.cuda_graphs_reason = "not a CUDA device" if device.type != "cuda" else "off (as constructed)"
         self.set_cuda_graphs(cuda_graphs)
@@ -575,6 +577,8 @@ class ParakeetEngine:
         """Run one batch of seeded noise so that first requests don't pay for lazy init. Returns ms."""
         rng = np.random.default_rng(0)
         noise = (0.01 * rng.standard_normal(int(duration_s * SAMPLE_RATE_HZ))).astype(np.float32)
+        if self.diarizer is not None:
+            self.diarizer.diarize([noise])
         return self.transcribe([noise]).compute_ms
 
     def device_info(self) -> DeviceInfo:
@@ -856,6 +860,8 @@ def build_engine(settings: Settings, device: torch.device, tuning: Tuning | None
         max_symbols_per_step=(tuning or Tuning()).max_symbols_per_step,
     )
     choose_cuda_graphs(engine, settings.cuda_graphs, cuda=device.type == "cuda")
+    if settings.diarization_model:
+        engine.diarizer = build_diarizer(settings.diarization_model, device)
     log.info(
         "loaded %s on %s (%s, %.1f M parameters) in %.1f s",
         settings.model,
@@ -887,6 +893,10 @@ class SortformerDiarizer:
         self.model, self.device, self.model_name = model, device, model_name
         self.model.eval()
         self.max_speakers = int(model._cfg.max_num_of_spks)
+        # An offline Sortformer attends over the whole clip (memory ~ length squared): at most the 90 s sessions it
+        # is trained on (NeMo's sortformer configs, `session_len_sec: 90`); the streaming one's speaker cache
+        # bounds its memory at any length.
+        self.max_audio_s: float | None = None if model._cfg.get("streaming_mode", False) else 90.0
         self.subsampling = int(model._cfg.encoder.subsampling_factor)  # 10 ms feature frames per output frame
         self.postprocessing = load_postprocessing_from_yaml(None)
 

@@ -70,6 +70,7 @@ class NoopEngine:
 
     model_name = "noop"
     encoder_frame_samples = 1280
+    diarizer: Any = None
 
     def transcribe(self, waveforms: Any, timestamps: Any = None, confidence: Any = None, keywords: Any = None) -> Any:
         from parakeet.core.transcripts import BatchResult, Transcript

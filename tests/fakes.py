@@ -61,6 +61,7 @@ class FakeEngine:
     keywords_asked: list[list[Any]] = field(default_factory=list)  # the key phrases of each call (None: none)
     steps: list[list[StepRequest]] = field(default_factory=list)  # the requests of each streaming step
     cannot_spell: str = ""  # characters its "tokenizer" cannot spell (unspellable)
+    diarizer: Any = None  # a Diarizer (tests/fakes.py FakeDiarizer) or None
 
     def transcribe(
         self,

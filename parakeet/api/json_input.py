@@ -42,6 +42,7 @@ class AudioRequest(BaseModel):
     timestamp: bool | None = None  # serverless handlers' name
     include_timestamps: bool | None = None  # other servers' name
     confidence: bool | None = None
+    diarize: bool | None = None
     keywords: Any = None  # phrases to boost: a comma-separated string, or a list of strings and PhraseItems (_keywords)
     keyword_weight: float | None = None
 
@@ -54,6 +55,7 @@ class JsonOptions:
     timestamps: bool
     confidence: bool = False
     keywords: KeyPhrases | None = None
+    diarize: bool = False
 
 
 def is_json(request: Request) -> bool:
@@ -128,10 +130,10 @@ async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -
     timestamps = bool(req.timestamps or req.timestamp or req.include_timestamps)
     keywords = _keywords(req)
     if req.audio_base64 is not None:
-        options = JsonOptions("audio_base64", timestamps, bool(req.confidence), keywords)
+        options = JsonOptions("audio_base64", timestamps, bool(req.confidence), keywords, bool(req.diarize))
         return decode_base64(req.audio_base64, max_bytes), options
     assert req.audio_url is not None
-    options = JsonOptions("audio_url", timestamps, bool(req.confidence), keywords)
+    options = JsonOptions("audio_url", timestamps, bool(req.confidence), keywords, bool(req.diarize))
     return await fetch_audio(req.audio_url, policy, max_bytes), options
 
 

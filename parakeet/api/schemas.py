@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from parakeet.core.speakers import Speakers
 from parakeet.core.transcripts import Transcript
 
 
@@ -16,12 +17,44 @@ class WordTime(BaseModel):
     start: float = Field(description="Seconds from the start of the audio.")
     end: float
     confidence: float | None = Field(None, description="With confidence=true: NeMo's word confidence, 0 to 1.")
+    speaker: str | None = Field(None, description="With diarize=true: who said it, A, B, ... by first appearance.")
 
 
 class SegmentTime(BaseModel):
     segment: str
     start: float
     end: float
+    speaker: str | None = Field(None, description="With diarize=true: the speaker of most of its words.")
+
+
+class SpeakerTurnOut(BaseModel):
+    speaker: str
+    start: float
+    end: float
+    text: str
+
+
+class SpeakerSummary(BaseModel):
+    speaker: str = Field(description="A, B, ... in order of first appearance.")
+    speaking_time_s: float = Field(description="Seconds of this speaker's turns.")
+
+
+class SpeakersOut(BaseModel):
+    """With diarize=true: the speakers and their turns (consecutive words of one speaker)."""
+
+    speakers: list[SpeakerSummary]
+    turns: list[SpeakerTurnOut]
+
+    @classmethod
+    def of(cls, speakers: Speakers) -> SpeakersOut:
+        return cls(
+            speakers=[
+                SpeakerSummary(speaker=k, speaking_time_s=round(v, 3)) for k, v in speakers.speaking_time.items()
+            ],
+            turns=[
+                SpeakerTurnOut(speaker=t.speaker, start=t.start_s, end=t.end_s, text=t.text) for t in speakers.turns
+            ],
+        )
 
 
 class CharTime(BaseModel):
@@ -40,10 +73,23 @@ class Timestamps(BaseModel):
     char: list[CharTime]
 
     @classmethod
-    def of(cls, t: Transcript) -> Timestamps:
+    def of(cls, t: Transcript, speakers: Speakers | None = None) -> Timestamps:
+        """`speakers` (diarize=true) puts a `speaker` on every word and segment."""
+        labels = speakers.words if speakers is not None else [None] * len(t.words)
         return cls(
-            word=[WordTime(word=w.text, start=w.start_s, end=w.end_s, confidence=w.confidence) for w in t.words],
-            segment=[SegmentTime(segment=s.text, start=s.start_s, end=s.end_s) for s in t.segments],
+            word=[
+                WordTime(word=w.text, start=w.start_s, end=w.end_s, confidence=w.confidence, speaker=label)
+                for w, label in zip(t.words, labels, strict=True)
+            ],
+            segment=[
+                SegmentTime(
+                    segment=s.text,
+                    start=s.start_s,
+                    end=s.end_s,
+                    speaker=speakers.of_span(t.words, s.start_s, s.end_s) if speakers else None,
+                )
+                for s in t.segments
+            ],  # fmt: skip
             char=[
                 CharTime(char=c.text, start=c.start_s, end=c.end_s, confidence=c.confidence, logprob=c.logprob)
                 for c in t.chars
@@ -70,6 +116,7 @@ class TranscriptionResponse(BaseModel):
     source_sample_rate_hz: int = Field(description="The upload's own sample rate, Hz.")
     source_channels: int = Field(description="The upload's channel count (averaged to mono).")
     timestamps: Timestamps | None = Field(None, description="With timestamps=true: word, segment, char.")
+    speakers: SpeakersOut | None = Field(None, description="With diarize=true: speakers and turns.")
 
 
 class DeviceInfo(BaseModel):
@@ -94,6 +141,9 @@ class HealthResponse(BaseModel):
     status: str = Field(description='"ok", "loading", "shutting_down" or "failed".')
     ready: bool = Field(description="True once the model is loaded and warmed up.")
     model: str
+    diarization_model: str | None = Field(
+        None, description="The speaker diarization model (PARAKEET_DIARIZATION_MODEL); null: no diarization."
+    )
     gpu_id: int | None = Field(description="Claimed GPU index; null on CPU.")
     gpu_slot: int | None = Field(
         None, description="Which of the GPU's worker slots (PARAKEET_WORKERS_PER_GPU); null on CPU."

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from parakeet.core.keywords import KeyPhrases
+from parakeet.core.speakers import SpeakerSegment
 from parakeet.core.transcripts import BatchResult
 
 if TYPE_CHECKING:  # keeps the audio-decoder subprocesses, which import SAMPLE_RATE_HZ, free of pydantic
@@ -124,15 +125,41 @@ class VoiceActivityModel(Protocol):
         ...
 
 
+class Diarizer(Protocol):
+    """A speaker diarization model on the engine's device (`inference.SortformerDiarizer`). Not thread-safe: the
+    worker's GPU thread calls it.
+
+    Attributes:
+        model_name: as PARAKEET_DIARIZATION_MODEL names it.
+        max_speakers: the most speakers it tells apart (Sortformer 4spk: 4).
+        max_audio_s: the longest audio it takes in one pass (an offline model attends over the whole clip, so its
+            memory grows with the square of the length); None: any length (a streaming model's speaker cache).
+    """
+
+    model_name: str
+    max_speakers: int
+    max_audio_s: float | None
+
+    def diarize(self, waveforms: Sequence[Waveform]) -> list[list[SpeakerSegment]]:
+        """Each waveform's speaker segments (see `SpeakerSegment`), sorted by start.
+
+        Raises:
+            DeviceOutOfMemory: the padded batch does not fit.
+        """
+        ...
+
+
 class Engine(Protocol):
     """A loaded model on one device. Not thread-safe: the worker calls it from its one GPU thread only.
 
     Attributes:
         model_name: the served model, as responses and /health name it.
+        diarizer: the speaker diarization model beside it (PARAKEET_DIARIZATION_MODEL), or None.
     """
 
     model_name: str
     encoder_frame_samples: int  # input samples per encoder frame (Parakeet: 10 ms hop x 8 subsampling = 1280)
+    diarizer: Diarizer | None
 
     def transcribe(
         self,

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     )
 
     # --- custom vocabulary ---
+    diarization_model: str | None = Field(
+        None,
+        description="Speaker diarization model beside the ASR model (README 'Speakers'): a Hugging Face id "
+        "(nvidia/diar_streaming_sortformer_4spk-v2) or a local .nemo file; unset: no diarization.",
+    )
     keywords_file: Path | None = Field(
         None,
         description="Key phrases boosted in every request, one per line (README 'Custom vocabulary'); re-read on "

@@ -101,3 +101,28 @@ def speaking_time(turns: Sequence[SpeakerTurn]) -> dict[str, float]:
     for t in turns:
         total[t.speaker] = total.get(t.speaker, 0.0) + (t.end_s - t.start_s)
     return total
+
+
+@dataclass(frozen=True)
+class Speakers:
+    """A transcript's speakers: each word's label, in transcript order (None: no speaker segment at all), and the
+    turns they form."""
+
+    words: tuple[str | None, ...]
+    turns: tuple[SpeakerTurn, ...]
+
+    @property
+    def speaking_time(self) -> dict[str, float]:
+        return speaking_time(self.turns)
+
+    def of_span(self, words: Sequence[TimedSpan], start_s: float, end_s: float) -> str | None:
+        """The label of most of the words in [start_s, end_s] (a segment's speaker; ties: the first)."""
+        inside = [lab for w, lab in zip(words, self.words, strict=True) if lab and start_s <= w.start_s < end_s]
+        return max(dict.fromkeys(inside), key=inside.count) if inside else None
+
+
+def speakers_of(words: Sequence[TimedSpan], segments: Sequence[SpeakerSegment]) -> Speakers:
+    """`Speakers` of a transcript's words from a diarizer's segments (`word_speakers`, `speaker_labels`,
+    `speaker_turns`)."""
+    labels = speaker_labels(word_speakers(words, segments))
+    return Speakers(tuple(labels), tuple(speaker_turns(words, labels)))

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from parakeet.core import errors, metrics
-from parakeet.core.engine import SAMPLE_RATE_HZ
+from parakeet.core.engine import SAMPLE_RATE_HZ, Waveform
 from parakeet.core.keywords import KeyPhrases, check_spelling, merge_key_phrases
+from parakeet.core.speakers import Speakers, SpeakerSegment, speakers_of
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.audio import DecodedAudio
 from parakeet.pipeline.batching import Batcher
@@ -44,11 +45,13 @@ class TranscribeOptions:
         timestamps: word, segment and char timestamps (they cost the GPU thread Python time; README).
         confidence: word and token confidence and token log-probabilities (implies timestamps).
         keywords: phrases to boost in the decoding (custom vocabulary, `parakeet.core.keywords`); None: none.
+        diarize: who spoke each word (implies timestamps; needs PARAKEET_DIARIZATION_MODEL).
     """
 
     timestamps: bool = False
     confidence: bool = False
     keywords: KeyPhrases | None = None
+    diarize: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Outcome:
         compute_ms: engine time of its batch (summed over chunks), ms.
         batch_size: requests in its batch (the largest over chunks).
         chunks: pieces the audio was transcribed in (1 up to the long-audio threshold).
+        speakers: each word's speaker and the turns, when diarization was asked for.
     """
 
     transcript: Transcript
@@ -87,6 +91,7 @@ class Outcome:
     compute_ms: float
     batch_size: int
     chunks: int
+    speakers: Speakers | None = None
 
 
 class Places:
@@ -137,6 +142,9 @@ class Serving:
     on_served: Callable[[Outcome], None]
     server_phrases: Callable[[], KeyPhrases | None] = lambda: None  # PARAKEET_KEYWORDS_FILE, merged into each request
     spelling: Callable[[str], str] = lambda text: ""  # Engine.unspellable: a request's phrases are checked with it
+    # The diarizer on the GPU thread (waveform -> its speaker segments) and its audio limit; None: no diarizer.
+    diarize: Callable[[Waveform], Awaitable[list[SpeakerSegment]]] | None = None
+    diarize_max_s: float | None = None
 
 
 class RequestJob:
@@ -259,6 +267,11 @@ class RequestJob:
     ) -> Outcome:
         s = self._serving
         check_spelling(options.keywords, s.spelling)
+        if options.diarize and s.diarize is None:
+            raise errors.BadRequest(
+                "diarization needs a diarization model: set PARAKEET_DIARIZATION_MODEL (e.g. "
+                "nvidia/diar_streaming_sortformer_4spk-v2)", param="diarize",
+            )  # fmt: skip
         ticket = s.batcher.admit()  # the GPU queue: taken once the audio is in hand, before decoding
         try:
             t0 = time.perf_counter()
@@ -271,19 +284,34 @@ class RequestJob:
             decode_ms = (time.perf_counter() - t0) * 1000 if decoded.decoder != "pcm" else 0.0
             if decoded.decoder != "pcm":
                 metrics.DECODE.observe(decode_ms / 1000)
+            if options.diarize:
+                self._check_diarizable(decoded)
             done = await s.transcriber.run(
-                ticket, decoded.waveform, timestamps=options.timestamps or options.confidence,
+                ticket, decoded.waveform, timestamps=options.timestamps or options.confidence or options.diarize,
                 confidence=options.confidence, on_words=on_words,
                 keywords=merge_key_phrases(options.keywords, s.server_phrases()),
             )  # fmt: skip
+            speakers = None
+            if options.diarize and s.diarize is not None:
+                speakers = speakers_of(done.transcript.words, await s.diarize(decoded.waveform))
         finally:
             s.batcher.release(ticket)
         outcome = Outcome(
             done.transcript, AudioSummary.of(decoded), s.model_name, decode_ms, done.queue_ms, done.compute_ms,
-            done.batch_size, done.chunks,
+            done.batch_size, done.chunks, speakers,
         )  # fmt: skip
         s.on_served(outcome)
         return outcome
+
+    def _check_diarizable(self, decoded: DecodedAudio) -> None:
+        limit = self._serving.diarize_max_s
+        if limit is not None and decoded.duration_s > limit:
+            raise errors.BadRequest(
+                f"the audio is {decoded.duration_s:.1f} s long; this diarization model takes at most {limit:g} s "
+                "(an offline model; a streaming Sortformer such as nvidia/diar_streaming_sortformer_4spk-v2 takes "
+                "any length)",
+                param="diarize",
+            )
 
     async def _decode(self) -> DecodedAudio:
         """The received bytes, decoded in a subprocess. The reservation grows from the bytes to the bytes plus the

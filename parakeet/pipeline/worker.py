@@ -23,6 +23,7 @@ from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, VoiceActivityModel, Waveform
 from parakeet.core.keywords import KeyPhrases, check_spelling, merge_key_phrases
 from parakeet.core.settings import Settings, decoder_pool_size
+from parakeet.core.speakers import SpeakerSegment
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.batch_policy import BatcherConfig
 from parakeet.pipeline.batching import Batcher
@@ -65,6 +66,7 @@ class WorkerSnapshot:
     ready: bool
     detail: str | None
     model: str
+    diarization_model: str | None
     gpu_id: int | None
     gpu_slot: int | None
     device: DeviceInfo | None
@@ -195,9 +197,16 @@ class Worker:
         )  # fmt: skip
         streams.start()
         self.engine, self.batcher, self.streams = engine, batcher, streams
+        diarizer = engine.diarizer
+
+        async def diarize(waveform: Waveform) -> list[SpeakerSegment]:
+            assert diarizer is not None
+            return (await self.gpu.run("batch", diarizer.diarize, [waveform]))[0]
+
         self._serving = Serving(
             self.decoder, batcher, transcriber, engine.model_name, s.max_audio_duration_s, self._served,
-            self.phrases.current, engine.unspellable,
+            self.phrases.current, engine.unspellable, diarize if diarizer is not None else None,
+            diarizer.max_audio_s if diarizer is not None else None,
         )  # fmt: skip
 
     def _publish_device(self, info: DeviceInfo) -> None:
@@ -350,7 +359,7 @@ class Worker:
         b, st = self.batcher, self.streams
         return WorkerSnapshot(
             phase=self.phase, ready=self.ready, detail=self.detail, model=self.settings.model, gpu_id=self.gpu_id,
-            gpu_slot=self.gpu_slot,
+            gpu_slot=self.gpu_slot, diarization_model=self.settings.diarization_model,
             device=self.device_info, uptime_s=time.monotonic() - self.started_at,
             requests_served=self.requests_served,
             queued_requests=b.queued_requests if b else 0,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from parakeet.api.deps import WorkerDep
 from parakeet.api.errors import request_id
 from parakeet.api.json_input import is_json, read_json_audio
-from parakeet.api.schemas import ErrorResponse, Timestamps, TranscriptionResponse
+from parakeet.api.schemas import ErrorResponse, SpeakersOut, Timestamps, TranscriptionResponse
 from parakeet.api.uploads import (
     declared_body_bytes,
     disconnect_watcher,
@@ -39,6 +39,7 @@ _MULTIPART_BODY = {
                         "timestamps": {"type": "boolean", "default": False},
                         "include_timestamps": {"type": "boolean", "description": "alias of timestamps"},
                         "confidence": {"type": "boolean", "description": "word/token confidence and logprobs"},
+                        "diarize": {"type": "boolean", "description": "speakers (PARAKEET_DIARIZATION_MODEL)"},
                         "should_chunk": {
                             "type": "boolean",
                             "description": "accepted, ignored: long audio is "
@@ -71,15 +72,23 @@ async def _read_multipart(request: Request) -> tuple[bytes, TranscribeOptions]:
         part = form_file(form)
         timestamps = form_bool(form, "timestamps") or form_bool(form, "include_timestamps")
         confidence = form_bool(form, "confidence")
+        diarize = form_bool(form, "diarize")
         form_bool(form, "should_chunk")  # accepted (checked), ignored: long audio is always chunked
         keywords = form_keywords(form)
-        return await read_file(part), TranscribeOptions(timestamps=timestamps, confidence=confidence, keywords=keywords)
+        options = TranscribeOptions(timestamps=timestamps, confidence=confidence, keywords=keywords, diarize=diarize)
+        return await read_file(part), options
 
 
 async def _read_json(request: Request, max_bytes: int) -> tuple[bytes, tuple[TranscribeOptions, str]]:
     data, body = await read_json_audio(request, request.app.state.url_policy, max_bytes)
-    options = TranscribeOptions(timestamps=body.timestamps, confidence=body.confidence, keywords=body.keywords)
+    options = TranscribeOptions(
+        timestamps=body.timestamps, confidence=body.confidence, keywords=body.keywords, diarize=body.diarize
+    )
     return data, (options, body.field)
+
+
+def _with_timestamps(options: TranscribeOptions) -> bool:
+    return options.timestamps or options.confidence or options.diarize  # diarize: the words carry the speakers
 
 
 @router.post(
@@ -116,5 +125,6 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
         chunks=outcome.chunks,
         source_sample_rate_hz=outcome.audio.source_sample_rate_hz,
         source_channels=outcome.audio.source_channels,
-        timestamps=Timestamps.of(t) if options.timestamps or options.confidence else None,
+        timestamps=Timestamps.of(t, outcome.speakers) if _with_timestamps(options) else None,
+        speakers=SpeakersOut.of(outcome.speakers) if outcome.speakers is not None else None,
     )

@@ -1,0 +1,94 @@
+"""Speakers through `POST /transcribe` (`diarize=true`, multipart and JSON), in-process: the digits model with the
+random tiny Sortformer beside it (PARAKEET_DIARIZATION_MODEL, built by `build_engine`). The oracle for which speaker
+each word gets is the diarizer itself on the very samples the server decoded plus parakeet.core.speakers (the model
+tells no real speakers apart: that needs a trained diarizer); the response's shape, summary and turns follow from
+it. Without a diarization model, `diarize=true` is a 400 naming the setting; audio past the offline model's 90 s is
+a 400 naming the limit."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from inference import build_engine
+from parakeet.core.speakers import speakers_of
+from parakeet.core.transcripts import TimedSpan
+from parakeet.pipeline.audio import decode_audio
+
+import speech
+from helpers import cpu_settings, digits_app
+
+
+@pytest.fixture(scope="module")
+def diarizing(digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any) -> Iterator[tuple[Any, Any]]:
+    settings = cpu_settings(digits_model_path, diarization_model=str(tiny_sortformer_path))
+    engine = build_engine(settings, torch.device("cpu"))
+    assert engine.diarizer is not None
+    with digits_app(engine, silero_vad, digits_model_path, diarization_model=str(tiny_sortformer_path),
+                    max_audio_duration_s=120) as client:  # fmt: skip
+        yield client, engine
+
+
+def conversation_wav() -> tuple[bytes, str]:
+    """Two voices taking turns (float32 WAV, so the server decodes these very samples) and what they said."""
+    parts, said = [], []
+    for turn, digits in enumerate(["four two seven", "one nine", "three three eight", "six five"]):
+        parts += [speech.speak(digits, speech.HELD_OUT_VOICES[turn % 2]), np.zeros(6400, np.float32)]
+        said.append(digits)
+    buf = io.BytesIO()
+    sf.write(buf, np.concatenate(parts), 16000, format="WAV", subtype="FLOAT")
+    return buf.getvalue(), " ".join(said)
+
+
+def test_transcribe_diarize_puts_a_speaker_on_every_word_from_the_diarizer(diarizing: tuple[Any, Any]) -> None:
+    client, engine = diarizing
+    wav, said = conversation_wav()
+    r = client.post("/transcribe", files={"file": ("a.wav", wav)}, data={"diarize": "true"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["text"] == said
+    words = body["timestamps"]["word"]
+    waveform = decode_audio(wav, max_duration_s=60).waveform
+    spans = [TimedSpan(w["word"], w["start"], w["end"]) for w in words]
+    expected = speakers_of(spans, engine.diarizer.diarize([waveform])[0])
+    assert [w["speaker"] for w in words] == list(expected.words) and all(w["speaker"] for w in words)
+    labels = list(dict.fromkeys(w["speaker"] for w in words))
+    assert labels == [chr(65 + i) for i in range(len(labels))]  # A, B, ... in order of first appearance
+    summary = body["speakers"]
+    assert [s["speaker"] for s in summary["speakers"]] == labels
+    turns = summary["turns"]
+    assert " ".join(t["text"] for t in turns) == said
+    assert all(a["speaker"] != b["speaker"] for a, b in zip(turns, turns[1:], strict=False))
+    assert all(seg["speaker"] in labels for seg in body["timestamps"]["segment"])
+    j = client.post("/transcribe", json={"audio_base64": base64.b64encode(wav).decode(), "diarize": True})
+    assert j.status_code == 200 and j.json()["speakers"] == summary, j.text
+    plain = client.post("/transcribe", files={"file": ("a.wav", wav)})
+    assert plain.json()["speakers"] is None and plain.json()["timestamps"] is None
+    assert client.get("/health").json()["diarization_model"].endswith("tiny_sortformer.nemo")
+
+
+def test_diarize_past_the_offline_models_limit_is_a_400(diarizing: tuple[Any, Any]) -> None:
+    client, _ = diarizing
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(91 * 16000, np.int16), 16000, format="WAV", subtype="PCM_16")
+    r = client.post("/transcribe", files={"file": ("a.wav", buf.getvalue())}, data={"diarize": "true"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "diarize" and "91.0 s long" in err["message"] and "at most 90 s" in err["message"]
+
+
+def test_diarize_without_a_diarization_model_is_a_400_naming_the_setting(digits_client: Any) -> None:
+    wav, _ = conversation_wav()
+    r = digits_client.post("/transcribe", files={"file": ("a.wav", wav)}, data={"diarize": "true"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "diarize" and "PARAKEET_DIARIZATION_MODEL" in err["message"], err
+    assert digits_client.get("/health").json()["diarization_model"] is None
