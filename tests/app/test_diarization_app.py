@@ -92,3 +92,41 @@ def test_diarize_without_a_diarization_model_is_a_400_naming_the_setting(digits_
     err = r.json()["error"]
     assert err["param"] == "diarize" and "PARAKEET_DIARIZATION_MODEL" in err["message"], err
     assert digits_client.get("/health").json()["diarization_model"] is None
+
+
+def test_openai_diarized_json_validates_against_the_sdk_and_follows_the_turns(diarizing: tuple[Any, Any]) -> None:
+    """The official SDK parses `diarized_json` as its own `TranscriptionDiarized` (string ids, segment type); the
+    segments are the speaker turns `/transcribe` reports for the same audio; known speakers are refused."""
+    import openai
+    from openai.types.audio import TranscriptionDiarized
+
+    client, _ = diarizing
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", max_retries=0, http_client=client)
+    wav, said = conversation_wav()
+    out = sdk.audio.transcriptions.create(
+        model="gpt-4o-transcribe-diarize", file=("a.wav", wav), response_format="diarized_json"
+    )
+    assert isinstance(out, TranscriptionDiarized) and out.task == "transcribe" and out.text == said
+    turns = client.post("/transcribe", files={"file": ("a.wav", wav)}, data={"diarize": "true"}).json()
+    expected = [(t["speaker"], t["start"], t["end"], t["text"]) for t in turns["speakers"]["turns"]]
+    assert [(s.speaker, s.start, s.end, s.text) for s in out.segments] == expected
+    assert [s.id for s in out.segments] == [f"seg_{i}" for i in range(len(expected))]
+    assert {s.type for s in out.segments} == {"transcript.text.segment"}
+    assert out.usage is not None and out.usage.type == "duration"
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.audio.transcriptions.create(
+            model="whisper-1",
+            file=("a.wav", wav),
+            response_format="diarized_json",
+            known_speaker_names=["Anna"],
+            known_speaker_references=["data:audio/wav;base64,AA=="],
+        )
+    assert info.value.body["param"] == "known_speaker_names"  # type: ignore[index]
+
+
+def test_openai_diarized_json_without_a_diarization_model_is_a_400(digits_client: Any) -> None:
+    wav, _ = conversation_wav()
+    data = {"model": "whisper-1", "response_format": "diarized_json"}
+    r = digits_client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data=data)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
+    assert "PARAKEET_DIARIZATION_MODEL" in r.json()["error"]["message"]

@@ -37,7 +37,7 @@ def test_current_model_names_are_served(client: openai.OpenAI, spoken: bytes, mo
     assert client.audio.transcriptions.create(model=model, file=("a.wav", spoken)).text == "four two seven one nine"
 
 
-def test_diarize_model_is_refused_not_misleadingly_served(client: openai.OpenAI, spoken: bytes) -> None:
+def test_diarize_model_is_refused_without_a_diarization_model(client: openai.OpenAI, spoken: bytes) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.audio.transcriptions.create(model="gpt-4o-transcribe-diarize", file=("a.wav", spoken))
     assert info.value.body["param"] == "model"  # type: ignore[index]

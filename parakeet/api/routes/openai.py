@@ -45,11 +45,12 @@ from parakeet.pipeline.worker import Worker
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 GRANULARITIES = ("word", "segment")
 # Model names that existing OpenAI client code sends; all are served by the one loaded model (openai-python
-# `AudioModel`, late 2026). The diarizing model is not among them: its output format does not exist here.
+# `AudioModel`, late 2026). The diarizing one is served only with a diarization model (README "Speakers").
 MODEL_ALIASES = ("whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "parakeet-tdt-0.6b-v3")
+DIARIZE_MODEL = "gpt-4o-transcribe-diarize"
 # Dated snapshots of those, e.g. gpt-4o-mini-transcribe-2025-12-15.
 DATED_ALIAS = re.compile(r"(gpt-transcribe|gpt-4o-transcribe|gpt-4o-mini-transcribe)-\d{4}-\d{2}-\d{2}")
 # Fields of OpenAI's request this model cannot honour; accepted (checked to be text) and ignored (README).
@@ -78,9 +79,12 @@ class TranscriptionForm:
 
     @property
     def options(self) -> TranscribeOptions:
-        """Subtitles, verbose_json and the streamed word deltas are built from timestamps; json/text not."""
+        """Subtitles, verbose_json and the streamed word deltas are built from timestamps; json/text not;
+        diarized_json from the speakers."""
         timestamps = self.stream or self.response_format in ("srt", "vtt", "verbose_json")
-        return TranscribeOptions(timestamps=timestamps, confidence=self.logprobs, keywords=self.keywords)
+        diarize = self.response_format == "diarized_json"
+        return TranscribeOptions(timestamps=timestamps, confidence=self.logprobs, keywords=self.keywords,
+                                 diarize=diarize)  # fmt: skip
 
 
 def _model(form: FormData, accepted_models: set[str]) -> str:
@@ -173,8 +177,8 @@ def _logprobs(form: FormData, fmt: str) -> bool:
     return bool(include)
 
 
-def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
-    """Validate the OpenAI transcription fields (all but `file`).
+def parse_form(form: FormData, accepted_models: set[str], diarization: bool = False) -> TranscriptionForm:
+    """Validate the OpenAI transcription fields (all but `file`); `diarization`: the server has a diarization model.
 
     Raises:
         BadRequest: naming the field, the accepted values and the value sent.
@@ -192,7 +196,25 @@ def parse_form(form: FormData, accepted_models: set[str]) -> TranscriptionForm:
     if stream and fmt not in ("json", "text"):
         raise errors.BadRequest(f"stream is supported with response_format json or text, not {fmt!r}", param="stream")
     keywords = form_keywords(form)
+    if fmt == "diarized_json":
+        if not diarization:
+            raise errors.BadRequest(
+                "response_format diarized_json needs a diarization model: set PARAKEET_DIARIZATION_MODEL (e.g. "
+                "nvidia/diar_streaming_sortformer_4spk-v2)", param="response_format",
+            )  # fmt: skip
+        _refuse_known_speakers(form)
     return TranscriptionForm(model, language, fmt, granularities, stream, logprobs, _cue_limits(form), keywords)
+
+
+def _refuse_known_speakers(form: FormData) -> None:
+    """Naming speakers from reference clips is not implemented: refused, never silently ignored (the labels
+    would look like names they are not)."""
+    for name in ("known_speaker_names", "known_speaker_references"):
+        if form.getlist(name) or form.getlist(f"{name}[]"):
+            raise errors.BadRequest(
+                f"{name} is not supported: speakers are labelled A, B, ... in order of first appearance",
+                param=name,
+            )
 
 
 # --- formatting ----------------------------------------------------------------------------------------------
@@ -263,6 +285,29 @@ def verbose_json(outcome: Outcome, form: TranscriptionForm) -> dict[str, Any]:
     return body
 
 
+def diarized_json(outcome: Outcome) -> dict[str, Any]:
+    """OpenAI's `diarized_json` (the SDK's `TranscriptionDiarized`): one segment per speaker turn (consecutive words
+    of one speaker), ids `seg_0`, `seg_1`, ... (strings)."""
+    turns = outcome.speakers.turns if outcome.speakers is not None else ()
+    return {
+        "task": "transcribe",
+        "duration": round(outcome.audio.duration_s, 3),
+        "text": outcome.transcript.text,
+        "segments": [
+            {
+                "type": "transcript.text.segment",
+                "id": f"seg_{i}",
+                "start": t.start_s,
+                "end": t.end_s,
+                "speaker": t.speaker,
+                "text": t.text,
+            }
+            for i, t in enumerate(turns)
+        ],  # fmt: skip
+        "usage": usage(outcome),
+    }
+
+
 def _event(body: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(body)}\n\n".encode()
 
@@ -303,18 +348,22 @@ def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str]) -
         return PlainTextResponse(to_srt(subtitle_cues(outcome, limits)), headers=headers)
     if form.response_format == "vtt":
         return PlainTextResponse(to_vtt(subtitle_cues(outcome, limits)), media_type="text/vtt", headers=headers)
+    if form.response_format == "diarized_json":
+        return JSONResponse(diarized_json(outcome), headers=headers)
     return JSONResponse(verbose_json(outcome, form), headers=headers)
 
 
 def accepted_models(settings: Settings) -> set[str]:
-    """The `model` values this server answers to: all run the one loaded model."""
-    return {served_model_id(settings.model), settings.model, *MODEL_ALIASES}
+    """The `model` values this server answers to: all run the one loaded model (the diarizing name only when a
+    diarization model runs beside it)."""
+    diarize = (DIARIZE_MODEL,) if settings.diarization_model else ()
+    return {served_model_id(settings.model), settings.model, *MODEL_ALIASES, *diarize}
 
 
-async def _read_form(request: Request, accepted: set[str]) -> tuple[bytes, TranscriptionForm]:
+async def _read_form(request: Request, settings: Settings) -> tuple[bytes, TranscriptionForm]:
     async with multipart_form(request) as form:
         part = form_file(form)
-        fields = parse_form(form, accepted)
+        fields = parse_form(form, accepted_models(settings), settings.diarization_model is not None)
         return await read_file(part), fields
 
 
@@ -323,7 +372,7 @@ async def create_transcription(request: Request, worker: WorkerDep) -> Response:
     """OpenAI `audio.transcriptions.create`: multipart `file`, `model`, and the optional fields."""
     declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
     async with worker.request(declared_bytes=declared, disconnected=disconnect_watcher(request)) as job:
-        fields = await job.receive(_read_form(request, accepted_models(worker.settings)))
+        fields = await job.receive(_read_form(request, worker.settings))
         if fields.stream:  # the stream holds the request's resources until it ends
             words = await job.transcribe_stream(fields.options)
             headers = {"X-Gpu-Id": "cpu" if worker.gpu_id is None else str(worker.gpu_id)}
