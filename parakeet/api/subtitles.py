@@ -27,31 +27,43 @@ class CueLimits:
 
 @dataclass(frozen=True)
 class Cue:
+    """One subtitle: its span and lines; with speakers, the first line starts with `A: ` (counted in the line's
+    length), which WebVTT writes as a voice span `<v A>`."""
+
     start_s: float
     end_s: float
     lines: tuple[str, ...]
+    speaker: str | None = None
 
 
 def _lines(words: Sequence[str], limits: CueLimits) -> list[str]:
     return textwrap.wrap(" ".join(words), width=limits.max_line_chars, break_long_words=False, break_on_hyphens=False)
 
 
-def cues(words: Sequence[TimedSpan], limits: CueLimits) -> list[Cue]:
+def cues(words: Sequence[TimedSpan], limits: CueLimits, speakers: Sequence[str | None] | None = None) -> list[Cue]:
     """Cues from word timestamps (file time, seconds), in order. A cue ends at a sentence end, or before the word
     that would make it too long to show (more lines than `max_lines`) or to read (longer than `max_cue_s`). A single
-    word longer than a line gets a cue of its own."""
+    word longer than a line gets a cue of its own. With `speakers` (each word's label), a cue also ends where the
+    speaker changes: a cue never mixes two speakers."""
     out: list[Cue] = []
     current: list[TimedSpan] = []
+    labels = list(speakers) if speakers is not None else [None] * len(words)
+    speaker: str | None = None
+
+    def text_of(ws: Sequence[TimedSpan]) -> list[str]:
+        return ([f"{speaker}:"] if speaker else []) + [w.text for w in ws]
 
     def flush() -> None:
         if current:
-            text = [w.text for w in current]
-            out.append(Cue(current[0].start_s, current[-1].end_s, tuple(_lines(text, limits))))
+            out.append(Cue(current[0].start_s, current[-1].end_s, tuple(_lines(text_of(current), limits)), speaker))
             current.clear()
 
-    for word in words:
+    for word, label in zip(words, labels, strict=True):
+        if current and label != speaker:
+            flush()
+        speaker = label
         if current:
-            lines = _lines([w.text for w in current] + [word.text], limits)
+            lines = _lines(text_of([*current, word]), limits)
             too_big = len(lines) > limits.max_lines or any(len(line) > limits.max_line_chars for line in lines)
             too_long = word.end_s - current[0].start_s > limits.max_cue_s
             if too_big or too_long:
@@ -84,6 +96,15 @@ def to_srt(items: Sequence[Cue]) -> str:
 
 
 def to_vtt(items: Sequence[Cue]) -> str:
+    """WebVTT; a speaker's cue opens with a voice span, `<v A>` (WebVTT section 4.2.2: it may stay unclosed when it
+    covers the whole cue)."""
     return "WEBVTT\n\n" + "".join(
-        f"{_clock(c.start_s, '.')} --> {_clock(c.end_s, '.')}\n" + "\n".join(c.lines) + "\n\n" for c in items
+        f"{_clock(c.start_s, '.')} --> {_clock(c.end_s, '.')}\n" + "\n".join(_voiced(c)) + "\n\n" for c in items
     )
+
+
+def _voiced(c: Cue) -> tuple[str, ...]:
+    prefix = f"{c.speaker}: "
+    if c.speaker is None or not c.lines or not c.lines[0].startswith(prefix):
+        return c.lines
+    return (f"<v {c.speaker}>{c.lines[0][len(prefix) :]}", *c.lines[1:])

@@ -130,3 +130,41 @@ def test_openai_diarized_json_without_a_diarization_model_is_a_400(digits_client
     r = digits_client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data=data)
     assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
     assert "PARAKEET_DIARIZATION_MODEL" in r.json()["error"]["message"]
+
+
+def test_srt_vtt_and_verbose_json_carry_speakers_and_a_cue_never_mixes_two(diarizing: tuple[Any, Any]) -> None:
+    """`diarize=true` (an extension field) on the OpenAI route: SRT cues open with `A: `, WebVTT cues with a `<v A>`
+    voice span (parsed by `srt` and `webvtt-py`); every word inside a cue is that cue's speaker's (from
+    `/transcribe`'s words); verbose_json words and segments carry `speaker`."""
+    import srt
+    import webvtt
+
+    client, _ = diarizing
+    wav, said = conversation_wav()
+    words = client.post("/transcribe", files={"file": ("a.wav", wav)}, data={"diarize": "true"}).json()
+    words = words["timestamps"]["word"]
+
+    def post(fmt: str, **extra: str) -> Any:
+        data = {"model": "whisper-1", "response_format": fmt, "diarize": "true", **extra}
+        r = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data=data)
+        assert r.status_code == 200, r.text
+        return r
+
+    def speakers_within(start: float, end: float) -> set[str]:
+        return {w["speaker"] for w in words if start - 1e-3 <= w["start"] and w["end"] <= end + 1e-3}
+
+    subs = list(srt.parse(post("srt").text))
+    assert subs and " ".join(s.content.split(": ", 1)[1].replace("\n", " ") for s in subs) == said
+    for sub in subs:
+        speaker = sub.content.split(": ", 1)[0]
+        assert speakers_within(sub.start.total_seconds(), sub.end.total_seconds()) == {speaker}, sub
+    captions = list(webvtt.from_string(post("vtt").text))
+    assert [c.voice for c in captions] == [s.content.split(": ", 1)[0] for s in subs]
+    assert [c.text for c in captions] == [s.content.split(": ", 1)[1] for s in subs]
+    verbose = post("verbose_json", **{"timestamp_granularities[]": "word"}).json()
+    assert [w["speaker"] for w in verbose["words"]] == [w["speaker"] for w in words]
+    segs = post("verbose_json").json()["segments"]
+    assert all(s["speaker"] in {w["speaker"] for w in words} for s in segs)
+    r = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                    data={"model": "whisper-1", "response_format": "json", "diarize": "true"})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "diarize", r.text

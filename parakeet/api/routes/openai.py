@@ -76,15 +76,15 @@ class TranscriptionForm:
     logprobs: bool  # include[]=logprobs: token log-probabilities (and word confidence in verbose_json)
     cue_limits: CueLimits
     keywords: KeyPhrases | None = None  # keywords[] (an extension of OpenAI's API): phrases to boost
+    diarize: bool = False  # diarized_json, or the `diarize` extension field with srt, vtt or verbose_json
 
     @property
     def options(self) -> TranscribeOptions:
         """Subtitles, verbose_json and the streamed word deltas are built from timestamps; json/text not;
         diarized_json from the speakers."""
         timestamps = self.stream or self.response_format in ("srt", "vtt", "verbose_json")
-        diarize = self.response_format == "diarized_json"
         return TranscribeOptions(timestamps=timestamps, confidence=self.logprobs, keywords=self.keywords,
-                                 diarize=diarize)  # fmt: skip
+                                 diarize=self.diarize)  # fmt: skip
 
 
 def _model(form: FormData, accepted_models: set[str]) -> str:
@@ -196,14 +196,34 @@ def parse_form(form: FormData, accepted_models: set[str], diarization: bool = Fa
     if stream and fmt not in ("json", "text"):
         raise errors.BadRequest(f"stream is supported with response_format json or text, not {fmt!r}", param="stream")
     keywords = form_keywords(form)
-    if fmt == "diarized_json":
-        if not diarization:
-            raise errors.BadRequest(
-                "response_format diarized_json needs a diarization model: set PARAKEET_DIARIZATION_MODEL (e.g. "
-                "nvidia/diar_streaming_sortformer_4spk-v2)", param="response_format",
-            )  # fmt: skip
-        _refuse_known_speakers(form)
-    return TranscriptionForm(model, language, fmt, granularities, stream, logprobs, _cue_limits(form), keywords)
+    diarize = _diarize(form, fmt, diarization)
+    return TranscriptionForm(
+        model, language, fmt, granularities, stream, logprobs, _cue_limits(form), keywords, diarize
+    )
+
+
+def _diarize(form: FormData, fmt: str, diarization: bool) -> bool:
+    """Whether the request wants speakers: `diarized_json`, or `diarize=true` (an extension) with srt, vtt or
+    verbose_json.
+
+    Raises:
+        BadRequest: no diarization model (naming the setting), `diarize` with another format, known speakers.
+    """
+    asked = form_bool(form, "diarize")
+    if asked and fmt not in ("srt", "vtt", "verbose_json", "diarized_json"):
+        raise errors.BadRequest(
+            f"diarize applies to srt, vtt and verbose_json, not {fmt!r} (or use response_format=diarized_json)",
+            param="diarize",
+        )
+    if not (asked or fmt == "diarized_json"):
+        return False
+    if not diarization:
+        raise errors.BadRequest(
+            "speakers need a diarization model: set PARAKEET_DIARIZATION_MODEL (e.g. "
+            "nvidia/diar_streaming_sortformer_4spk-v2)", param="diarize" if asked else "response_format",
+        )  # fmt: skip
+    _refuse_known_speakers(form)
+    return True
 
 
 def _refuse_known_speakers(form: FormData) -> None:
@@ -230,7 +250,9 @@ def segments_of(t: Transcript, duration_s: float) -> list[TimedSpan]:
 def subtitle_cues(outcome: Outcome, limits: CueLimits) -> list[Cue]:
     """SRT/VTT cues from the word timestamps (parakeet/api/subtitles.py); NeMo's segments if there are none."""
     t = outcome.transcript
-    return cues(t.words, limits) if t.words else fallback_cues(segments_of(t, outcome.audio.duration_s), limits)
+    if not t.words:
+        return fallback_cues(segments_of(t, outcome.audio.duration_s), limits)
+    return cues(t.words, limits, outcome.speakers.words if outcome.speakers is not None else None)
 
 
 def logprobs(t: Transcript) -> list[dict[str, Any]]:
@@ -252,7 +274,7 @@ def usage(outcome: Outcome) -> dict[str, Any]:
 def verbose_json(outcome: Outcome, form: TranscriptionForm) -> dict[str, Any]:
     """OpenAI's verbose_json: `words` only when asked for; `segments` unless only words were asked for.
     Whisper-only segment fields get neutral values (the SDK declares all ten)."""
-    t = outcome.transcript
+    t, sp = outcome.transcript, outcome.speakers
     body: dict[str, Any] = {
         "task": "transcribe",
         "language": form.language or "unknown",
@@ -273,13 +295,16 @@ def verbose_json(outcome: Outcome, form: TranscriptionForm) -> dict[str, Any]:
                 "compression_ratio": 1.0,
                 "no_speech_prob": 0.0,
             }  # fmt: skip
+            | ({"speaker": sp.of_span(t.words, s.start_s, s.end_s)} if sp is not None else {})
             for i, s in enumerate(segments_of(t, outcome.audio.duration_s))
         ]
     if "word" in form.granularities:
+        labels = sp.words if sp is not None else [None] * len(t.words)
         body["words"] = [
             {"word": w.text, "start": w.start_s, "end": w.end_s}
             | ({"confidence": w.confidence} if form.logprobs and w.confidence is not None else {})
-            for w in t.words
+            | ({"speaker": label} if sp is not None else {})
+            for w, label in zip(t.words, labels, strict=True)
         ]
     body["usage"] = usage(outcome)
     return body
