@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,20 @@ def test_srt_vtt_and_verbose_json_carry_speakers_and_a_cue_never_mixes_two(diari
     r = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
                     data={"model": "whisper-1", "response_format": "json", "diarize": "true"})  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == "diarize", r.text
+
+
+def test_diarized_json_stream_sends_segment_events_then_done_per_the_sdk_types(diarizing: tuple[Any, Any]) -> None:
+    from openai.types.audio import TranscriptionTextDoneEvent, TranscriptionTextSegmentEvent
+
+    client, _ = diarizing
+    wav, said = conversation_wav()
+    data = {"model": "gpt-4o-transcribe-diarize", "response_format": "diarized_json", "stream": "true"}
+    r = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data=data)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    segments = [TranscriptionTextSegmentEvent.model_validate(e) for e in events[:-1]]
+    done = TranscriptionTextDoneEvent.model_validate(events[-1])
+    assert done.text == said and " ".join(s.text for s in segments) == said
+    whole = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
+                        data={**data, "stream": "false"}).json()  # fmt: skip
+    assert [s.model_dump() for s in segments] == whole["segments"]

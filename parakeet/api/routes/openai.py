@@ -193,8 +193,10 @@ def parse_form(form: FormData, accepted_models: set[str], diarization: bool = Fa
     granularities = _granularities(form, fmt)
     logprobs = _logprobs(form, fmt)
     stream = form_bool(form, "stream")
-    if stream and fmt not in ("json", "text"):
-        raise errors.BadRequest(f"stream is supported with response_format json or text, not {fmt!r}", param="stream")
+    if stream and fmt not in ("json", "text", "diarized_json"):
+        raise errors.BadRequest(
+            f"stream is supported with response_format json, text or diarized_json, not {fmt!r}", param="stream"
+        )
     keywords = form_keywords(form)
     diarize = _diarize(form, fmt, diarization)
     return TranscriptionForm(
@@ -333,6 +335,14 @@ def diarized_json(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+async def _diarized_sse(outcome: Outcome) -> AsyncIterator[bytes]:
+    """`stream=true` with `diarized_json`: a `transcript.text.segment` event per speaker turn, then
+    `transcript.text.done`. The turns are known once the whole file is diarized, so they all come at its end."""
+    for segment in diarized_json(outcome)["segments"]:
+        yield _event(segment)
+    yield _event({"type": "transcript.text.done", "text": outcome.transcript.text})
+
+
 def _event(body: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(body)}\n\n".encode()
 
@@ -398,7 +408,7 @@ async def create_transcription(request: Request, worker: WorkerDep) -> Response:
     declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
     async with worker.request(declared_bytes=declared, disconnected=disconnect_watcher(request)) as job:
         fields = await job.receive(_read_form(request, worker.settings))
-        if fields.stream:  # the stream holds the request's resources until it ends
+        if fields.stream and fields.response_format != "diarized_json":  # holds the resources until it ends
             words = await job.transcribe_stream(fields.options)
             headers = {"X-Gpu-Id": "cpu" if worker.gpu_id is None else str(worker.gpu_id)}
             return StreamingResponse(
@@ -406,6 +416,9 @@ async def create_transcription(request: Request, worker: WorkerDep) -> Response:
             )
         outcome = await job.transcribe(fields.options)
     record_outcome(request, outcome, worker.gpu_id)
+    if fields.stream:
+        headers = timing_headers(outcome, worker.gpu_id)
+        return StreamingResponse(_diarized_sse(outcome), media_type="text/event-stream", headers=headers)
     return render(outcome, fields, timing_headers(outcome, worker.gpu_id))
 
 
