@@ -607,3 +607,47 @@ def test_the_header_shows_loading_then_ready_and_busy_with_retry_after(
     assert browser.el("file-status").text == "Cancelled clip.wav."
     assert browser.error() == "" and not browser.el("file-result").is_displayed()
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def diarizing_server(digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any) -> Iterator[LiveServer]:
+    """The digits app with the random tiny Sortformer beside it (PARAKEET_DIARIZATION_MODEL)."""
+    import torch
+
+    from inference import build_engine
+
+    from helpers import cpu_settings
+
+    engine = build_engine(cpu_settings(digits_model_path, diarization_model=str(tiny_sortformer_path)),
+                          torch.device("cpu"))  # fmt: skip
+    with live_digits_server(engine, silero_vad, digits_model_path, diarization_model=str(tiny_sortformer_path)) as s:
+        yield s
+
+
+def test_speakers_are_offered_when_the_server_diarizes_and_shown_in_colour(
+    browser: Browser, diarizing_server: LiveServer, digits_server: LiveServer, tmp_path: Path
+) -> None:
+    """Without a diarization model there is no speakers option; with one, checking it labels each turn and colours
+    each word by the speaker `/transcribe` gives it for the same file."""
+    ready_page(browser, digits_server)
+    assert not browser.el("speakers-option").is_displayed()
+    parts = []
+    for turn, digits in enumerate(["four two seven", "one nine", "three three eight", "six five"]):
+        parts += [speech.speak(digits, speech.HELD_OUT_VOICES[turn % 2]), np.zeros(6400, np.float32)]
+    wav = tmp_path / "conversation.wav"
+    sf.write(wav, np.concatenate(parts), 16000, subtype="FLOAT")
+    expected = httpx.post(f"{diarizing_server.url}/transcribe", files={"file": wav.read_bytes()},
+                          data={"diarize": "true"}, timeout=60).json()  # fmt: skip
+    ready_page(browser, diarizing_server)
+    browser.wait(lambda d: browser.el("speakers-option").is_displayed(), what="the speakers option")
+    browser.el("speakers-toggle").click()
+    browser.upload(wav)
+    browser.wait_file_done()
+    assert browser.error() == ""
+    words = browser.driver.find_elements(By.CSS_SELECTOR, "#file-transcript .word")
+    assert [w.get_attribute("data-speaker") for w in words] == [w["speaker"] for w in expected["timestamps"]["word"]]
+    labels = browser.driver.find_elements(By.CSS_SELECTOR, "#file-transcript .speaker")
+    assert [x.text for x in labels] == [f"{t['speaker']}:" for t in expected["speakers"]["turns"]]
+    colour = {w.get_attribute("data-speaker"): w.value_of_css_property("color") for w in words}
+    assert len(set(colour.values())) == len(colour) >= 2, colour  # one colour per speaker
+    browser.shot("speakers")

@@ -19,6 +19,7 @@
     words: [], // {start, el} in time order, for the player highlight
     xhr: null, // the transcription request in flight (Cancel aborts it)
     busyUntil: 0, // Date.now() until which the header shows "busy" (a 429's Retry-After)
+    diarization: false, // the server has a diarization model (GET health: diarization_model)
     mic: null,
   };
 
@@ -120,6 +121,8 @@
       try {
         const r = await fetch("health", { cache: "no-store" });
         const h = await r.json();
+        page.diarization = Boolean(h.diarization_model);
+        $("speakers-option").hidden = !page.diarization;
         const device = h.device && h.device.name ? h.device.name : (h.gpu_id === null ? "CPU" : `GPU ${h.gpu_id}`);
         if (page.busyUntil > Date.now()) {
           renderBusy();
@@ -178,6 +181,7 @@
     const form = new FormData();
     form.append("file", file, file.name || "audio");
     form.append("timestamps", "true");
+    if (wantSpeakers()) form.append("diarize", "true");
     const xhr = new XMLHttpRequest(); // fetch() reports no upload progress
     page.xhr = xhr;
     let timer = null;
@@ -222,6 +226,10 @@
     xhr.send(form);
   }
 
+  function wantSpeakers() {
+    return page.diarization && $("speakers-toggle").checked;
+  }
+
   function showResult(result) {
     page.result = result;
     $("file-name").textContent = `${page.file.name || "audio"} · ${bytes(page.file.size)}`;
@@ -243,10 +251,21 @@
     } else if (words.length === 0) {
       box.textContent = result.text;
     }
+    let speaker = null;
     for (const w of words) {
+      if (w.speaker && w.speaker !== speaker) { // a new turn: its speaker's label, then the words in its colour
+        speaker = w.speaker;
+        const label = document.createElement("span");
+        label.className = "speaker";
+        label.dataset.speaker = speaker;
+        label.textContent = `${speaker}:`;
+        if (box.childElementCount) box.append(document.createElement("br"));
+        box.append(label, " ");
+      }
       const b = document.createElement("button");
       b.type = "button";
       b.className = "word";
+      if (w.speaker) b.dataset.speaker = w.speaker;
       b.textContent = w.word;
       b.dataset.start = String(w.start);
       b.title = `${seconds(w.start)} – ${seconds(w.end)}`;
@@ -296,6 +315,7 @@
         form.append("file", page.file, page.file.name || "audio");
         form.append("model", MODEL_ALIAS);
         form.append("response_format", format);
+        if (page.result.speakers) form.append("diarize", "true"); // the same speakers as on the page
         const r = await fetch("v1/audio/transcriptions", { method: "POST", body: form, headers: authHeaders() });
         if (!r.ok) {
           showError(explain(r.status, parseBody(await r.text()), r.headers.get("Retry-After")));
