@@ -209,37 +209,60 @@ def build_tiny(out: Path, seed: int) -> None:
     log.info("tiny TDT: %d parameters -> %s (%.1f MB)", n_params, out, out.stat().st_size / 1e6)
 
 
-def sortformer_config(n_layers: int = 2, d_model: int = 64, n_mels: int = 80, max_speakers: int = 4) -> Any:
-    """A small offline Sortformer diarizer config: the modules of NVIDIA's `streaming_sortformer_diarizer_4spk-v2.yaml`
-    (NeMo examples/speaker_tasks/diarization/conf/neural_diarizer/: mel preprocessor, FastConformer encoder with 8x
+# NVIDIA's streaming Sortformer v2 (streaming_sortformer_diarizer_4spk-v2.yaml): its speaker cache and FIFO.
+STREAMING_SORTFORMER = {
+    "spkcache_len": 188, "fifo_len": 0, "chunk_len": 188, "spkcache_update_period": 1, "chunk_left_context": 1,
+    "chunk_right_context": 1, "spkcache_sil_frames_per_spk": 3, "scores_add_rnd": 0, "pred_score_threshold": 0.25,
+    "max_index": 99999, "scores_boost_latest": 0.05, "sil_threshold": 0.2, "strong_boost_rate": 0.75,
+    "weak_boost_rate": 1.5, "min_pos_scores_rate": 0.5, "causal_attn_rate": 0.5, "causal_attn_rc": 7,
+}  # fmt: skip
+
+
+def sortformer_config(
+    n_layers: int = 2, d_model: int = 64, n_mels: int = 80, max_speakers: int = 4, *, tf_layers: int | None = None,
+    tf_d_model: int | None = None, streaming: bool = False,
+) -> Any:  # fmt: skip
+    """A Sortformer diarizer config with the modules of NVIDIA's `streaming_sortformer_diarizer_4spk-v2.yaml` (NeMo
+    examples/speaker_tasks/diarization/conf/neural_diarizer/: mel preprocessor, FastConformer encoder with 8x
     dw_striding, Transformer encoder, Sortformer modules, BCE loss with arrival-time-sort and permutation-invariant
-    targets) at a fraction of the size, offline (`streaming_mode: false`)."""
+    targets). The defaults are small and offline; `full_size_sortformer_config()` is the v2 model's own sizes."""
     from omegaconf import OmegaConf
 
+    tf_d = tf_d_model or d_model
+    modules = {"_target_": "nemo.collections.asr.modules.sortformer_modules.SortformerModules",
+               "num_spks": max_speakers, "dropout_rate": 0.1, "fc_d_model": d_model, "tf_d_model": tf_d,
+               **(STREAMING_SORTFORMER if streaming else {})}  # fmt: skip
     return OmegaConf.create({
         "sample_rate": 16000, "pil_weight": 0.5, "ats_weight": 0.5, "max_num_of_spks": max_speakers,
-        "streaming_mode": False, "model_defaults": {"fc_d_model": d_model, "tf_d_model": d_model},
+        "streaming_mode": streaming, "model_defaults": {"fc_d_model": d_model, "tf_d_model": tf_d},
         "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
                          "normalize": "per_feature", "window_size": 0.025, "sample_rate": 16000,
                          "window_stride": 0.01, "window": "hann", "features": n_mels, "n_fft": 512,
                          "frame_splicing": 1, "dither": 0.0},
-        "sortformer_modules": {"_target_": "nemo.collections.asr.modules.sortformer_modules.SortformerModules",
-                               "num_spks": max_speakers, "dropout_rate": 0.1, "fc_d_model": d_model,
-                               "tf_d_model": d_model},
+        "sortformer_modules": modules,
         "encoder": {"_target_": "nemo.collections.asr.modules.ConformerEncoder", "feat_in": n_mels, "feat_out": -1,
                     "n_layers": n_layers, "d_model": d_model, "subsampling": "dw_striding", "subsampling_factor": 8,
-                    "subsampling_conv_channels": d_model, "causal_downsampling": False, "ff_expansion_factor": 4,
-                    "self_attention_model": "rel_pos", "n_heads": 4, "att_context_size": [-1, -1],
+                    "subsampling_conv_channels": min(d_model, 256), "causal_downsampling": False,
+                    "ff_expansion_factor": 4,
+                    "self_attention_model": "rel_pos", "n_heads": 8 if d_model >= 256 else 4,
+                    "att_context_size": [-1, -1],
                     "att_context_style": "regular", "xscaling": True, "untie_biases": True, "pos_emb_max_len": 5000,
                     "conv_kernel_size": 9, "conv_norm_type": "batch_norm", "conv_context_size": None,
                     "dropout": 0.1, "dropout_pre_encoder": 0.1, "dropout_emb": 0.0, "dropout_att": 0.1},
         "transformer_encoder": {
             "_target_": "nemo.collections.asr.modules.transformer.transformer_encoders.TransformerEncoder",
-            "num_layers": n_layers, "hidden_size": d_model, "inner_size": 4 * d_model, "num_attention_heads": 4,
+            "num_layers": tf_layers or n_layers, "hidden_size": tf_d, "inner_size": 4 * tf_d,
+            "num_attention_heads": 4 if tf_d < 128 else 8,
             "attn_score_dropout": 0.1, "attn_layer_dropout": 0.1, "ffn_dropout": 0.1, "hidden_act": "relu",
             "pre_ln": False, "pre_ln_final_layer_norm": True},
         "loss": {"_target_": "nemo.collections.asr.losses.bce_loss.BCELoss", "weight": None, "reduction": "mean"},
     })  # fmt: skip
+
+
+def full_size_sortformer_config() -> Any:
+    """NVIDIA's streaming Sortformer v2 sizes (17 FastConformer layers of 512, 18 Transformer layers of 192, 128 mels;
+    the yaml named in `sortformer_config`): for speed and memory measurements with random weights."""
+    return sortformer_config(17, 512, 128, tf_layers=18, tf_d_model=192, streaming=True)
 
 
 def build_tiny_diarizer(out: Path, seed: int) -> None:

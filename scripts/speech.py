@@ -123,3 +123,38 @@ def random_utterance(seed: int, voices: tuple[str, ...] = TRAIN_VOICES) -> Utter
     voice = rng.choice(voices)
     speed = rng.randint(130, 210)
     return Utterance(text=text, waveform=speak(text, voice, speed), voice=voice, speed_wpm=speed)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A synthetic conversation: its float32 16 kHz waveform [T] and who spoke when, `turns` of (speaker index
+    in order of first appearance, start s, end s, words), the reference for diarization error rates."""
+
+    waveform: npt.NDArray[np.float32]
+    turns: tuple[tuple[int, float, float, str], ...]
+    voices: tuple[str, ...]
+
+
+def conversation(
+    seed: int, speakers: int = 2, voices: tuple[str, ...] = TRAIN_VOICES, max_overlap_s: float = 0.3
+) -> Conversation:
+    """`speakers` distinct voices from `voices` taking 4-8 turns of 2-5 digits each: every speaker once first (so
+    speaker k arrives k-th), then at random; between turns a pause of up to 0.6 s or an overlap of up to
+    `max_overlap_s` (0: turns never overlap, and the words are the turns' words in order)."""
+    rng = random.Random(seed)
+    chosen = tuple(rng.sample(voices, speakers))
+    order = list(range(speakers)) + [rng.randrange(speakers) for _ in range(rng.randint(4, 8) - speakers)]
+    audio = np.zeros(int(rng.uniform(0.1, 0.5) * SAMPLE_RATE_HZ), np.float32)
+    turns: list[tuple[int, float, float, str]] = []
+    for k in order:
+        text = random_digits(rng, 2, 5)
+        w = speak(text, chosen[k], rng.randint(140, 200))
+        gap = rng.uniform(-max_overlap_s, 0.6) if max_overlap_s > 0 else rng.uniform(0.2, 0.6)
+        start = len(audio) if not turns else max(0, len(audio) + int(gap * SAMPLE_RATE_HZ))
+        end = start + len(w)
+        if end > len(audio):
+            audio = np.concatenate([audio, np.zeros(end - len(audio), np.float32)])
+        audio[start:end] += w
+        turns.append((k, start / SAMPLE_RATE_HZ, end / SAMPLE_RATE_HZ, text))
+    audio = np.concatenate([audio, np.zeros(int(0.3 * SAMPLE_RATE_HZ), np.float32)])
+    return Conversation(audio, tuple(turns), chosen)

@@ -39,14 +39,12 @@ def diarizing(digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: A
 
 
 def conversation_wav() -> tuple[bytes, str]:
-    """Two voices taking turns (float32 WAV, so the server decodes these very samples) and what they said."""
-    parts, said = [], []
-    for turn, digits in enumerate(["four two seven", "one nine", "three three eight", "six five"]):
-        parts += [speech.speak(digits, speech.HELD_OUT_VOICES[turn % 2]), np.zeros(6400, np.float32)]
-        said.append(digits)
+    """Two held-out voices taking turns without overlap (speech.conversation; a float32 WAV, so the server decodes
+    these very samples) and what they said."""
+    talk = speech.conversation(5, 2, speech.HELD_OUT_VOICES, max_overlap_s=0.0)
     buf = io.BytesIO()
-    sf.write(buf, np.concatenate(parts), 16000, format="WAV", subtype="FLOAT")
-    return buf.getvalue(), " ".join(said)
+    sf.write(buf, talk.waveform, 16000, format="WAV", subtype="FLOAT")
+    return buf.getvalue(), " ".join(text for _, _, _, text in talk.turns)
 
 
 def test_transcribe_diarize_puts_a_speaker_on_every_word_from_the_diarizer(diarizing: tuple[Any, Any]) -> None:

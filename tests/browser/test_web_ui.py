@@ -631,11 +631,9 @@ def test_speakers_are_offered_when_the_server_diarizes_and_shown_in_colour(
     each word by the speaker `/transcribe` gives it for the same file."""
     ready_page(browser, digits_server)
     assert not browser.el("speakers-option").is_displayed()
-    parts = []
-    for turn, digits in enumerate(["four two seven", "one nine", "three three eight", "six five"]):
-        parts += [speech.speak(digits, speech.HELD_OUT_VOICES[turn % 2]), np.zeros(6400, np.float32)]
     wav = tmp_path / "conversation.wav"
-    sf.write(wav, np.concatenate(parts), 16000, subtype="FLOAT")
+    sf.write(wav, speech.conversation(5, 2, speech.HELD_OUT_VOICES, max_overlap_s=0.0).waveform, 16000,
+             subtype="FLOAT")  # fmt: skip
     expected = httpx.post(f"{diarizing_server.url}/transcribe", files={"file": wav.read_bytes()},
                           data={"diarize": "true"}, timeout=60).json()  # fmt: skip
     ready_page(browser, diarizing_server)

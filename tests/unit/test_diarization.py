@@ -4,10 +4,8 @@ with one message naming PARAKEET_DIARIZATION_MODEL. Speaker assignment on words:
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -18,17 +16,6 @@ from parakeet.core.errors import ModelLoadError
 import speech
 
 
-def conversation(seed: int, seconds: float) -> np.ndarray:
-    """Two held-out voices taking turns with pauses, cut to `seconds`."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for turn in range(8):
-        voice = speech.HELD_OUT_VOICES[turn % 2]
-        parts += [speech.speak(speech.random_digits(random.Random(seed + turn), 2, 4), voice),
-                  np.zeros(int(rng.uniform(0.1, 0.6) * 16000), np.float32)]  # fmt: skip
-    return np.concatenate(parts)[: int(seconds * 16000)].astype(np.float32)
-
-
 def lines(segments: list[object]) -> list[str]:
     return sorted(f"{s.start_s:.3f} {s.end_s:.3f} speaker_{s.speaker}" for s in segments)  # type: ignore[attr-defined]
 
@@ -36,7 +23,7 @@ def lines(segments: list[object]) -> list[str]:
 def test_diarizer_segments_equal_nemo_diarize_on_a_batch(tiny_sortformer_path: Path, tmp_path: Path) -> None:
     model = load_diarization_model(str(tiny_sortformer_path), torch.device("cpu"))
     diarizer = SortformerDiarizer(model, torch.device("cpu"), model_name="tiny")
-    waves = [conversation(1, 3.0), conversation(2, 7.5), conversation(3, 5.2)]
+    waves = [speech.conversation(seed, speakers).waveform for seed, speakers in [(1, 2), (2, 3), (3, 2)]]
     ours = diarizer.diarize(waves)
     paths = []
     for i, w in enumerate(waves):

@@ -1,0 +1,125 @@
+"""Benchmark: what diarization costs, the diarizer alone (inference.SortformerDiarizer, no HTTP), on the CPU.
+
+Models: the tiny random Sortformer the tests use (models/tiny_sortformer.nemo, offline) and NVIDIA's streaming
+Sortformer v2 architecture with random weights (build_test_models.full_size_sortformer_config: 17 FastConformer
+layers of 512, 18 Transformer layers of 192, speaker cache; the cost does not depend on the weights). Per model:
+one 15 s request (the latency diarize=true adds after the transcript), one minute (RTFx), a batch of 4 x 15 s
+against 4 single calls, and, in a fresh process each, the peak memory over the loaded model while diarizing a
+1-hour file (`--hour`; the offline model refuses past 90 s, so only the streaming one). Speech: espeak-ng digits
+with pauses (bench_engine.clips). A timing, never an assertion.
+
+    .venv/bin/python scripts/bench_diarization.py --out bench/diarization_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+
+def load(name: str) -> Any:
+    import torch
+
+    from inference import SortformerDiarizer, load_diarization_model
+
+    if name == "tiny":
+        model = load_diarization_model(str(ROOT / "models" / "tiny_sortformer.nemo"), torch.device("cpu"))
+    else:
+        from nemo.collections.asr.models import SortformerEncLabelModel
+
+        from build_test_models import full_size_sortformer_config
+
+        torch.manual_seed(0)
+        model = SortformerEncLabelModel(full_size_sortformer_config())
+    return SortformerDiarizer(model, torch.device("cpu"), model_name=name)
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def hour(name: str) -> dict[str, Any]:
+    """In this (fresh) process: the peak RSS after loading, then after diarizing one hour."""
+    import numpy as np
+    from bench_engine import clips
+
+    diarizer = load(name)
+    minute = np.concatenate(clips(4, 15.0, 1))
+    diarizer.diarize([minute])  # warm
+    loaded = peak_rss_mb()
+    audio = np.tile(minute, 60)
+    t0 = time.perf_counter()
+    segments = diarizer.diarize([audio])[0]
+    return {"model": name, "seconds": time.perf_counter() - t0, "rss_loaded_mb": loaded,
+            "rss_peak_mb": peak_rss_mb(), "segments": len(segments)}  # fmt: skip
+
+
+def timings(name: str, repeats: int) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from bench_engine import clips
+
+    diarizer = load(name)
+    params = sum(p.numel() for p in diarizer.model.parameters())
+    fifteen = clips(4, 15.0, 0)
+    minute = np.concatenate(fifteen)
+
+    def ms(waves: list[Any]) -> float:
+        t0 = time.perf_counter()
+        diarizer.diarize(waves)
+        return (time.perf_counter() - t0) * 1000
+
+    ms(fifteen[:1])  # warm-up
+    one = statistics.median(ms(fifteen[:1]) for _ in range(repeats))
+    per_minute = statistics.median(ms([minute]) for _ in range(repeats))
+    batch = statistics.median(ms(fifteen) for _ in range(repeats))
+    singles = statistics.median(sum(ms([w]) for w in fifteen) for _ in range(repeats))
+    return {"model": name, "params_m": params / 1e6, "threads": torch.get_num_threads(), "ms_15s": one,
+            "ms_per_minute": per_minute, "rtfx": 60_000 / per_minute, "ms_batch4x15": batch,
+            "ms_4_singles": singles}  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="tiny,full")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--hour", help="internal: run the 1-hour memory measurement of this model and print JSON")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    if args.hour:
+        print(json.dumps(hour(args.hour)))
+        return 0
+    rows = [timings(m, args.repeats) for m in args.models.split(",")]
+    print("| model | M params | one 15 s ms | one minute ms (RTFx) | batch 4 x 15 s ms | 4 single calls ms |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params_m']:.1f} | {r['ms_15s']:.0f} | {r['ms_per_minute']:.0f} ({r['rtfx']:.0f}×) "
+              f"| {r['ms_batch4x15']:.0f} | {r['ms_4_singles']:.0f} |")  # fmt: skip
+    memory = []
+    if "full" in args.models.split(","):
+        out = subprocess.run([sys.executable, __file__, "--hour", "full"], capture_output=True, text=True, check=True)
+        memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        m = memory[-1]
+        print(
+            f"1 hour, streaming full-size: {m['seconds']:.0f} s, peak RSS {m['rss_peak_mb']:.0f} MB "
+            f"({m['rss_peak_mb'] - m['rss_loaded_mb']:+.0f} MB over the loaded model), {m['segments']} segments"
+        )
+    if args.out:
+        args.out.write_text(json.dumps({"rows": rows, "hour": memory}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
