@@ -30,6 +30,7 @@ MODELS = ROOT / "models"
 TINY_MODEL = MODELS / "tiny_tdt.nemo"
 DIGITS_MODEL = MODELS / "digits_tdt.nemo"
 TINY_SORTFORMER = MODELS / "tiny_sortformer.nemo"
+TWO_SPEAKER_SORTFORMER = MODELS / "two_speaker_sortformer.nemo"
 # Test utterances use seeds far from the training corpus (seeds 0..2399 at --seed 0).
 TEST_SEED_BASE = 7_000_000
 LEVELS = ("unit", "app", "e2e", "browser")
@@ -65,6 +66,12 @@ def digits_model_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_sortformer_path() -> Path:
     return _build("tiny_diarizer", TINY_SORTFORMER)
+
+
+@pytest.fixture(scope="session")
+def two_speaker_sortformer_path() -> Path:
+    """The committed trained two-speaker diarizer (rebuilt when missing: ~20 minutes on 2 CPU cores)."""
+    return _build("diarizer", TWO_SPEAKER_SORTFORMER, "--steps", "1600", "--utterances", "1000")
 
 
 @pytest.fixture(scope="session")

@@ -184,3 +184,31 @@ def test_diarized_json_stream_sends_segment_events_then_done_per_the_sdk_types(d
     whole = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)},
                         data={**data, "stream": "false"}).json()  # fmt: skip
     assert [s.model_dump() for s in segments] == whole["segments"]
+
+
+def test_with_the_trained_diarizer_each_word_gets_the_voice_that_spoke_it(
+    digits_model_path: Path, two_speaker_sortformer_path: Path, silero_vad: Any
+) -> None:
+    """Two held-out voices taking turns (no overlap): `A` is the first voice, `B` the second, and a word's speaker
+    is the voice of the turn it lies in (against the generated reference; at least 90% of the words, the rest at
+    turn boundaries)."""
+    from build_test_models import two_voice_conversation
+
+    path = str(two_speaker_sortformer_path)
+    engine = build_engine(cpu_settings(digits_model_path, diarization_model=path), torch.device("cpu"))
+    right = total = 0
+    with digits_app(engine, silero_vad, digits_model_path, diarization_model=path) as client:
+        for seed in range(3):
+            talk = two_voice_conversation(60_000 + seed, speech.HELD_OUT_VOICES, max_overlap_s=0.0)
+            buf = io.BytesIO()
+            sf.write(buf, talk.waveform, 16000, format="WAV", subtype="FLOAT")
+            body = client.post("/transcribe", files={"file": ("a.wav", buf.getvalue())}, data={"diarize": "true"})
+            assert body.status_code == 200, body.text
+            for w in body.json()["timestamps"]["word"]:
+                middle = (w["start"] + w["end"]) / 2
+                voice = next((k for k, start, end, _ in talk.turns if start <= middle <= end), None)
+                if voice is not None:
+                    total += 1
+                    right += w["speaker"] == "AB"[voice]
+    print(f"{right} of {total} words have the speaker that said them")
+    assert total >= 20 and right / total >= 0.9, (right, total)
