@@ -98,7 +98,9 @@ def test_sigterm_under_load_finishes_admitted_requests_and_refuses_new_ones(serv
 
     run(main())
     assert admitted == [200] * 10, admitted  # every request admitted before SIGTERM was answered
-    assert all(r == 503 or r == "ConnectError" for r in late), late  # new ones: 503 draining, or refused
+    # New ones: 503 draining, or refused: the listener is closed (ConnectError), or the connection was accepted by
+    # the kernel just before uvicorn closed its listener and closed unread (ReadError: seen once in five full runs).
+    assert all(r in (503, "ConnectError", "ReadError") for r in late), late
     assert server.proc.returncode is not None
 
 
