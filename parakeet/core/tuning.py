@@ -51,9 +51,14 @@ class Tuning:
         stream_max_frame_bytes: largest WebSocket message (4 MiB: two minutes of 16 kHz PCM16).
         stream_max_utterance_s: an utterance with no end this long is finalized as if it had ended (the final is
             an offline transcription: full attention over at most this much audio).
+    parakeet/pipeline/requests.py (speakers)
+        diarization_bytes_per_s: memory a diarized request holds against the audio budget per second of audio
+            while it is diarized (NeMo computes the whole file's features at once): measured +2,273 MB over the
+            loaded model for an hour with the full-size streaming Sortformer (BENCHMARKS "Speakers"), ~631 KB/s.
     """
 
     max_symbols_per_step: int = 10
+    diarization_bytes_per_s: int = 640_000
     warmup_audio_s: float = 2.0
     queue_audio_batches: float = 4.0
     uploads_per_queue_place: int = 4

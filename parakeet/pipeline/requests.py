@@ -145,6 +145,7 @@ class Serving:
     # The diarizer on the GPU thread (waveform -> its speaker segments) and its audio limit; None: no diarizer.
     diarize: Callable[[Waveform], Awaitable[list[SpeakerSegment]]] | None = None
     diarize_max_s: float | None = None
+    diarize_bytes_per_s: int = 0  # held against the memory budget while a request is diarized (Tuning)
 
 
 class RequestJob:
@@ -284,16 +285,18 @@ class RequestJob:
             decode_ms = (time.perf_counter() - t0) * 1000 if decoded.decoder != "pcm" else 0.0
             if decoded.decoder != "pcm":
                 metrics.DECODE.observe(decode_ms / 1000)
-            if options.diarize:
-                self._check_diarizable(decoded)
-            done = await s.transcriber.run(
-                ticket, decoded.waveform, timestamps=options.timestamps or options.confidence or options.diarize,
-                confidence=options.confidence, on_words=on_words,
-                keywords=merge_key_phrases(options.keywords, s.server_phrases()),
-            )  # fmt: skip
-            speakers = None
-            if options.diarize and s.diarize is not None:
-                speakers = speakers_of(done.transcript.words, await s.diarize(decoded.waveform))
+            features = self._hold_diarization(decoded) if options.diarize else 0  # refused before any GPU time
+            try:
+                done = await s.transcriber.run(
+                    ticket, decoded.waveform, timestamps=options.timestamps or options.confidence or options.diarize,
+                    confidence=options.confidence, on_words=on_words,
+                    keywords=merge_key_phrases(options.keywords, s.server_phrases()),
+                )  # fmt: skip
+                speakers = None
+                if options.diarize and s.diarize is not None:
+                    speakers = speakers_of(done.transcript.words, await s.diarize(decoded.waveform))
+            finally:
+                self._reservation.shrink_to(max(0, self._reservation.nbytes - features))
         finally:
             s.batcher.release(ticket)
         outcome = Outcome(
@@ -303,8 +306,17 @@ class RequestJob:
         s.on_served(outcome)
         return outcome
 
-    def _check_diarizable(self, decoded: DecodedAudio) -> None:
-        limit = self._serving.diarize_max_s
+    def _hold_diarization(self, decoded: DecodedAudio) -> int:
+        """Check that the diarizer takes this audio and hold its features' memory (until the speakers are known).
+
+        Returns:
+            The bytes held for the features (`Tuning.diarization_bytes_per_s` per second of audio).
+
+        Raises:
+            BadRequest: past the diarizer's length. MemoryBudgetFull: the features do not fit in the budget.
+        """
+        s = self._serving
+        limit = s.diarize_max_s
         if limit is not None and decoded.duration_s > limit:
             raise errors.BadRequest(
                 f"the audio is {decoded.duration_s:.1f} s long; this diarization model takes at most {limit:g} s "
@@ -312,6 +324,9 @@ class RequestJob:
                 "any length)",
                 param="diarize",
             )
+        features = int(decoded.duration_s * s.diarize_bytes_per_s)
+        self._reservation.grow_to(self._reservation.nbytes + features, f"the diarizer's features ({features} bytes)")
+        return features
 
     async def _decode(self) -> DecodedAudio:
         """The received bytes, decoded in a subprocess. The reservation grows from the bytes to the bytes plus the

@@ -206,7 +206,7 @@ class Worker:
         self._serving = Serving(
             self.decoder, batcher, transcriber, engine.model_name, s.max_audio_duration_s, self._served,
             self.phrases.current, engine.unspellable, diarize if diarizer is not None else None,
-            diarizer.max_audio_s if diarizer is not None else None,
+            diarizer.max_audio_s if diarizer is not None else None, t.diarization_bytes_per_s,
         )  # fmt: skip
 
     def _publish_device(self, info: DeviceInfo) -> None:

@@ -212,3 +212,23 @@ def test_with_the_trained_diarizer_each_word_gets_the_voice_that_spoke_it(
                     right += w["speaker"] == "AB"[voice]
     print(f"{right} of {total} words have the speaker that said them")
     assert total >= 20 and right / total >= 0.9, (right, total)
+
+
+def test_the_diarizers_features_are_held_against_the_memory_budget(
+    diarizing: tuple[Any, Any], digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any
+) -> None:
+    """A diarized request holds its features' memory (Tuning.diarization_bytes_per_s per second) while it runs: a
+    20 s file that fits the budget alone is refused with 429 naming the budget once diarized, before any GPU time,
+    and gives everything back."""
+    _, engine = diarizing
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(20 * 16000, np.float32), 16000, format="WAV", subtype="FLOAT")  # 1.28 MB of samples
+    wav = buf.getvalue()
+    with digits_app(engine, silero_vad, digits_model_path, diarization_model=str(tiny_sortformer_path),
+                    max_inflight_audio_bytes=8_000_000) as client:  # fmt: skip
+        assert client.post("/transcribe", files={"file": ("a.wav", wav)}).status_code == 200
+        r = client.post("/transcribe", files={"file": ("a.wav", wav)}, data={"diarize": "true"})
+        assert r.status_code == 429, r.text
+        message = r.json()["error"]["message"]
+        assert "the diarizer's features (12800000 bytes)" in message and "PARAKEET_MAX_INFLIGHT_AUDIO_BYTES" in message
+        assert client.get("/health").json()["inflight_audio_bytes"] == 0
