@@ -191,6 +191,25 @@ def build_model(cfg: Any) -> Any:
     return EncDecRNNTBPEModel(cfg=cfg)
 
 
+def save_model(model: Any, out: Path) -> None:
+    """Switch `model` to inference mode and write it as a .nemo file at `out` (folders made)."""
+    model.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save_to(str(out))
+
+
+def optimizer_step(optim: Any, model: Any, loss: Any, bar: Any) -> None:
+    """One training step from `loss`: gradients clipped at norm 1, the progress bar advanced with the loss."""
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    import torch
+
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optim.step()
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+
+
 def build_tiny(out: Path, seed: int) -> None:
     """Random tiny TDT (2 layers, d_model 64, 128 mels as in Parakeet): real modules, random weights."""
     import torch
@@ -206,9 +225,7 @@ def build_tiny(out: Path, seed: int) -> None:
         tok = train_tokenizer(lines, Path(tmp) / "tok", vocab_size=48)
         cfg = tdt_config(tok, n_layers=2, d_model=64, n_heads=2, n_mels=128, pred_hidden=64, joint_hidden=64)
         model = build_model(cfg)
-        model.eval()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        model.save_to(str(out))
+        save_model(model, out)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("tiny TDT: %d parameters -> %s (%.1f MB)", n_params, out, out.stat().st_size / 1e6)
 
@@ -292,8 +309,7 @@ def build_tiny_diarizer(out: Path, seed: int) -> None:
         scale = 3.0 / logits.std(0).clamp(min=1e-6)
         head.weight.mul_(scale[:, None])
         head.bias.copy_((head.bias - logits.median(0).values) * scale)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.save_to(str(out))
+    save_model(model, out)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("tiny Sortformer (random): %d parameters -> %s (%.1f MB)", n_params, out, out.stat().st_size / 1e6)
 
@@ -354,16 +370,9 @@ def build_diarizer(out: Path, seed: int, steps: int, n_conversations: int) -> No
         )
         for group in optim.param_groups:
             group["lr"] = 2e-3 * min(1.0, (step + 1) / 200) * (0.3 if step > 0.75 * steps else 1.0)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        optimizer_step(optim, model, loss, bar)
     bar.close()
-    model.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.save_to(str(out))
+    save_model(model, out)
     log.info("two-speaker Sortformer: %d steps -> %s (%.1f MB)", steps, out, out.stat().st_size / 1e6)
 
 
@@ -429,8 +438,7 @@ def build_fullsize(out: Path, seed: int, arch: Path, tokenizer_dir: Path, tokens
     model.eval()
     if tokens_per_s > 0:
         calibrate_emission_rate(model, tokens_per_s, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.save_to(str(out))
+    save_model(model, out)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("full-size TDT (random): %d parameters -> %s (%.2f GB)", n_params, out, out.stat().st_size / 1e9)
 
@@ -543,17 +551,10 @@ def build_digits(out: Path, seed: int, steps: int, n_utts: int) -> None:
                     sigma=0.02,
                     reduction="mean_volume",
                 )
-                optim.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optim.step()
+                optimizer_step(optim, model, loss, bar)
                 step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         bar.close()
-        model.eval()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        model.save_to(str(out))
+        save_model(model, out)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("digits TDT: %d parameters, %d steps -> %s (%.1f MB)", n_params, step, out, out.stat().st_size / 1e6)
 

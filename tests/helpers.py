@@ -440,3 +440,13 @@ def hard_utterance(digits_engine: Any, min_digits: int) -> tuple[bytes, str, str
         if plain != u.text and boosted == u.text:
             return buf.getvalue(), u.text, plain
     raise AssertionError("no noisy utterance that boosting corrects in 400 seeds")
+
+
+def offline_hub(monkeypatch: Any, tmp_path: Path) -> None:
+    """The Hugging Face hub switched off (HF_HUB_OFFLINE) with an empty cache under `tmp_path`, for loaders' offline
+    messages (the hub library reads the flag at import: its constant is patched too)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)

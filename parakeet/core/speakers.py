@@ -14,7 +14,17 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from parakeet.core.errors import BadRequest
 from parakeet.core.transcripts import TimedSpan
+
+
+def no_diarizer(param: str) -> BadRequest:
+    """The 400 for speakers asked of a server without a diarization model (`param`: the field that asked)."""
+    return BadRequest(
+        "speakers need a diarization model: set PARAKEET_DIARIZATION_MODEL (e.g. "
+        "nvidia/diar_streaming_sortformer_4spk-v2)",
+        param=param,
+    )
 
 
 @dataclass(frozen=True)

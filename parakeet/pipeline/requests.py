@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 
 from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, Waveform
-from parakeet.core.keywords import KeyPhrases, check_spelling, merge_key_phrases
-from parakeet.core.speakers import Speakers, SpeakerSegment, speakers_of
+from parakeet.core.keywords import KeyPhrases, merge_key_phrases
+from parakeet.core.speakers import Speakers, SpeakerSegment, no_diarizer, speakers_of
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.audio import DecodedAudio
 from parakeet.pipeline.batching import Batcher
@@ -141,7 +141,7 @@ class Serving:
     max_audio_duration_s: float
     on_served: Callable[[Outcome], None]
     server_phrases: Callable[[], KeyPhrases | None] = lambda: None  # PARAKEET_KEYWORDS_FILE, merged into each request
-    spelling: Callable[[str], str] = lambda text: ""  # Engine.unspellable: a request's phrases are checked with it
+    check_key_phrases: Callable[[KeyPhrases | None], None] = lambda keywords: None  # Worker.check_key_phrases
     # The diarizer on the GPU thread (waveform -> its speaker segments) and its audio limit; None: no diarizer.
     diarize: Callable[[Waveform], Awaitable[list[SpeakerSegment]]] | None = None
     diarize_max_s: float | None = None
@@ -267,12 +267,9 @@ class RequestJob:
         on_words: Callable[[Sequence[TimedSpan]], None] | None,
     ) -> Outcome:
         s = self._serving
-        check_spelling(options.keywords, s.spelling)
+        s.check_key_phrases(options.keywords)
         if options.diarize and s.diarize is None:
-            raise errors.BadRequest(
-                "diarization needs a diarization model: set PARAKEET_DIARIZATION_MODEL (e.g. "
-                "nvidia/diar_streaming_sortformer_4spk-v2)", param="diarize",
-            )  # fmt: skip
+            raise no_diarizer("diarize")
         ticket = s.batcher.admit()  # the GPU queue: taken once the audio is in hand, before decoding
         try:
             t0 = time.perf_counter()

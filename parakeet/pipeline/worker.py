@@ -205,7 +205,7 @@ class Worker:
 
         self._serving = Serving(
             self.decoder, batcher, transcriber, engine.model_name, s.max_audio_duration_s, self._served,
-            self.phrases.current, engine.unspellable, diarize if diarizer is not None else None,
+            self.phrases.current, self.check_key_phrases, diarize if diarizer is not None else None,
             diarizer.max_audio_s if diarizer is not None else None, t.diarization_bytes_per_s,
         )  # fmt: skip
 

@@ -17,6 +17,7 @@ from inference import SortformerDiarizer, load_diarization_model
 from parakeet.core.errors import ModelLoadError
 
 import speech
+from helpers import offline_hub
 
 DER_BOUND = 0.10  # the trained two-speaker model: 0.002 on held-out voices, shuffled speakers 0.28 (BENCHMARKS)
 
@@ -46,11 +47,7 @@ def test_diarizer_segments_equal_nemo_diarize_on_a_batch(tiny_sortformer_path: P
 def test_diarizer_load_failures_name_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="PARAKEET_DIARIZATION_MODEL names a .nemo file that is not there"):
         load_diarization_model(str(tmp_path / "missing.nemo"), torch.device("cpu"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    import huggingface_hub.constants as hf_constants
-
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    offline_hub(monkeypatch, tmp_path)
     with pytest.raises(ModelLoadError) as info:
         load_diarization_model("nvidia/diar_streaming_sortformer_4spk-v2", torch.device("cpu"))
     msg = str(info.value)

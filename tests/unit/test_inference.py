@@ -16,7 +16,7 @@ from inference import ParakeetEngine, build_engine, load_asr_model
 from parakeet.core.errors import ModelLoadError
 
 import speech
-from helpers import cpu_settings, nemo_reference_texts
+from helpers import cpu_settings, nemo_reference_texts, offline_hub
 
 
 def engine_for(model_path: Path) -> ParakeetEngine:
@@ -113,11 +113,7 @@ def test_load_corrupt_local_file_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_load_offline_hub_names_model_and_ways_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    import huggingface_hub.constants as hf_constants
-
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    offline_hub(monkeypatch, tmp_path)
     with pytest.raises(ModelLoadError) as info:
         load_asr_model("nvidia/parakeet-tdt-0.6b-v3", torch.device("cpu"))
     msg = str(info.value)

@@ -39,6 +39,7 @@ from parakeet.api.uploads import (
 from parakeet.core import errors
 from parakeet.core.keywords import KeyPhrases
 from parakeet.core.settings import Settings
+from parakeet.core.speakers import no_diarizer
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.requests import Outcome, TranscribeOptions, WordStream
 from parakeet.pipeline.worker import Worker
@@ -220,10 +221,7 @@ def _diarize(form: FormData, fmt: str, diarization: bool) -> bool:
     if not (asked or fmt == "diarized_json"):
         return False
     if not diarization:
-        raise errors.BadRequest(
-            "speakers need a diarization model: set PARAKEET_DIARIZATION_MODEL (e.g. "
-            "nvidia/diar_streaming_sortformer_4spk-v2)", param="diarize" if asked else "response_format",
-        )  # fmt: skip
+        raise no_diarizer("diarize" if asked else "response_format")
     _refuse_known_speakers(form)
     return True
 
