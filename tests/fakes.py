@@ -12,7 +12,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from parakeet.core.engine import (
 )
 from parakeet.core.errors import DeviceOutOfMemory, ModelLoadError
 from parakeet.core.settings import Settings
+from parakeet.core.speakers import SpeakerSegment
 from parakeet.core.transcripts import BatchResult, TimedSpan, Transcript
 from parakeet.core.tuning import Tuning
 
@@ -42,6 +43,42 @@ def tagged_wave(tag: int, duration_s: float = 1.0) -> npt.NDArray[np.float32]:
 
 def tag_of(waveform: npt.NDArray[np.float32]) -> int:
     return round(float(waveform[0]) * 10000)
+
+
+@dataclass
+class FakeDiarizer:
+    """A `Diarizer` that records every batch (tags per batch, `tagged_wave`) and gives each file one segment of
+    speaker `tag % 4` over its length; can be gated, poisoned and made to run out of memory, as FakeEngine."""
+
+    model_name: str = "fake-diarizer"
+    max_speakers: int = 4
+    max_audio_s: float | None = None
+    fail_tag: int | None = None  # a batch containing this tag raises RuntimeError
+    oom_above: int | None = None  # batches larger than this raise DeviceOutOfMemory
+    gate: threading.Event | None = None  # when set, each batch waits for it
+    pieces: int = 1  # diarize_steps' pieces per batch
+    batches: list[list[int]] = field(default_factory=list)
+    step_caps: list[float | None] = field(default_factory=list)
+
+    def diarize(self, waveforms: Sequence[npt.NDArray[np.float32]]) -> list[list[SpeakerSegment]]:
+        if self.gate is not None:
+            self.gate.wait(30)
+        tags = [tag_of(w) for w in waveforms]
+        if self.oom_above is not None and len(waveforms) > self.oom_above:
+            raise DeviceOutOfMemory(f"fake: the diarization batch of {len(waveforms)} does not fit")
+        self.batches.append(tags)
+        if self.fail_tag is not None and self.fail_tag in tags:
+            raise RuntimeError(f"fake diarizer fault on tag {self.fail_tag}")
+        return [[SpeakerSegment(0.0, len(w) / SAMPLE_RATE_HZ, t % 4)] for w, t in zip(waveforms, tags, strict=True)]
+
+    def diarize_steps(
+        self, waveforms: Sequence[npt.NDArray[np.float32]], max_step_audio_s: float | None = None
+    ) -> Iterator[list[list[SpeakerSegment]] | None]:
+        """One piece per `pieces` (default 1), then `diarize`'s result; records the step cap."""
+        self.step_caps.append(max_step_audio_s)
+        for _ in range(self.pieces - 1):
+            yield None
+        yield self.diarize(waveforms)
 
 
 @dataclass

@@ -7,7 +7,7 @@ loading a model. Keep the contract small.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -145,6 +145,17 @@ class Diarizer(Protocol):
 
         Raises:
             DeviceOutOfMemory: the padded batch does not fit.
+        """
+        ...
+
+    def diarize_steps(
+        self, waveforms: Sequence[Waveform], max_step_audio_s: float | None = None
+    ) -> Iterator[list[list[SpeakerSegment]] | None]:
+        """`diarize` in pieces of at most `max_step_audio_s` of padded audio: each `next()` does one piece on the
+        calling (GPU) thread and gives None, the last gives the segments; other device work may run between.
+
+        Raises:
+            DeviceOutOfMemory: from the piece that did not fit.
         """
         ...
 

@@ -89,6 +89,14 @@ STREAM_STEP_COMPUTE = Histogram(
 )
 STREAM_AUDIO = Counter("parakeet_stream_audio_seconds_total", "Audio received on live streams, s.")
 
+# Speakers (parakeet/pipeline/diarization.py).
+DIARIZATION_BATCH_SIZE = Histogram(
+    "parakeet_diarization_batch_size", "Files per diarization batch.", buckets=(1, 2, 4, 8, 16, 32)
+)
+DIARIZATION_COMPUTE = Histogram(
+    "parakeet_diarization_batch_seconds", "Time per diarization batch on the GPU thread, s.", buckets=_LATENCY_BUCKETS_S
+)
+
 REJECTION_REASONS = {
     "queue_full": "queue_full",
     "deadline_exceeded": "deadline",

@@ -51,14 +51,18 @@ class Tuning:
         stream_max_frame_bytes: largest WebSocket message (4 MiB: two minutes of 16 kHz PCM16).
         stream_max_utterance_s: an utterance with no end this long is finalized as if it had ended (the final is
             an offline transcription: full attention over at most this much audio).
-    parakeet/pipeline/requests.py (speakers)
+    parakeet/pipeline/requests.py and diarization.py (speakers)
         diarization_bytes_per_s: memory a diarized request holds against the audio budget per second of audio
-            while it is diarized (NeMo computes the whole file's features at once): measured +2,273 MB over the
-            loaded model for an hour with the full-size streaming Sortformer (BENCHMARKS "Speakers"), ~631 KB/s.
+            while it is diarized, beyond its waveform: its mel features (computed a minute at a time; 51 KB/s for
+            128 mels) and the speaker-cache steps: measured +308 MB over the loaded model and the waveform for an
+            hour with the full-size streaming Sortformer (BENCHMARKS "Speakers"), ~86 KB/s.
+        diarization_max_batch: most files in one diarization batch (its padded audio is also capped by
+            PARAKEET_MAX_BATCH_AUDIO_S, as an ASR batch).
     """
 
     max_symbols_per_step: int = 10
-    diarization_bytes_per_s: int = 640_000
+    diarization_bytes_per_s: int = 90_000
+    diarization_max_batch: int = 8
     warmup_audio_s: float = 2.0
     queue_audio_batches: float = 4.0
     uploads_per_queue_place: int = 4

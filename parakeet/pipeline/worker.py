@@ -23,11 +23,11 @@ from parakeet.core import errors, metrics
 from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, VoiceActivityModel, Waveform
 from parakeet.core.keywords import KeyPhrases, check_spelling, merge_key_phrases
 from parakeet.core.settings import Settings, decoder_pool_size
-from parakeet.core.speakers import SpeakerSegment
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.batch_policy import BatcherConfig
 from parakeet.pipeline.batching import Batcher
 from parakeet.pipeline.decoder_pool import AudioDecoderPool
+from parakeet.pipeline.diarization import DiarizationConfig, DiarizationQueue
 from parakeet.pipeline.gpu import GpuArbiter
 from parakeet.pipeline.memory import MemoryBudget
 from parakeet.pipeline.phrase_file import ServerPhrases
@@ -105,6 +105,7 @@ class Worker:
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None
         self.streams: StreamScheduler | None = None
+        self.diarization: DiarizationQueue | None = None  # with PARAKEET_DIARIZATION_MODEL
         self.device_info: DeviceInfo | None = None
         self.requests_served = 0
         self.gpu = GpuArbiter()
@@ -198,14 +199,15 @@ class Worker:
         streams.start()
         self.engine, self.batcher, self.streams = engine, batcher, streams
         diarizer = engine.diarizer
-
-        async def diarize(waveform: Waveform) -> list[SpeakerSegment]:
-            assert diarizer is not None
-            return (await self.gpu.run("batch", diarizer.diarize, [waveform]))[0]
-
+        if diarizer is not None:
+            self.diarization = DiarizationQueue(
+                diarizer, self.gpu, DiarizationConfig(t.diarization_max_batch, s.max_batch_audio_s)
+            )
+            self.diarization.start()
         self._serving = Serving(
             self.decoder, batcher, transcriber, engine.model_name, s.max_audio_duration_s, self._served,
-            self.phrases.current, self.check_key_phrases, diarize if diarizer is not None else None,
+            self.phrases.current, self.check_key_phrases,
+            self.diarization.diarize if self.diarization is not None else None,
             diarizer.max_audio_s if diarizer is not None else None, t.diarization_bytes_per_s,
         )  # fmt: skip
 
@@ -251,6 +253,8 @@ class Worker:
             log.info("shutdown: %s", "all admitted requests answered" if drained else "drain timed out")
         if self._device_refresh is not None:
             self._device_refresh.cancel()
+        if self.diarization is not None:
+            await self.diarization.close()
         await self.gpu.close()
         self._vad_executor.shutdown(wait=True, cancel_futures=True)
         await self.decoder.close()

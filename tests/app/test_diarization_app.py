@@ -11,6 +11,8 @@ import base64
 import io
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 from inference import build_engine
 from parakeet.core.speakers import speakers_of
 from parakeet.core.transcripts import TimedSpan
+from parakeet.core.tuning import Tuning
 from parakeet.pipeline.audio import decode_audio
 
 import speech
@@ -218,17 +221,72 @@ def test_the_diarizers_features_are_held_against_the_memory_budget(
     diarizing: tuple[Any, Any], digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any
 ) -> None:
     """A diarized request holds its features' memory (Tuning.diarization_bytes_per_s per second) while it runs: a
-    20 s file that fits the budget alone is refused with 429 naming the budget once diarized, before any GPU time,
+    60 s file that fits the budget alone is refused with 429 naming the budget once diarized, before any GPU time,
     and gives everything back."""
     _, engine = diarizing
     buf = io.BytesIO()
-    sf.write(buf, np.zeros(20 * 16000, np.float32), 16000, format="WAV", subtype="FLOAT")  # 1.28 MB of samples
+    sf.write(buf, np.zeros(60 * 16000, np.float32), 16000, format="WAV", subtype="FLOAT")  # 3.84 MB of samples
     wav = buf.getvalue()
+    features = 60 * Tuning().diarization_bytes_per_s
     with digits_app(engine, silero_vad, digits_model_path, diarization_model=str(tiny_sortformer_path),
-                    max_inflight_audio_bytes=8_000_000) as client:  # fmt: skip
+                    max_inflight_audio_bytes=9_000_000, max_audio_duration_s=120) as client:  # fmt: skip
         assert client.post("/transcribe", files={"file": ("a.wav", wav)}).status_code == 200
         r = client.post("/transcribe", files={"file": ("a.wav", wav)}, data={"diarize": "true"})
         assert r.status_code == 429, r.text
         message = r.json()["error"]["message"]
-        assert "the diarizer's features (12800000 bytes)" in message and "PARAKEET_MAX_INFLIGHT_AUDIO_BYTES" in message
+        assert f"the diarizer's features ({features} bytes)" in message
+        assert "PARAKEET_MAX_INFLIGHT_AUDIO_BYTES" in message
         assert client.get("/health").json()["inflight_audio_bytes"] == 0
+
+
+class RecordingDiarizer:
+    """The real diarizer, recording the size of every batch it is given."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.model_name, self.max_speakers, self.max_audio_s = (
+            real, real.model_name, real.max_speakers, real.max_audio_s
+        )  # fmt: skip
+        self.batch_sizes: list[int] = []
+
+    def diarize(self, waveforms: Any) -> Any:
+        self.batch_sizes.append(len(waveforms))
+        return self.real.diarize(waveforms)
+
+    def diarize_steps(self, waveforms: Any, max_step_audio_s: float | None = None) -> Any:
+        self.batch_sizes.append(len(waveforms))
+        return self.real.diarize_steps(waveforms, max_step_audio_s)
+
+
+def test_diarized_requests_that_arrive_together_share_a_batch_and_each_gets_its_own_speakers(
+    digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any, diarizing: tuple[Any, Any]
+) -> None:
+    """Four diarized requests in one ASR batch (PARAKEET_MAX_BATCH_SIZE=4, a long PARAKEET_MAX_WAIT_MS) reach the
+    diarizer together: they share its batches (fewer calls than files), and each response's speakers are its own
+    file's (the diarizer alone on that file)."""
+    _, engine = diarizing
+    real = engine.diarizer
+    recording = RecordingDiarizer(real)
+    talks = [speech.conversation(seed, 2, speech.HELD_OUT_VOICES, max_overlap_s=0.0) for seed in (11, 12, 13, 14)]
+    wavs = []
+    for talk in talks:
+        buf = io.BytesIO()
+        sf.write(buf, talk.waveform, 16000, format="WAV", subtype="FLOAT")
+        wavs.append(buf.getvalue())
+    engine.diarizer = recording
+    try:
+        with digits_app(engine, silero_vad, digits_model_path, diarization_model=str(tiny_sortformer_path),
+                        max_batch_size=4, max_wait_ms=20_000) as client:  # fmt: skip
+            warm = len(recording.batch_sizes)  # the warm-up's call
+            post = partial(client.post, "/transcribe", data={"diarize": "true"})
+            with ThreadPoolExecutor(4) as pool:
+                responses = list(pool.map(lambda iw: post(files={"file": (f"{iw[0]}.wav", iw[1])}), enumerate(wavs)))
+    finally:
+        engine.diarizer = real
+    batches = recording.batch_sizes[warm:]
+    assert sum(batches) == 4 and max(batches) >= 2, batches
+    for r, wav in zip(responses, wavs, strict=True):
+        assert r.status_code == 200, r.text
+        words = r.json()["timestamps"]["word"]
+        spans = [TimedSpan(w["word"], w["start"], w["end"]) for w in words]
+        alone = speakers_of(spans, real.diarize([decode_audio(wav, max_duration_s=60).waveform])[0])
+        assert [w["speaker"] for w in words] == list(alone.words)
