@@ -10,6 +10,7 @@ features computed a minute at a time (the server) and the whole hour at once (Ne
 with pauses (bench_engine.clips). A timing, never an assertion.
 
     .venv/bin/python scripts/bench_diarization.py --out bench/diarization_cpu.json
+    python scripts/bench_diarization.py --models full --device cuda --precision bf16   # a GPU (scripts/bench_gpu.sh)
 """
 
 from __future__ import annotations
@@ -27,21 +28,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 
-def load(name: str, feature_chunk_s: float = 60.0) -> Any:
+def load(name: str, feature_chunk_s: float = 60.0, device: str = "cpu", precision: str = "auto") -> Any:
     import torch
 
     from inference import SortformerDiarizer, load_diarization_model
 
     if name == "tiny":
-        model = load_diarization_model(str(ROOT / "models" / "tiny_sortformer.nemo"), torch.device("cpu"))
+        model = load_diarization_model(str(ROOT / "models" / "tiny_sortformer.nemo"), torch.device(device))
     else:
         from nemo.collections.asr.models import SortformerEncLabelModel
 
         from build_test_models import full_size_sortformer_config
 
         torch.manual_seed(0)
-        model = SortformerEncLabelModel(full_size_sortformer_config())
-    return SortformerDiarizer(model, torch.device("cpu"), model_name=name, feature_chunk_s=feature_chunk_s)
+        model = SortformerEncLabelModel(full_size_sortformer_config()).to(device)
+    return SortformerDiarizer(model, torch.device(device), model_name=name, precision=precision,
+                              feature_chunk_s=feature_chunk_s)  # fmt: skip
 
 
 def peak_rss_mb() -> float:
@@ -51,29 +53,37 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def hour(name: str, feature_chunk_s: float) -> dict[str, Any]:
+def hour(name: str, feature_chunk_s: float, device: str, precision: str) -> dict[str, Any]:
     """In this (fresh) process: the peak RSS after loading (and the hour's waveform), then after diarizing it, its
-    mel features computed `feature_chunk_s` of audio at a time (an hour or more: the whole file at once, as NeMo)."""
-    import numpy as np
-    from bench_engine import clips
-
-    diarizer = load(name, feature_chunk_s)
-    minute = np.concatenate(clips(4, 15.0, 1))
-    diarizer.diarize([minute])  # warm
-    audio = np.tile(minute, 60)
-    loaded = peak_rss_mb()
-    t0 = time.perf_counter()
-    segments = diarizer.diarize([audio])[0]
-    return {"model": name, "feature_chunk_s": feature_chunk_s, "seconds": time.perf_counter() - t0,
-            "rss_loaded_mb": loaded, "rss_peak_mb": peak_rss_mb(), "segments": len(segments)}  # fmt: skip
-
-
-def timings(name: str, repeats: int) -> dict[str, Any]:
+    mel features computed `feature_chunk_s` of audio at a time (an hour or more: the whole file at once, as NeMo).
+    On a CUDA device also the peak device memory over the loaded model."""
     import numpy as np
     import torch
     from bench_engine import clips
 
-    diarizer = load(name)
+    diarizer = load(name, feature_chunk_s, device, precision)
+    minute = np.concatenate(clips(4, 15.0, 1))
+    diarizer.diarize([minute])  # warm
+    audio = np.tile(minute, 60)
+    loaded = peak_rss_mb()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    segments = diarizer.diarize([audio])[0]
+    gpu_mb = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
+    return {"model": name, "feature_chunk_s": feature_chunk_s, "seconds": time.perf_counter() - t0,
+            "rss_loaded_mb": loaded, "rss_peak_mb": peak_rss_mb(), "device_peak_over_model_mb": gpu_mb,
+            "segments": len(segments)}  # fmt: skip
+
+
+def timings(name: str, repeats: int, device: str, precision: str) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from bench_engine import clips
+
+    diarizer = load(name, device=device, precision=precision)
     params = sum(p.numel() for p in diarizer.model.parameters())
     fifteen = clips(4, 15.0, 0)
     minute = np.concatenate(fifteen)
@@ -99,12 +109,14 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--hour", help="internal: run the 1-hour memory measurement of this model and print JSON")
     p.add_argument("--feature-chunk-s", type=float, default=60.0, help="internal: with --hour")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", default="auto", help="as PARAKEET_PRECISION (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.hour:
-        print(json.dumps(hour(args.hour, args.feature_chunk_s)))
+        print(json.dumps(hour(args.hour, args.feature_chunk_s, args.device, args.precision)))
         return 0
-    rows = [timings(m, args.repeats) for m in args.models.split(",")]
+    rows = [timings(m, args.repeats, args.device, args.precision) for m in args.models.split(",")]
     print("| model | M params | one 15 s ms | one minute ms (RTFx) | batch 4 x 15 s ms | 4 single calls ms |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -113,7 +125,8 @@ def main() -> int:
     memory = []
     if "full" in args.models.split(","):
         for chunk_s in (60.0, 7200.0):  # mel features a minute at a time (the server), then the whole hour at once
-            cmd = [sys.executable, __file__, "--hour", "full", "--feature-chunk-s", str(chunk_s)]
+            cmd = [sys.executable, __file__, "--hour", "full", "--feature-chunk-s", str(chunk_s), "--device",
+                   args.device, "--precision", args.precision]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
             m = memory[-1]
@@ -122,6 +135,7 @@ def main() -> int:
                 f"1 hour, streaming full-size, {how}: {m['seconds']:.0f} s, peak RSS {m['rss_peak_mb']:.0f} MB "
                 f"({m['rss_peak_mb'] - m['rss_loaded_mb']:+.0f} MB over the loaded model and the hour's waveform), "
                 f"{m['segments']} segments"
+                + (f", device peak {m['device_peak_over_model_mb']:+.0f} MB" if m["device_peak_over_model_mb"] else "")
             )
     if args.out:
         args.out.write_text(json.dumps({"rows": rows, "hour": memory}, indent=1))

@@ -127,6 +127,11 @@ def run(prepared: Path, out: Path, dry_run: bool = False) -> int:
     streams = [PY, "scripts/bench_streams.py", "--model", str(model), "--streams", streams_n, "--stage-s", "8",
                "--utterances", str(STREAM_UTTERANCES), "--out", str(out / "streams.json")]  # fmt: skip
     steps.append(step("streams", streams, out, 90, env))
+    # last: the step most likely to be cut if the run is long (the hour is diarized twice, in fresh processes)
+    diar = ["--models", "tiny", "--repeats", "1"] if dry_run else ["--models", "full", "--precision", "bf16"]
+    diarization = [PY, "scripts/bench_diarization.py", *diar, "--device", device,
+                   "--out", str(out / "diarization.json")]  # fmt: skip
+    steps.append(step("diarization", diarization, out, 90, env))
     return summarize(out, steps)
 
 
@@ -139,6 +144,23 @@ def _load(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _diarization_lines(out: Path) -> list[str]:
+    """The summary's lines for the diarization step (scripts/bench_diarization.py's JSON), or none."""
+    data = _load(out / "diarization.json")
+    if not data:
+        return []
+    lines = ["", "Speakers, the diarizer alone (full-size streaming Sortformer v2 architecture, random weights):", "",
+             "| model | one 15 s ms | one minute ms (RTFx) | batch 4 x 15 s ms | 4 single calls ms |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for r in data["rows"]:
+        lines.append(f"| {r['model']} | {r['ms_15s']:.0f} | {r['ms_per_minute']:.0f} ({r['rtfx']:.0f}x) | "
+                     f"{r['ms_batch4x15']:.0f} | {r['ms_4_singles']:.0f} |")  # fmt: skip
+    for h in data["hour"]:
+        lines.append(f"- 1 hour, features per {h['feature_chunk_s']:.0f} s: {h['seconds']:.1f} s, device peak over "
+                     f"the model {_num(h.get('device_peak_over_model_mb'), '.0f')} MB")  # fmt: skip
+    return lines
 
 
 def summarize(out: Path, steps: list[dict[str, Any]]) -> int:
@@ -183,6 +205,7 @@ def summarize(out: Path, steps: list[dict[str, Any]]) -> int:
         for r in keywords["rows"][1:]:
             lines.append(f"| {r['phrases']} | {r['first_ms']:.0f} | {r['cached_ms']:.0f} | {r['plain_ms']:.0f} | "
                          f"{r['added_cached']:+.1%} |")  # fmt: skip
+    lines += _diarization_lines(out)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps({"steps": steps, "engine": engine}, indent=1))
     print("\n".join(lines))

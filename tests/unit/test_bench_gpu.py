@@ -36,6 +36,10 @@ def test_bench_gpu_summary_reads_the_steps_outputs(tmp_path: Path) -> None:
     keyword_rows = [{"phrases": 0}, {"phrases": 100, "first_ms": 90.0, "cached_ms": 52.0, "plain_ms": 50.0,
                                      "added_cached": 0.04}]  # fmt: skip
     (tmp_path / "keywords.json").write_text(json.dumps({"rows": keyword_rows}))
+    diarization = {"rows": [{"model": "full", "ms_15s": 21.0, "ms_per_minute": 60.0, "rtfx": 1000.0,
+                             "ms_batch4x15": 40.0, "ms_4_singles": 80.0}],
+                   "hour": [{"feature_chunk_s": 60.0, "seconds": 3.5, "device_peak_over_model_mb": 250.0}]}  # fmt: skip
+    (tmp_path / "diarization.json").write_text(json.dumps(diarization))
     steps = [
         {"step": "build", "status": "ok", "seconds": 60.0},
         {"step": "streams", "status": "exit 1", "seconds": 3.0},
@@ -46,3 +50,5 @@ def test_bench_gpu_summary_reads_the_steps_outputs(tmp_path: Path) -> None:
     assert "k = 1 json: 90% (450.0 of 500.0 req/s)" in text
     assert "| streams | exit 1 | 3 |" in text
     assert "| 100 | 90 | 52 | 50 | +4.0% |" in text
+    assert "| full | 21 | 60 (1000x) | 40 | 80 |" in text
+    assert "- 1 hour, features per 60 s: 3.5 s, device peak over the model 250 MB" in text
