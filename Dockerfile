@@ -9,6 +9,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     HF_HOME=/data/hf \
+    PARAKEET_DATA_DIR=/data/jobs \
     PARAKEET_HOST=0.0.0.0 \
     PARAKEET_PORT=8000 \
     PARAKEET_LOG_FORMAT=json \
@@ -20,8 +21,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 parakeet \
-    && mkdir -p /app /data/hf \
-    && chown parakeet:parakeet /app /data/hf
+    && mkdir -p /app /data/hf /data/jobs \
+    && chown parakeet:parakeet /app /data/hf /data/jobs
 
 WORKDIR /app
 USER 10001:10001
@@ -35,7 +36,7 @@ COPY --chown=10001:10001 . .
 RUN scripts/setup.sh requirements.txt
 
 # The model's Hugging Face cache lives on a volume: downloaded once, kept across containers.
-VOLUME ["/data/hf"]
+VOLUME ["/data/hf", "/data/jobs"]
 EXPOSE 8000
 
 # Ready = model loaded and warm, not draining (README, "Probes").

@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -30,7 +31,8 @@ from parakeet.api.middleware import (
     RequestIdMiddleware,
     UploadLimitMiddleware,
 )
-from parakeet.api.routes import health, metrics, openai, realtime, streams, transcribe, web
+from parakeet.api.routes import health, jobs, metrics, openai, realtime, streams, transcribe, web
+from parakeet.api.routes.jobs import render_results
 from parakeet.api.schemas import ErrorResponse
 from parakeet.api.wyoming import WyomingServer
 from parakeet.core import errors
@@ -39,6 +41,8 @@ from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings, load_settings
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.fetch import UrlPolicy
+from parakeet.pipeline.job_runner import JobRunner, RunnerConfig
+from parakeet.pipeline.job_store import SqliteJobStore
 from parakeet.pipeline.worker import VadFactory, Worker
 
 log = logging.getLogger("parakeet.server")
@@ -194,6 +198,22 @@ async def _start_wyoming(settings: Settings, worker: Worker, on_fatal: Callable[
     return server
 
 
+def _start_jobs(app: FastAPI, settings: Settings, worker: Worker, on_fatal: Callable[[str], None]) -> JobRunner | None:
+    """Open the jobs database and start this worker's job runner (PARAKEET_JOBS; a database that cannot be opened
+    is fatal)."""
+    if not settings.jobs:
+        return None
+    try:
+        store = SqliteJobStore(Path(settings.data_dir) / "jobs.sqlite3")
+    except errors.InvalidSettings as exc:
+        on_fatal(exc.message)
+        raise
+    app.state.job_store = store
+    runner = JobRunner(store, worker, render_results, RunnerConfig(retention_s=settings.jobs_retention_s))
+    runner.start()
+    return runner
+
+
 def _lifespan(
     settings: Settings,
     tuning: Tuning,
@@ -213,6 +233,7 @@ def _lifespan(
             raise
         app.state.worker = worker
         await worker.start()
+        runner = _start_jobs(app, settings, worker, on_fatal)
         wyoming = await _start_wyoming(settings, worker, on_fatal)
         loader = asyncio.create_task(_load(worker, factory, vad_factory, on_fatal))
         restore_signals = _chain_shutdown_signals(worker)
@@ -223,7 +244,11 @@ def _lifespan(
             loader.cancel()
             if wyoming is not None:
                 await wyoming.stop()
+            if runner is not None:
+                await runner.stop()  # its running job goes back to the queue, for the next start or another worker
             await worker.close()
+            if runner is not None:
+                runner.store.close()
             restore_signals()
             restore_hup()
             if claim is not None:
@@ -310,6 +335,8 @@ def create_app(
         )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(transcribe.router)
+    if settings.jobs:
+        app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(openai.router)

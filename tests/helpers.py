@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
@@ -145,6 +146,7 @@ async def post_wav(client: httpx.AsyncClient, tag: int, duration_s: float = 1.0,
 
 # Limits of the digits app (conftest.digits_client): small, so that limit tests stay fast.
 DIGITS_APP_SETTINGS: dict[str, Any] = {
+    "data_dir": Path(tempfile.mkdtemp(prefix="parakeet-jobs-")),  # jobs: never the checkout's data/
     "max_upload_bytes": 8 * 1024 * 1024, "max_audio_duration_s": 60, "stream_max_streams": 8,
     "stream_idle_timeout_s": 3, "decode_workers": 2,
 }  # fmt: skip
@@ -324,6 +326,7 @@ def start_server(
     base_env.update(
         {
             "PARAKEET_GPU_LOCK_DIR": str(tmp_dir / "locks"),
+            "PARAKEET_DATA_DIR": str(tmp_dir / "data"),  # the jobs database: never the checkout's data/
             "PARAKEET_TORCH_THREADS": "1",
             "PARAKEET_DECODE_WORKERS": "1",
             "HF_HUB_OFFLINE": "1",

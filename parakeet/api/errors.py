@@ -34,6 +34,7 @@ ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
     (errors.UrlRefused, 400, "invalid_request_error"),
     (errors.UrlFetchFailed, 422, "invalid_request_error"),
     (errors.UrlTimeout, 504, "service_unavailable_error"),
+    (errors.JobsFull, 429, "rate_limit_error"),
     (errors.Overloaded, 429, "rate_limit_error"),
     (errors.TooManyStreams, 429, "rate_limit_error"),
     (errors.DeadlineExceeded, 503, "service_unavailable_error"),
@@ -41,7 +42,10 @@ ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
     (errors.ClientDisconnected, 499, "invalid_request_error"),
     (errors.NotReady, 503, "service_unavailable_error"),
     (errors.ShuttingDown, 503, "service_unavailable_error"),
+    (errors.JobStorageFull, 507, "server_error"),
     (errors.InsufficientStorage, 507, "server_error"),
+    (errors.JobNotFound, 404, "invalid_request_error"),
+    (errors.JobNotFinished, 409, "invalid_request_error"),
     (errors.InferenceError, 500, "server_error"),
 ]
 

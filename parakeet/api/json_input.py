@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,9 @@ class JsonOptions:
     confidence: bool = False
     keywords: KeyPhrases | None = None
     diarize: bool = False
+    extras: dict[str, Any] = dataclasses.field(
+        default_factory=dict
+    )  # the caller's own fields (`extra_fields`), as sent
 
 
 def is_json(request: Request) -> bool:
@@ -105,8 +109,11 @@ def _describe(exc: ValidationError) -> errors.BadRequest:
     return errors.BadRequest(f"field '{field}': {err['msg']}", param=field)
 
 
-async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -> tuple[bytes, JsonOptions]:
-    """The audio bytes and options of a JSON request (the body's size is already capped by the upload limit).
+async def read_json_audio(
+    request: Request, policy: UrlPolicy, max_bytes: int, extra_fields: tuple[str, ...] = ()
+) -> tuple[bytes, JsonOptions]:
+    """The audio bytes and options of a JSON request (the body's size is already capped by the upload limit);
+    `extra_fields`: fields the caller reads itself (in `JsonOptions.extras`, unvalidated).
 
     Raises:
         BadRequest: not JSON, not an object, unknown fields, wrong types, both or neither audio field, bad base64.
@@ -120,6 +127,7 @@ async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -
         doc = doc["input"]
     if not isinstance(doc, dict):
         raise errors.BadRequest("the JSON body must be an object with audio_base64 or audio_url")
+    extras = {name: doc.pop(name) for name in extra_fields if name in doc}
     try:
         req = AudioRequest.model_validate(doc)
     except ValidationError as exc:
@@ -130,10 +138,10 @@ async def read_json_audio(request: Request, policy: UrlPolicy, max_bytes: int) -
     timestamps = bool(req.timestamps or req.timestamp or req.include_timestamps)
     keywords = _keywords(req)
     if req.audio_base64 is not None:
-        options = JsonOptions("audio_base64", timestamps, bool(req.confidence), keywords, bool(req.diarize))
+        options = JsonOptions("audio_base64", timestamps, bool(req.confidence), keywords, bool(req.diarize), extras)
         return decode_base64(req.audio_base64, max_bytes), options
     assert req.audio_url is not None
-    options = JsonOptions("audio_url", timestamps, bool(req.confidence), keywords, bool(req.diarize))
+    options = JsonOptions("audio_url", timestamps, bool(req.confidence), keywords, bool(req.diarize), extras)
     return await fetch_audio(req.audio_url, policy, max_bytes), options
 
 

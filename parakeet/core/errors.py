@@ -166,6 +166,30 @@ class InsufficientStorage(ParakeetError):
     code = "insufficient_storage"
 
 
+class JobNotFound(ParakeetError):
+    """No transcription job has this id (never submitted, or removed after `PARAKEET_JOBS_RETENTION_S`)."""
+
+    code = "job_not_found"
+
+
+class JobNotFinished(ParakeetError):
+    """A job's result was asked for before the job succeeded (or a finished job was asked to cancel)."""
+
+    code = "job_not_finished"
+
+
+class JobsFull(Overloaded):
+    """`Tuning.jobs_max_queued` jobs are waiting; a new one is refused until some run."""
+
+    code = "jobs_full"
+
+
+class JobStorageFull(InsufficientStorage):
+    """The audio of stored jobs plus this one's would pass `Tuning.jobs_max_stored_bytes`."""
+
+    code = "job_storage_full"
+
+
 class DeviceOutOfMemory(ParakeetError):
     """The device ran out of memory on a batch (the batcher splits the batch and retries the halves)."""
 

@@ -148,6 +148,17 @@ class Settings(BaseSettings):
         "change.",
     )
 
+    # --- transcription jobs (README "Jobs"; parakeet/pipeline/job_store.py, job_runner.py) ---
+    jobs: bool = Field(True, description="Transcription jobs (POST /v1/jobs ...): stored, run later, polled.")
+    data_dir: Path = Field(
+        Path("data"),
+        description="Where the jobs database (jobs.sqlite3) and the jobs' audio live; shared by the "
+        "workers of one host.",
+    )
+    jobs_retention_s: float = Field(
+        86_400.0, gt=0, description="How long an ended job's result and audio are kept before removal, s."
+    )
+
     # --- logs ---
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one JSON object per line, uvicorn's own lines included."

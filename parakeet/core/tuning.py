@@ -51,6 +51,10 @@ class Tuning:
         stream_max_frame_bytes: largest WebSocket message (4 MiB: two minutes of 16 kHz PCM16).
         stream_max_utterance_s: an utterance with no end this long is finalized as if it had ended (the final is
             an offline transcription: full attention over at most this much audio).
+    parakeet/api/routes/jobs.py (transcription jobs)
+        jobs_max_queued: queued jobs before a new submit is a 429 (a night's batch of short files; a row each).
+        jobs_max_stored_bytes: audio of all stored jobs (queued, running and kept results) before a submit is a
+            507 naming it: 20 GiB, about 5 days of 16 kHz 16-bit mono WAV.
     parakeet/pipeline/requests.py and diarization.py (speakers)
         diarization_bytes_per_s: memory a diarized request holds against the audio budget per second of audio
             while it is diarized, beyond its waveform: its mel features (computed a minute at a time; 51 KB/s for
@@ -63,6 +67,8 @@ class Tuning:
     max_symbols_per_step: int = 10
     diarization_bytes_per_s: int = 90_000
     diarization_max_batch: int = 8
+    jobs_max_queued: int = 10_000
+    jobs_max_stored_bytes: int = 20 * 1024**3
     warmup_audio_s: float = 2.0
     queue_audio_batches: float = 4.0
     uploads_per_queue_place: int = 4

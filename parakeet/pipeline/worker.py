@@ -302,6 +302,26 @@ class Worker:
         finally:
             job.close()
 
+    @contextlib.asynccontextmanager
+    async def upload(self, *, declared_bytes: int) -> AsyncIterator[None]:
+        """Receive a body that is stored rather than transcribed now (a job's audio): its memory and an upload
+        place, as `request()` holds them, without the GPU queue's admission or the model's readiness.
+
+        Raises:
+            ShuttingDown (503); MemoryBudgetFull, UploadsFull (429).
+        """
+        if self.phase == "shutting_down":
+            raise errors.ShuttingDown("the worker is shutting down; retry on another worker")
+        reservation = self.memory.reserve(declared_bytes, "the request body (its Content-Length, or the upload cap)")
+        try:
+            give_back = self.uploads.take()
+            try:
+                yield
+            finally:
+                give_back()
+        finally:
+            reservation.release()
+
     def _served(self, outcome: Outcome) -> None:
         self.requests_served += 1
         metrics.AUDIO_DURATION.observe(outcome.audio.duration_s)

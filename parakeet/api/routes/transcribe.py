@@ -4,6 +4,7 @@ or a URL (parakeet.api.json_input) -> the transcript and its timings."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
@@ -17,12 +18,13 @@ from parakeet.api.uploads import (
     form_bool,
     form_file,
     form_keywords,
+    form_text,
     multipart_form,
     read_file,
     record_outcome,
     timing_headers,
 )
-from parakeet.pipeline.requests import TranscribeOptions
+from parakeet.pipeline.requests import Outcome, TranscribeOptions
 
 router = APIRouter()
 
@@ -67,7 +69,9 @@ _MULTIPART_BODY = {
 }
 
 
-async def _read_multipart(request: Request) -> tuple[bytes, TranscribeOptions]:
+async def _read_multipart(
+    request: Request, extra_fields: tuple[str, ...] = ()
+) -> tuple[bytes, TranscribeOptions, dict[str, Any]]:
     async with multipart_form(request) as form:
         part = form_file(form)
         timestamps = form_bool(form, "timestamps") or form_bool(form, "include_timestamps")
@@ -76,15 +80,18 @@ async def _read_multipart(request: Request) -> tuple[bytes, TranscribeOptions]:
         form_bool(form, "should_chunk")  # accepted (checked), ignored: long audio is always chunked
         keywords = form_keywords(form)
         options = TranscribeOptions(timestamps=timestamps, confidence=confidence, keywords=keywords, diarize=diarize)
-        return await read_file(part), options
+        extras = {name: value for name in extra_fields if (value := form_text(form, name)) is not None}
+        return await read_file(part), options, extras
 
 
-async def _read_json(request: Request, max_bytes: int) -> tuple[bytes, tuple[TranscribeOptions, str]]:
-    data, body = await read_json_audio(request, request.app.state.url_policy, max_bytes)
+async def _read_json(
+    request: Request, max_bytes: int, extra_fields: tuple[str, ...]
+) -> tuple[bytes, TranscribeOptions, str, dict[str, Any]]:
+    data, body = await read_json_audio(request, request.app.state.url_policy, max_bytes, extra_fields)
     options = TranscribeOptions(
         timestamps=body.timestamps, confidence=body.confidence, keywords=body.keywords, diarize=body.diarize
     )
-    return data, (options, body.field)
+    return data, options, body.field, body.extras
 
 
 def _with_timestamps(options: TranscribeOptions) -> bool:
@@ -103,21 +110,46 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
     t0 = time.perf_counter()
     declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
     async with worker.request(declared_bytes=declared, disconnected=disconnect_watcher(request)) as job:
-        if is_json(request):
-            options, field = await job.receive(_read_json(request, worker.settings.max_upload_bytes))
-        else:
-            options, field = await job.receive(_read_multipart(request)), "file"
+        options, field = await job.receive(read_body(request, worker.settings.max_upload_bytes))
         outcome = await job.transcribe(options, audio_param=field)
     record_outcome(request, outcome, worker.gpu_id)
     response.headers.update(timing_headers(outcome, worker.gpu_id))
+    return transcription_response(
+        outcome, options, request_id=request_id(request), processing_ms=(time.perf_counter() - t0) * 1000,
+        gpu_id=worker.gpu_id,
+    )  # fmt: skip
+
+
+async def read_body(request: Request, max_bytes: int) -> tuple[bytes, tuple[TranscribeOptions, str]]:
+    """The audio and options of a `POST /transcribe`-shaped request (multipart or JSON), and the field the audio
+    came in. Raises: as the two readers (README "Errors")."""
+    data, (options, field, _) = await read_body_with(request, max_bytes, ())
+    return data, (options, field)
+
+
+async def read_body_with(
+    request: Request, max_bytes: int, extra_fields: tuple[str, ...]
+) -> tuple[bytes, tuple[TranscribeOptions, str, dict[str, Any]]]:
+    """`read_body`, and the values of `extra_fields` as sent (form text, or JSON values)."""
+    if is_json(request):
+        data, options, field, extras = await _read_json(request, max_bytes, extra_fields)
+        return data, (options, field, extras)
+    data, options, extras = await _read_multipart(request, extra_fields)
+    return data, (options, "file", extras)
+
+
+def transcription_response(
+    outcome: Outcome, options: TranscribeOptions, *, request_id: str, processing_ms: float, gpu_id: int | None
+) -> TranscriptionResponse:
+    """The `POST /transcribe` body of a finished request (timestamps when `options` asked for them)."""
     t = outcome.transcript
     return TranscriptionResponse(
         text=t.text,
         duration_sec=round(outcome.audio.duration_s, 4),
-        processing_time_ms=round((time.perf_counter() - t0) * 1000, 2),
-        gpu_id=worker.gpu_id,
+        processing_time_ms=round(processing_ms, 2),
+        gpu_id=gpu_id,
         model=outcome.model,
-        request_id=request_id(request),
+        request_id=request_id,
         decode_ms=round(outcome.decode_ms, 2),
         queue_ms=round(outcome.queue_ms, 2),
         compute_ms=round(outcome.compute_ms, 2),

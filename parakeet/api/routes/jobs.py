@@ -1,0 +1,179 @@
+"""Transcription jobs (README "Jobs"): `POST /v1/jobs` stores the audio and answers 202 at once; a worker runs the job
+later (parakeet.pipeline.job_runner); `GET /v1/jobs/{id}` polls it, `GET /v1/jobs/{id}/result` renders it with the
+same renderers as `POST /transcribe` and the OpenAI route, `GET /v1/jobs` lists them, `DELETE /v1/jobs/{id}`
+cancels one. The rows live in SQLite under PARAKEET_DATA_DIR (parakeet.pipeline.job_store)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from parakeet.api.deps import WorkerDep
+from parakeet.api.routes.openai import TranscriptionForm, diarized_json, subtitle_cues, verbose_json
+from parakeet.api.routes.transcribe import read_body_with, transcription_response
+from parakeet.api.subtitles import CueLimits, to_srt, to_vtt
+from parakeet.api.uploads import declared_body_bytes
+from parakeet.core import errors
+from parakeet.core.speakers import no_diarizer
+from parakeet.pipeline.job_runner import options_of, options_record
+from parakeet.pipeline.job_store import STATUSES, Job, SqliteJobStore
+from parakeet.pipeline.requests import Outcome
+
+router = APIRouter(prefix="/v1/jobs")
+
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
+MAX_METADATA_BYTES = 4096
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+MEDIA_TYPES = {"text": "text/plain", "srt": "text/plain", "vtt": "text/vtt"}
+
+
+def render_results(outcome: Outcome, record: dict[str, Any]) -> dict[str, str]:
+    """Every format of a finished job, as the synchronous APIs render them: `json` is `POST /transcribe`'s body
+    (timestamps as the job asked), the others the OpenAI route's (`verbose_json` with words and segments; cues
+    with the default limits); `diarized_json` when the job asked for speakers."""
+    options = options_of(record)
+    body = transcription_response(outcome, options, request_id="", processing_ms=0.0, gpu_id=None)
+    form = TranscriptionForm(model=outcome.model, language=None, response_format="verbose_json",
+                             granularities=("word", "segment"), stream=False, logprobs=options.confidence,
+                             cue_limits=CueLimits(), diarize=options.diarize)  # fmt: skip
+    cues = subtitle_cues(outcome, form.cue_limits)
+    out = {"json": body.model_dump_json(), "text": outcome.transcript.text + "\n", "srt": to_srt(cues),
+           "vtt": to_vtt(cues), "verbose_json": json.dumps(verbose_json(outcome, form))}  # fmt: skip
+    if options.diarize:
+        out["diarized_json"] = json.dumps(diarized_json(outcome))
+    return out
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """A job as the API shows it."""
+    return {
+        "id": job.id, "object": "transcription.job", "status": job.status, "created_at": job.created_at,
+        "started_at": job.started_at, "finished_at": job.finished_at, "attempts": job.attempts,
+        "audio_bytes": job.audio_bytes, "duration_s": job.duration_s, "metadata": job.metadata,
+        "cancel_requested": job.cancel_requested, "error": job.error,
+        "options": {k: v for k, v in job.options.items() if k != "keywords"},
+    }  # fmt: skip
+
+
+def _store(request: Request) -> SqliteJobStore:
+    store: SqliteJobStore | None = getattr(request.app.state, "job_store", None)
+    if store is None:
+        raise errors.NotReady("the jobs database is not open yet; retry shortly")
+    return store
+
+
+def _metadata(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise errors.BadRequest("metadata must be a JSON object", param="metadata") from None
+    if not isinstance(value, dict):
+        raise errors.BadRequest("metadata must be a JSON object", param="metadata")
+    size = len(json.dumps(value).encode())
+    if size > MAX_METADATA_BYTES:
+        raise errors.BadRequest(f"metadata is {size} bytes, over the limit of {MAX_METADATA_BYTES}", param="metadata")
+    return value
+
+
+def _write_audio(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+@router.post("", status_code=202)
+async def submit_job(request: Request, worker: WorkerDep) -> JSONResponse:
+    """Store a job: the inputs and options of `POST /transcribe`, plus `metadata` (a JSON object echoed back) and
+    an `Idempotency-Key` header (a retried submit gets the same job)."""
+    store = _store(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        raise errors.BadRequest(
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters", param="idempotency-key"
+        )
+    settings, tuning = worker.settings, worker.tuning
+    declared = declared_body_bytes(request, settings.max_upload_bytes)
+    async with worker.upload(declared_bytes=declared):
+        data, (options, field, extras) = await read_body_with(
+            request, settings.max_upload_bytes, ("metadata", "webhook_url")
+        )
+    if extras.get("webhook_url") is not None:
+        raise errors.BadRequest("webhook_url is not supported yet (poll GET /v1/jobs/{id})", param="webhook_url")
+    if not data:
+        raise errors.EmptyAudio("the audio is empty (0 bytes)", param=field)
+    worker.check_key_phrases(options.keywords)
+    if options.diarize and settings.diarization_model is None:
+        raise no_diarizer("diarize")
+    metadata = _metadata(extras.get("metadata"))
+    job_id = f"job_{uuid.uuid4().hex}"
+    path = Path(settings.data_dir) / "audio" / f"{job_id}.audio"
+    await asyncio.to_thread(_write_audio, path, data)
+    try:
+        job, created = await asyncio.to_thread(
+            store.submit, job_id, options=options_record(options), metadata=metadata, idempotency_key=key,
+            audio_path=str(path), audio_bytes=len(data), now=time.time(), max_queued=tuning.jobs_max_queued,
+            max_stored_bytes=tuning.jobs_max_stored_bytes,
+        )  # fmt: skip
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if not created:
+        path.unlink(missing_ok=True)
+    body = job_view(job)
+    return JSONResponse(body, status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+@router.get("")
+async def list_jobs(
+    request: Request, status: str | None = None, limit: int = 20, before: float | None = None
+) -> dict[str, Any]:
+    """Jobs newest first: `status` filter, `limit` (1-100), `before` (a `created_at`: the next page)."""
+    if status is not None and status not in STATUSES:
+        raise errors.BadRequest(f"status must be one of {', '.join(STATUSES)} (got {status[:40]!r})", param="status")
+    if not 1 <= limit <= 100:
+        raise errors.BadRequest(f"limit must be 1-100 (got {limit})", param="limit")
+    store = _store(request)
+    jobs = await asyncio.to_thread(store.page, status=status, limit=limit, before=before)
+    return {"object": "list", "data": [job_view(j) for j in jobs],
+            "next_before": jobs[-1].created_at if len(jobs) == limit else None}  # fmt: skip
+
+
+@router.get("/{job_id}")
+async def get_job(request: Request, job_id: str) -> dict[str, Any]:
+    """One job's status, times, attempts and error (in the one error shape's fields) when it failed."""
+    return job_view(await asyncio.to_thread(_store(request).get, job_id))
+
+
+@router.get("/{job_id}/result")
+async def job_result(request: Request, job_id: str, format: str = "json") -> Response:
+    """A succeeded job's transcript as `format`: json (POST /transcribe's body), text, srt, vtt, verbose_json,
+    diarized_json (when it asked for speakers)."""
+    if format not in FORMATS:
+        raise errors.BadRequest(f"format must be one of {', '.join(FORMATS)} (got {format[:40]!r})", param="format")
+    results = await asyncio.to_thread(_store(request).result, job_id)
+    if format not in results:
+        raise errors.BadRequest(f"job {job_id} did not ask for speakers: no {format}", param="format")
+    if format in MEDIA_TYPES:
+        return PlainTextResponse(results[format], media_type=MEDIA_TYPES[format])
+    return Response(results[format], media_type="application/json")
+
+
+@router.delete("/{job_id}")
+async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+    """Cancel a job: a queued one at once, a running one at its worker's next lease renewal."""
+    return job_view(await asyncio.to_thread(_store(request).cancel, job_id, now=time.time()))

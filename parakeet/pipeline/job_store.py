@@ -1,0 +1,301 @@
+"""Transcription jobs that survive restarts: their rows in SQLite (WAL mode, one file under PARAKEET_DATA_DIR that
+every worker process on the host shares), their audio in files beside it.
+
+A job is `queued` until a worker claims it with a lease (`claim`: the oldest queued job, or a `running` one whose
+lease expired because its worker died); the worker renews the lease while it runs the job and ends it `succeeded`
+(the rendered results stored), `failed` (the error in the one error shape) or, when asked, `cancelled`. A worker
+that stops cleanly hands its job back (`release`: queued again). Every change is one SQLite transaction (`BEGIN
+IMMEDIATE` for the read-then-write ones), so two processes never claim one job. The schema is versioned with
+`PRAGMA user_version`. Calls block: the async server runs them in a thread (`asyncio.to_thread`).
+
+sqlite3: https://docs.python.org/3/library/sqlite3.html ; WAL: https://www.sqlite.org/wal.html
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from parakeet.core import errors
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+UNFINISHED: tuple[JobStatus, ...] = ("queued", "running")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    options TEXT NOT NULL,
+    metadata TEXT,
+    idempotency_key TEXT UNIQUE,
+    audio_path TEXT NOT NULL,
+    audio_bytes INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    duration_s REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
+"""
+_COLUMNS = ("id, status, created_at, started_at, finished_at, options, metadata, audio_path, audio_bytes, attempts, "
+            "duration_s, cancel_requested, error")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job's row (without its results: `JobStore.result`). Times are Unix seconds."""
+
+    id: str
+    status: JobStatus
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    options: dict[str, Any]  # the request's TranscribeOptions fields and formats (parakeet.api.routes.jobs)
+    metadata: dict[str, Any] | None
+    audio_path: str
+    audio_bytes: int
+    attempts: int  # claims so far (1 + the times a dead or stopping worker handed it on)
+    duration_s: float | None  # the audio's length once known
+    cancel_requested: bool
+    error: dict[str, Any] | None  # {"code", "message", "param"} when failed
+
+    @classmethod
+    def _of(cls, row: tuple[Any, ...]) -> Job:
+        (id_, status, created, started, finished, options, metadata, path, nbytes, attempts, duration, cancel,
+         error) = row  # fmt: skip
+        return cls(id_, status, created, started, finished, json.loads(options),
+                   json.loads(metadata) if metadata else None, path, nbytes, attempts, duration, bool(cancel),
+                   json.loads(error) if error else None)  # fmt: skip
+
+
+class SqliteJobStore:
+    """The job rows in one SQLite file (created with its directory when missing).
+
+    Args:
+        path: the database file, e.g. PARAKEET_DATA_DIR/jobs.sqlite3.
+
+    Raises:
+        InvalidSettings: the file cannot be opened, or its schema is newer than this server's.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a job acknowledged with 202 survives a power cut
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        except (OSError, sqlite3.Error) as exc:
+            raise errors.InvalidSettings(f"cannot open the jobs database {path}: {exc}") from exc
+        if version > SCHEMA_VERSION:
+            raise errors.InvalidSettings(
+                f"the jobs database {path} has schema version {version}; this server knows {SCHEMA_VERSION}"
+            )
+        self._lock = threading.Lock()
+        if version == 0:  # (executescript commits by itself; CREATE ... IF NOT EXISTS makes a race of two harmless)
+            self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE), committed or rolled back."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def submit(
+        self, job_id: str, *, options: dict[str, Any], metadata: dict[str, Any] | None, idempotency_key: str | None,
+        audio_path: str, audio_bytes: int, now: float, max_queued: int, max_stored_bytes: int,
+    ) -> tuple[Job, bool]:  # fmt: skip
+        """Store a queued job (its audio is already at `audio_path`).
+
+        Returns:
+            (the job, True), or (the job submitted earlier with the same `idempotency_key`, False).
+
+        Raises:
+            JobsFull: `max_queued` jobs are queued. JobStorageFull: the stored audio would pass `max_stored_bytes`.
+        """
+        with self._write() as db:
+            if idempotency_key is not None:
+                row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?", (idempotency_key,))
+                if (earlier := row.fetchone()) is not None:
+                    return Job._of(earlier), False
+            queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+            if queued >= max_queued:
+                raise errors.JobsFull(f"{queued} jobs are queued, the limit is {max_queued}", retry_after_s=60)
+            stored = db.execute("SELECT COALESCE(SUM(audio_bytes), 0) FROM jobs").fetchone()[0]
+            if stored + audio_bytes > max_stored_bytes:
+                raise errors.JobStorageFull(
+                    f"the stored jobs' audio ({stored} bytes) plus this file ({audio_bytes} bytes) would pass the "
+                    f"limit of {max_stored_bytes} bytes"
+                )
+            db.execute(
+                "INSERT INTO jobs (id, status, created_at, options, metadata, idempotency_key, audio_path, "
+                "audio_bytes) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (job_id, now, json.dumps(options), json.dumps(metadata) if metadata is not None else None,
+                 idempotency_key, audio_path, audio_bytes),
+            )  # fmt: skip
+            return self._get(db, job_id), True
+
+    @staticmethod
+    def _get(db: sqlite3.Connection, job_id: str) -> Job:
+        row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise errors.JobNotFound(f"no job {job_id[:80]!r}", param="id")
+        return Job._of(row)
+
+    def get(self, job_id: str) -> Job:
+        """Raises: JobNotFound."""
+        with self._lock:
+            return self._get(self._db, job_id)
+
+    def result(self, job_id: str) -> dict[str, str]:
+        """A succeeded job's rendered results, format -> body.
+
+        Raises:
+            JobNotFound. JobNotFinished: it has not succeeded (yet).
+        """
+        with self._lock:
+            job = self._get(self._db, job_id)
+            if job.status != "succeeded":
+                raise errors.JobNotFinished(f"job {job_id} is {job.status}; its result exists once it succeeded")
+            text = self._db.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        return dict(json.loads(text))
+
+    def page(self, *, status: JobStatus | None, limit: int, before: float | None) -> list[Job]:
+        """Jobs newest first, at most `limit`, created before `before` (paging), of one status or all."""
+        where, args = ["created_at < ?"], [before if before is not None else float("inf")]  # type: list[str], list[Any]
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        sql = f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id LIMIT ?"
+        with self._lock:
+            return [Job._of(r) for r in self._db.execute(sql, (*args, limit))]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per status (every status, zeros included)."""
+        with self._lock:
+            rows = dict(self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+        return {s: int(rows.get(s, 0)) for s in STATUSES}
+
+    def claim(self, owner: str, *, now: float, lease_s: float) -> Job | None:
+        """Take the next job to run: the oldest queued, or a running one whose lease expired (its worker died).
+
+        Returns:
+            The job, now `running` under `owner` until `now + lease_s`; None when there is none.
+        """
+        with self._write() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND lease_expires_at < ?) "
+                "ORDER BY created_at, id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1, "
+                "started_at = COALESCE(started_at, ?) WHERE id = ?",
+                (owner, now + lease_s, now, row[0]),
+            )
+            return self._get(db, row[0])
+
+    def renew(self, job_id: str, owner: str, *, until: float) -> bool:
+        """Extend `owner`'s lease. Returns False when the job is no longer its to run (a cancel was asked for, or
+        the lease was lost and another worker took the job): the caller stops."""
+        with self._write() as db:
+            n = db.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running' "
+                "AND cancel_requested = 0",
+                (until, job_id, owner),
+            ).rowcount
+            return bool(n)
+
+    def note_duration(self, job_id: str, duration_s: float) -> None:
+        with self._write() as db:
+            db.execute("UPDATE jobs SET duration_s = ? WHERE id = ?", (duration_s, job_id))
+
+    def finish(
+        self, job_id: str, owner: str, *, now: float, result: dict[str, str] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:  # fmt: skip
+        """End `owner`'s run: `succeeded` with `result`, or `failed` with `error`. Returns False (and changes
+        nothing) when the job is no longer `owner`'s."""
+        status = "failed" if error is not None else "succeeded"
+        with self._write() as db:
+            n = db.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                (status, now, json.dumps(result) if result is not None else None,
+                 json.dumps(error) if error is not None else None, job_id, owner),
+            ).rowcount  # fmt: skip
+            return bool(n)
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Hand `owner`'s running job back to the queue (its worker is stopping, or was too busy to take it)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, "
+                "lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                (job_id, owner),
+            )
+
+    def cancel(self, job_id: str, *, now: float) -> Job:
+        """Cancel a job: a queued one at once; a running one is marked and its worker stops it (`renew` says so).
+
+        Raises:
+            JobNotFound. JobNotFinished: it already ended (succeeded, failed or cancelled).
+        """
+        with self._write() as db:
+            job = self._get(db, job_id)
+            if job.status not in UNFINISHED:
+                raise errors.JobNotFinished(f"job {job_id} already ended ({job.status}); there is nothing to cancel")
+            if job.status == "queued":
+                db.execute("UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?", (now, job_id))
+            else:
+                db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            return self._get(db, job_id)
+
+    def cancelled(self, job_id: str, owner: str, *, now: float) -> None:
+        """`owner` stopped its job after a cancel: the job ends `cancelled`."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE id = ? AND lease_owner = ?",
+                (now, job_id, owner),
+            )
+
+    def expire(self, *, finished_before: float) -> list[str]:
+        """Remove the jobs that ended before `finished_before`. Returns their audio paths (for the caller to
+        delete)."""
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT audio_path FROM jobs WHERE status NOT IN ('queued', 'running') AND finished_at < ?",
+                (finished_before,),
+            ).fetchall()
+            db.execute(
+                "DELETE FROM jobs WHERE status NOT IN ('queued', 'running') AND finished_at < ?", (finished_before,)
+            )
+            return [r[0] for r in rows]

@@ -1,0 +1,126 @@
+"""Transcription jobs through the app (`/v1/jobs`, in-process, the digits model, SQLite under a temporary
+PARAKEET_DATA_DIR): submit -> poll -> the result equals the synchronous APIs on the same audio in every format; an
+Idempotency-Key gives the same job; a job left `running` by a worker that died (its lease expired) is finished by
+the next start; and the bad-input answers: unknown id 404, result before success 409, bad fields 400."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import soundfile as sf
+
+from parakeet.pipeline.job_store import SqliteJobStore
+
+import speech
+from helpers import digits_app, wait_until
+
+
+def wav_of(seed: int) -> tuple[bytes, str]:
+    u = speech.random_utterance(seed, speech.HELD_OUT_VOICES)
+    buf = io.BytesIO()
+    sf.write(buf, u.waveform, 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue(), u.text
+
+
+def finished(client: Any, job_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body = client.get(f"/v1/jobs/{job_id}").json()
+        return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+    result: dict[str, Any] = wait_until(done, timeout_s=120, what=f"job {job_id} to end")
+    return result
+
+
+def test_a_job_gives_what_the_synchronous_apis_give_in_every_format(
+    digits_engine: Any, silero_vad: Any, digits_model_path: Path, tmp_path: Path
+) -> None:
+    wav, said = wav_of(4242)
+    with digits_app(digits_engine, silero_vad, digits_model_path, data_dir=tmp_path) as client:
+        r = client.post("/v1/jobs", files={"file": ("a.wav", wav)}, data={"timestamps": "true",
+                                                                       "metadata": '{"episode": 7}'})  # fmt: skip
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert job["status"] == "queued" and r.headers["location"] == f"/v1/jobs/{job['id']}"
+        assert job["metadata"] == {"episode": 7}
+        done = finished(client, job["id"])
+        assert done["status"] == "succeeded" and done["attempts"] == 1 and done["error"] is None
+        assert abs(done["duration_s"] - len(sf.read(io.BytesIO(wav))[0]) / 16000) < 0.01
+        body = client.get(f"/v1/jobs/{job['id']}/result").json()
+        sync = client.post("/transcribe", files={"file": ("a.wav", wav)}, data={"timestamps": "true"}).json()
+        assert body["text"] == sync["text"] == said
+        assert body["timestamps"] == sync["timestamps"]
+        for fmt in ("text", "srt", "vtt", "verbose_json"):
+            ours = client.get(f"/v1/jobs/{job['id']}/result", params={"format": fmt})
+            assert ours.status_code == 200, ours.text
+            data = {"model": "whisper-1", "response_format": fmt}
+            if fmt == "verbose_json":
+                data["timestamp_granularities[]"] = ["word", "segment"]  # type: ignore[assignment]
+            openai = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data=data)
+            assert openai.status_code == 200, openai.text
+            if fmt == "verbose_json":
+                assert json.loads(ours.text) == openai.json()
+            else:
+                assert ours.text == openai.text, fmt
+        assert ours.headers["content-type"].startswith("application/json")
+        listed = client.get("/v1/jobs", params={"status": "succeeded"}).json()
+        assert [j["id"] for j in listed["data"]] == [job["id"]]
+
+
+def test_idempotency_key_and_the_bad_input_answers(
+    digits_engine: Any, silero_vad: Any, digits_model_path: Path, tmp_path: Path
+) -> None:
+    wav, _ = wav_of(4343)
+    with digits_app(digits_engine, silero_vad, digits_model_path, data_dir=tmp_path) as client:
+        first = client.post("/v1/jobs", files={"file": ("a.wav", wav)}, headers={"Idempotency-Key": "order-17"})
+        again = client.post("/v1/jobs", files={"file": ("a.wav", wav)}, headers={"Idempotency-Key": "order-17"})
+        assert first.status_code == 202 and again.status_code == 200 and again.json()["id"] == first.json()["id"]
+        assert len(list((tmp_path / "audio").glob("*.audio"))) == 1  # the retry stored nothing
+        missing = client.get("/v1/jobs/job_nope")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
+        assert client.get("/v1/jobs/job_nope/result").status_code == 404
+        assert client.delete("/v1/jobs/job_nope").status_code == 404
+        for data, param in [({"metadata": "[1]"}, "metadata"), ({"metadata": "{"}, "metadata"),
+                            ({"webhook_url": "http://127.0.0.1:9/"}, "webhook_url"), ({"diarize": "true"}, "diarize")]:  # fmt: skip
+            bad = client.post("/v1/jobs", files={"file": ("a.wav", wav)}, data=data)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
+        big = client.post("/v1/jobs", files={"file": ("a.wav", wav)}, data={"metadata": json.dumps({"x": "y" * 5000})})
+        assert big.status_code == 400 and "over the limit of 4096" in big.json()["error"]["message"]
+        assert client.get("/v1/jobs", params={"status": "done"}).status_code == 400
+        assert client.get("/v1/jobs", params={"limit": 0}).status_code == 400
+        done = finished(client, first.json()["id"])
+        assert client.get(f"/v1/jobs/{done['id']}/result", params={"format": "docx"}).status_code == 400
+        no_speakers = client.get(f"/v1/jobs/{done['id']}/result", params={"format": "diarized_json"})
+        assert no_speakers.status_code == 400
+        ended = client.delete(f"/v1/jobs/{done['id']}")
+        assert ended.status_code == 409 and ended.json()["error"]["code"] == "job_not_finished"
+        # a job that cannot succeed: its audio is not audio
+        broken = client.post("/v1/jobs", files={"file": ("a.wav", b"not audio at all" * 10)})
+        failed = finished(client, broken.json()["id"])
+        assert failed["status"] == "failed" and failed["error"]["code"] == "unsupported_audio"
+        early = client.get(f"/v1/jobs/{failed['id']}/result")
+        assert early.status_code == 409 and early.json()["error"]["code"] == "job_not_finished"
+
+
+def test_a_job_left_running_by_a_dead_worker_is_finished_by_the_next_start(
+    digits_engine: Any, silero_vad: Any, digits_model_path: Path, tmp_path: Path
+) -> None:
+    """A worker claimed the job and died (SIGKILL: no hand-back); once its lease has expired, the next server on
+    the same data directory claims it again and finishes it (attempts 2)."""
+    wav, said = wav_of(4444)
+    (tmp_path / "audio").mkdir(parents=True)
+    (tmp_path / "audio" / "job_dead.audio").write_bytes(wav)
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    store.submit("job_dead", options={"timestamps": False}, metadata=None, idempotency_key=None,
+                 audio_path=str(tmp_path / "audio" / "job_dead.audio"), audio_bytes=len(wav), now=time.time(),
+                 max_queued=10, max_stored_bytes=10**9)  # fmt: skip
+    claimed = store.claim("dead-worker", now=time.time(), lease_s=-1.0)  # its lease already over
+    assert claimed is not None and claimed.status == "running"
+    store.close()
+    with digits_app(digits_engine, silero_vad, digits_model_path, data_dir=tmp_path) as client:
+        done = finished(client, "job_dead")
+        assert done["status"] == "succeeded" and done["attempts"] == 2
+        assert client.get("/v1/jobs/job_dead/result", params={"format": "text"}).text == said + "\n"
