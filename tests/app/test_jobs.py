@@ -83,8 +83,12 @@ def test_idempotency_key_and_the_bad_input_answers(
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "job_not_found"
         assert client.get("/v1/jobs/job_nope/result").status_code == 404
         assert client.delete("/v1/jobs/job_nope").status_code == 404
-        cases = [({"metadata": "[1]"}, "metadata"), ({"metadata": "{"}, "metadata"),
-                 ({"webhook_url": "http://127.0.0.1:9/"}, "webhook_url"), ({"diarize": "true"}, "diarize")]
+        cases = [
+            ({"metadata": "[1]"}, "metadata"),
+            ({"metadata": "{"}, "metadata"),
+            ({"webhook_url": "http://127.0.0.1:9/"}, "webhook_url"),
+            ({"diarize": "true"}, "diarize"),
+        ]
         for data, param in cases:
             bad = client.post("/v1/jobs", files={"file": ("a.wav", wav)}, data=data)
             assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text

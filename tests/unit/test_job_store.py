@@ -51,8 +51,8 @@ def test_claims_in_order_and_an_expired_lease_is_claimed_again(tmp_path: Path) -
     assert again is not None and again.id == "first" and again.attempts == 2
     assert not store.renew("first", "worker-a", until=90.0)
     assert not store.finish("first", "worker-a", now=52.0, result={"json": "{}"})
-    assert store.finish("first", "worker-b", now=53.0, result={"json": "{\"text\": \"x\"}", "text": "x\n"})
-    assert store.result("first") == {"json": "{\"text\": \"x\"}", "text": "x\n"}
+    assert store.finish("first", "worker-b", now=53.0, result={"json": '{"text": "x"}', "text": "x\n"})
+    assert store.result("first") == {"json": '{"text": "x"}', "text": "x\n"}
     assert store.get("first").status == "succeeded" and store.get("first").finished_at == 53.0
 
 
