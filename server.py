@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from standardwebhooks.webhooks import Webhook
 
 from gpu_lock import GpuClaim, NoFreeGpuError, claim_gpu
 from parakeet import VERSION
@@ -198,7 +199,9 @@ async def _start_wyoming(settings: Settings, worker: Worker, on_fatal: Callable[
     return server
 
 
-def _start_jobs(app: FastAPI, settings: Settings, worker: Worker, on_fatal: Callable[[str], None]) -> JobRunner | None:
+def _start_jobs(
+    app: FastAPI, settings: Settings, tuning: Tuning, worker: Worker, on_fatal: Callable[[str], None]
+) -> JobRunner | None:
     """Open the jobs database and start this worker's job runner (PARAKEET_JOBS; a database that cannot be opened
     is fatal)."""
     if not settings.jobs:
@@ -209,7 +212,16 @@ def _start_jobs(app: FastAPI, settings: Settings, worker: Worker, on_fatal: Call
         on_fatal(exc.message)
         raise
     app.state.job_store = store
-    runner = JobRunner(store, worker, render_results, RunnerConfig(retention_s=settings.jobs_retention_s))
+    secret = settings.jobs_webhook_secret
+    try:
+        signer = Webhook(secret.get_secret_value()) if secret is not None else None
+    except Exception as exc:
+        on_fatal(f"PARAKEET_JOBS_WEBHOOK_SECRET is not a Standard Webhooks secret (whsec_ + base64): {exc}")
+        raise errors.InvalidSettings("PARAKEET_JOBS_WEBHOOK_SECRET is malformed") from exc
+    app.state.job_signer = signer
+    config = RunnerConfig(retention_s=settings.jobs_retention_s, webhook_backoff_s=tuning.webhook_backoff_s,
+                          url_policy=app.state.url_policy, signer=signer)  # fmt: skip
+    runner = JobRunner(store, worker, render_results, config)
     runner.start()
     return runner
 
@@ -233,7 +245,7 @@ def _lifespan(
             raise
         app.state.worker = worker
         await worker.start()
-        runner = _start_jobs(app, settings, worker, on_fatal)
+        runner = _start_jobs(app, settings, tuning, worker, on_fatal)
         wyoming = await _start_wyoming(settings, worker, on_fatal)
         loader = asyncio.create_task(_load(worker, factory, vad_factory, on_fatal))
         restore_signals = _chain_shutdown_signals(worker)

@@ -11,8 +11,10 @@ when missing), speech comes from espeak-ng.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(TESTS)]
+# Every app a test builds keeps its jobs database in a temporary directory, never the checkout's data/.
+os.environ.setdefault("PARAKEET_DATA_DIR", tempfile.mkdtemp(prefix="parakeet-test-data-"))
 
 import speech  # noqa: E402
 from helpers import LiveServer, Serve, ServerProcess, cpu_settings, digits_app, live_digits_server, start_server  # noqa: E402

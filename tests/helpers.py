@@ -153,7 +153,7 @@ DIGITS_APP_SETTINGS: dict[str, Any] = {
 DIGITS_APP_TUNING = Tuning(stream_max_frame_bytes=256 * 1024, stream_max_lag_s=2.0)
 
 
-def _digits_app(engine: Any, vad: Any, model_path: Path, **settings: Any) -> FastAPI:
+def _digits_app(engine: Any, vad: Any, model_path: Path, tuning: Tuning | None = None, **settings: Any) -> FastAPI:
     from server import create_app
 
     def fatal(message: str) -> None:
@@ -161,18 +161,18 @@ def _digits_app(engine: Any, vad: Any, model_path: Path, **settings: Any) -> Fas
 
     values = {"model": str(model_path), "device": "cpu", **DIGITS_APP_SETTINGS, **settings}
     return create_app(Settings(**values), engine_factory=FixedEngineFactory(engine), on_fatal=fatal,
-                      vad_factory=SharedVad(vad), tuning=DIGITS_APP_TUNING)  # fmt: skip
+                      vad_factory=SharedVad(vad), tuning=tuning or DIGITS_APP_TUNING)  # fmt: skip
 
 
 @contextmanager
-def digits_app(engine: Any, vad: Any, model_path: Path, **settings: Any) -> Iterator[Any]:
+def digits_app(engine: Any, vad: Any, model_path: Path, tuning: Tuning | None = None, **settings: Any) -> Iterator[Any]:
     """`server.create_app` serving `engine` (the session's digits engine) and `vad` in-process through Starlette's
     TestClient (the app and its lifespan on a thread of their own; HTTP, the OpenAI SDK with `http_client=` and
     `websocket_connect` for the live protocols), waiting until /health is 200. Errors are answered as a real server
     answers them (500 in the error shape), not raised into the test."""
     from starlette.testclient import TestClient
 
-    app = _digits_app(engine, vad, model_path, **settings)
+    app = _digits_app(engine, vad, model_path, tuning, **settings)
     with TestClient(app, base_url="http://testserver", raise_server_exceptions=False) as client:
         wait_until(lambda: client.get("/health").status_code == 200, what="the digits app to be ready")
         yield client

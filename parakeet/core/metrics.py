@@ -89,6 +89,23 @@ STREAM_STEP_COMPUTE = Histogram(
 )
 STREAM_AUDIO = Counter("parakeet_stream_audio_seconds_total", "Audio received on live streams, s.")
 
+# Transcription jobs (parakeet/pipeline/job_runner.py). The counts come from the shared database: every worker
+# reports the same numbers, so the gauge keeps the largest (one host's or one cluster's jobs, not a sum).
+JOBS = Gauge("parakeet_jobs", "Jobs in the jobs database, by status.", ["status"], multiprocess_mode="livemax")
+JOB_DURATION = Histogram(
+    "parakeet_job_duration_seconds",
+    "A job from its first start to its end, s.",
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 14400),
+)
+JOB_QUEUE_WAIT = Histogram(
+    "parakeet_job_queue_wait_seconds",
+    "A job from its submit to its first start, s.",
+    buckets=(0.1, 1, 5, 15, 60, 300, 900, 3600),
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "parakeet_job_webhook_attempts_total", "Job webhook deliveries tried, by outcome.", ["outcome"]
+)
+
 # Speakers (parakeet/pipeline/diarization.py).
 DIARIZATION_BATCH_SIZE = Histogram(
     "parakeet_diarization_batch_size", "Files per diarization batch.", buckets=(1, 2, 4, 8, 16, 32)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parakeet.core.errors import InvalidSettings
@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     )
     jobs_retention_s: float = Field(
         86_400.0, gt=0, description="How long an ended job's result and audio are kept before removal, s."
+    )
+    jobs_webhook_secret: SecretStr | None = Field(
+        None,
+        description="Signs job webhooks (Standard Webhooks, a whsec_... base64 secret); unset: webhook_url refused.",
     )
 
     # --- logs ---

@@ -54,8 +54,8 @@ class UrlPolicy:
         )
 
 
-def _refused(message: str) -> errors.UrlRefused:
-    return errors.UrlRefused(message, param="audio_url")
+def _refused(message: str, param: str = "audio_url") -> errors.UrlRefused:
+    return errors.UrlRefused(message, param=param)
 
 
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -67,28 +67,71 @@ def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )  # fmt: skip
 
 
-async def _checked_address(url: httpx.URL, policy: UrlPolicy) -> str:
-    """The address to connect to for `url`, after every check (raises UrlRefused / UrlFetchFailed)."""
-    if url.scheme not in ("http", "https"):
-        raise _refused(f"audio_url must be http or https, got {url.scheme or 'no scheme'!r}")
-    host = url.host.lower()
+def check_url_syntax(url: str, policy: UrlPolicy, param: str) -> httpx.URL:
+    """`url` parsed, http(s), with a host on the allowlist when there is one (the checks that need no DNS).
+
+    Raises:
+        UrlRefused: naming `param`.
+    """
+    try:
+        target = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise _refused(f"{param} is not a valid URL ({exc})", param) from None
+    if target.scheme not in ("http", "https"):
+        raise _refused(f"{param} must be http or https, got {target.scheme or 'no scheme'!r}", param)
+    host = target.host.lower()
     if not host:
-        raise _refused("audio_url has no host")
+        raise _refused(f"{param} has no host", param)
     if policy.allowed_hosts and host not in policy.allowed_hosts:
-        raise _refused(f"audio_url host {host!r} is not on the allowed list (PARAKEET_URL_ALLOWED_HOSTS)")
+        raise _refused(f"{param} host {host!r} is not on the allowed list (PARAKEET_URL_ALLOWED_HOSTS)", param)
+    return target
+
+
+async def _checked_address(url: httpx.URL, policy: UrlPolicy, param: str = "audio_url") -> str:
+    """The address to connect to for `url`, after every check (raises UrlRefused / UrlFetchFailed)."""
+    check_url_syntax(str(url), policy, param)
+    host = url.host.lower()
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise errors.UrlFetchFailed(f"audio_url host {host!r} does not resolve ({exc})", param="audio_url") from None
+        raise errors.UrlFetchFailed(f"{param} host {host!r} does not resolve ({exc})", param=param) from None
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     for ip in addresses:
         if _forbidden(ip) and not any(ip in net for net in policy.allowed_networks):
             raise _refused(
-                f"audio_url host {host!r} resolves to {ip}, inside a private, loopback, link-local or metadata "
-                "network; such URLs are refused (PARAKEET_URL_ALLOWED_NETWORKS exempts networks)"
+                f"{param} host {host!r} resolves to {ip}, inside a private, loopback, link-local or metadata "
+                "network; such URLs are refused (PARAKEET_URL_ALLOWED_NETWORKS exempts networks)",
+                param,
             )
     return str(addresses[0])
+
+
+async def post_json(url: str, policy: UrlPolicy, body: bytes, headers: dict[str, str], param: str) -> int:
+    """POST `body` (JSON) to `url` under `policy`'s address rules (as `fetch_audio`; no redirects followed: a
+    webhook receiver answers itself) within its time limits.
+
+    Returns:
+        The receiver's HTTP status.
+
+    Raises:
+        UrlRefused, UrlFetchFailed (unresolvable or unreachable), UrlTimeout: naming `param`.
+    """
+    target = check_url_syntax(url, policy, param)
+    timeout = httpx.Timeout(policy.timeout_s, connect=policy.connect_timeout_s)
+    try:
+        async with asyncio.timeout(policy.timeout_s), httpx.AsyncClient(timeout=timeout) as client:
+            address = await _checked_address(target, policy, param)
+            extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+            sent = {"Host": target.netloc.decode("ascii"), "Content-Type": "application/json", **headers}
+            response = await client.post(target.copy_with(host=address), content=body, headers=sent,
+                                         extensions=extensions)  # fmt: skip
+            return response.status_code
+    except (TimeoutError, httpx.TimeoutException):
+        raise errors.UrlTimeout(f"{param} host {target.host!r} did not answer in time", param=param) from None
+    except httpx.HTTPError as exc:
+        raise errors.UrlFetchFailed(f"{param} host {target.host!r} could not be reached ({type(exc).__name__})",
+                                    param=param) from None  # fmt: skip
 
 
 async def fetch_audio(url: str, policy: UrlPolicy, max_bytes: int) -> bytes:
@@ -102,10 +145,7 @@ async def fetch_audio(url: str, policy: UrlPolicy, max_bytes: int) -> bytes:
     """
     if not policy.enabled:
         raise _refused("audio_url input is off on this server (PARAKEET_URL_INPUT=true turns it on)")
-    try:
-        target = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise _refused(f"audio_url is not a valid URL ({exc})") from None
+    target = check_url_syntax(url, policy, "audio_url")
     timeout = httpx.Timeout(policy.timeout_s, connect=policy.connect_timeout_s)
     try:
         async with (

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from parakeet.core import errors
+from standardwebhooks.webhooks import Webhook
+
+from parakeet.core import errors, metrics
 from parakeet.core.keywords import KeyPhrases
+from parakeet.pipeline.fetch import UrlPolicy, post_json
 from parakeet.pipeline.job_store import Job, SqliteJobStore
 from parakeet.pipeline.requests import Outcome, TranscribeOptions
 from parakeet.pipeline.worker import Worker
@@ -55,11 +60,29 @@ Render = Callable[[Outcome, dict[str, Any]], dict[str, str]]  # (outcome, the jo
 @dataclass(frozen=True)
 class RunnerConfig:
     """lease_s: a claimed job's lease (renewed every third of it); poll_s: how often an idle worker looks for
-    work; retention_s: how long ended jobs and their audio are kept (PARAKEET_JOBS_RETENTION_S)."""
+    work; retention_s: how long ended jobs and their audio are kept (PARAKEET_JOBS_RETENTION_S); webhook_backoff_s:
+    the waits between a webhook's attempts (Tuning); url_policy: the address rules webhook URLs obey (those of
+    `audio_url`); signer: Standard Webhooks' `Webhook` over PARAKEET_JOBS_WEBHOOK_SECRET (None: no webhooks)."""
 
     lease_s: float = 30.0
     poll_s: float = 0.5
     retention_s: float = 86_400.0
+    webhook_backoff_s: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    url_policy: UrlPolicy | None = None
+    signer: Webhook | None = None
+
+
+def webhook_payload(job: Job, results: dict[str, str] | None) -> dict[str, Any]:
+    """The body of a job's webhook (Standard Webhooks' `{type, timestamp, data}`): the job's id, status, metadata,
+    times, error, the transcript's text when it succeeded, and where to fetch the full result."""
+    return {
+        "type": f"transcription_job.{job.status}",
+        "timestamp": datetime.fromtimestamp(job.finished_at or time.time(), UTC).isoformat(),
+        "data": {"id": job.id, "status": job.status, "metadata": job.metadata, "created_at": job.created_at,
+                 "finished_at": job.finished_at, "duration_s": job.duration_s, "error": job.error,
+                 "text": results["text"].rstrip("\n") if results else None,
+                 "result_url": f"/v1/jobs/{job.id}/result"},
+    }  # fmt: skip
 
 
 class JobRunner:
@@ -69,18 +92,66 @@ class JobRunner:
         self.store, self.worker, self.render, self.config = store, worker, render, config
         self.owner = f"{uuid.uuid4().hex[:12]}-gpu{worker.gpu_id if worker.gpu_id is not None else 'cpu'}"
         self._task: asyncio.Task[None] | None = None
+        self._webhooks: asyncio.Task[None] | None = None
         self.jobs_run = 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="job-runner")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._loop(), name="job-runner")
+        self._webhooks = loop.create_task(self._deliver_loop(), name="job-webhooks")
 
     async def stop(self) -> None:
         """Stop taking jobs; a running one is stopped and handed back to the queue (another worker, or this one
-        after a restart, runs it again)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        after a restart, runs it again). A webhook attempt under way is abandoned (it is due again at once for
+        whichever worker looks next)."""
+        for task in (self._task, self._webhooks):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _deliver_loop(self) -> None:
+        """Send the webhooks that are due, one at a time, from any worker (a claim holds one for a lease)."""
+        while True:
+            try:
+                job = await asyncio.to_thread(self.store.claim_webhook, now=time.time(), lease_s=self.config.lease_s)
+                if job is None:
+                    await asyncio.sleep(self.config.poll_s)
+                    continue
+                await self._deliver(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook delivery failed")
+                await asyncio.sleep(self.config.poll_s)
+
+    async def _deliver(self, job: Job) -> None:
+        """One attempt at `job`'s webhook: signed, POSTed under the URL rules, recorded; then due again after the
+        next backoff wait, or given up when the waits are spent."""
+        results = await asyncio.to_thread(self.store.result, job.id) if job.status == "succeeded" else None
+        body = json.dumps(webhook_payload(job, results)).encode()
+        status, error = None, None
+        if self.config.signer is None or self.config.url_policy is None or job.webhook_url is None:
+            error = "this server has no PARAKEET_JOBS_WEBHOOK_SECRET"
+        else:
+            msg_id, at = f"{job.id}.{job.status}", datetime.now(UTC)
+            headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
+                       "webhook-signature": self.config.signer.sign(msg_id, at, body)}  # fmt: skip
+            try:
+                status = await post_json(job.webhook_url, self.config.url_policy, body, headers, "webhook_url")
+            except errors.ParakeetError as exc:
+                error = exc.message
+        delivered = status is not None and 200 <= status < 300
+        waits = self.config.webhook_backoff_s
+        spent = delivered or job.webhook_attempts >= len(waits)
+        next_at = None if spent else time.time() + waits[job.webhook_attempts]
+        outcome = "delivered" if delivered else "retry" if next_at is not None else "gave_up"
+        metrics.WEBHOOK_ATTEMPTS.labels(outcome=outcome).inc()
+        why = error if error else None if delivered else f"HTTP {status}"
+        await asyncio.to_thread(
+            self.store.record_webhook_attempt, job.id, at=time.time(), status_code=status, error=why, next_at=next_at
+        )
+        log.info("job %s webhook attempt %d: %s", job.id, job.webhook_attempts + 1, outcome)
 
     def _has_room(self) -> bool:
         batcher = self.worker.batcher
@@ -95,8 +166,11 @@ class JobRunner:
             job = await asyncio.to_thread(self.store.claim, self.owner, now=time.time(), lease_s=self.config.lease_s)\
                 if self._has_room() else None  # fmt: skip
             if job is None:
+                await self._publish()
                 await asyncio.sleep(self.config.poll_s)
                 continue
+            if job.attempts == 1 and job.started_at is not None:
+                metrics.JOB_QUEUE_WAIT.observe(max(0.0, job.started_at - job.created_at))
             try:
                 await self._run(job)
             except asyncio.CancelledError:
@@ -134,7 +208,9 @@ class JobRunner:
         finally:
             keep.cancel()
         result = self.render(outcome, job.options)
-        await asyncio.to_thread(self.store.finish, job.id, self.owner, now=time.time(), result=result)
+        now = time.time()
+        if await asyncio.to_thread(self.store.finish, job.id, self.owner, now=now, result=result):
+            metrics.JOB_DURATION.observe(now - (job.started_at or now))
         self.jobs_run += 1
         log.info("job %s succeeded (%.1f s of audio)", job.id, outcome.audio.duration_s)
 
@@ -165,6 +241,10 @@ class JobRunner:
                 current = await asyncio.to_thread(self.store.get, job.id)
                 work.cancel()
                 return "cancel" if current.cancel_requested else "lost"
+
+    async def _publish(self) -> None:
+        for status, n in (await asyncio.to_thread(self.store.counts)).items():
+            metrics.JOBS.labels(status=status).set(n)
 
     async def _expire(self) -> None:
         """Remove ended jobs past their retention, and their audio files."""

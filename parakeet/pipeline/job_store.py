@@ -47,12 +47,25 @@ CREATE TABLE IF NOT EXISTS jobs (
     duration_s REAL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     error TEXT,
-    result TEXT
+    result TEXT,
+    webhook_url TEXT,
+    webhook_state TEXT,
+    webhook_next_at REAL,
+    webhook_attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_webhook ON jobs (webhook_state, webhook_next_at);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at REAL NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    PRIMARY KEY (job_id, attempt)
+);
 """
 _COLUMNS = ("id, status, created_at, started_at, finished_at, options, metadata, audio_path, audio_bytes, attempts, "
-            "duration_s, cancel_requested, error")  # fmt: skip
+            "duration_s, cancel_requested, error, webhook_url, webhook_state, webhook_attempts")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,14 +85,27 @@ class Job:
     duration_s: float | None  # the audio's length once known
     cancel_requested: bool
     error: dict[str, Any] | None  # {"code", "message", "param"} when failed
+    webhook_url: str | None = None
+    webhook_state: str | None = None  # pending (an attempt is due), delivered, failed (gave up); None: no webhook
+    webhook_attempts: int = 0
 
     @classmethod
     def _of(cls, row: tuple[Any, ...]) -> Job:
         (id_, status, created, started, finished, options, metadata, path, nbytes, attempts, duration, cancel,
-         error) = row  # fmt: skip
+         error, webhook_url, webhook_state, webhook_attempts) = row  # fmt: skip
         return cls(id_, status, created, started, finished, json.loads(options),
                    json.loads(metadata) if metadata else None, path, nbytes, attempts, duration, bool(cancel),
-                   json.loads(error) if error else None)  # fmt: skip
+                   json.loads(error) if error else None, webhook_url, webhook_state, webhook_attempts)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    """One delivery attempt of a job's webhook: when, and the receiver's HTTP status or why there was none."""
+
+    attempt: int
+    at: float
+    status_code: int | None
+    error: str | None
 
 
 class SqliteJobStore:
@@ -129,6 +155,7 @@ class SqliteJobStore:
     def submit(
         self, job_id: str, *, options: dict[str, Any], metadata: dict[str, Any] | None, idempotency_key: str | None,
         audio_path: str, audio_bytes: int, now: float, max_queued: int, max_stored_bytes: int,
+        webhook_url: str | None = None,
     ) -> tuple[Job, bool]:  # fmt: skip
         """Store a queued job (its audio is already at `audio_path`).
 
@@ -154,9 +181,9 @@ class SqliteJobStore:
                 )
             db.execute(
                 "INSERT INTO jobs (id, status, created_at, options, metadata, idempotency_key, audio_path, "
-                "audio_bytes) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                "audio_bytes, webhook_url) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, now, json.dumps(options), json.dumps(metadata) if metadata is not None else None,
-                 idempotency_key, audio_path, audio_bytes),
+                 idempotency_key, audio_path, audio_bytes, webhook_url),
             )  # fmt: skip
             return self._get(db, job_id), True
 
@@ -241,15 +268,16 @@ class SqliteJobStore:
         self, job_id: str, owner: str, *, now: float, result: dict[str, str] | None = None,
         error: dict[str, Any] | None = None,
     ) -> bool:  # fmt: skip
-        """End `owner`'s run: `succeeded` with `result`, or `failed` with `error`. Returns False (and changes
-        nothing) when the job is no longer `owner`'s."""
+        """End `owner`'s run: `succeeded` with `result`, or `failed` with `error`; its webhook (if it has one) is
+        due at once. Returns False (and changes nothing) when the job is no longer `owner`'s."""
         status = "failed" if error is not None else "succeeded"
         with self._write() as db:
             n = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                "lease_expires_at = NULL, webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END, "
+                "webhook_next_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
                 (status, now, json.dumps(result) if result is not None else None,
-                 json.dumps(error) if error is not None else None, job_id, owner),
+                 json.dumps(error) if error is not None else None, now, job_id, owner),
             ).rowcount  # fmt: skip
             return bool(n)
 
@@ -296,6 +324,52 @@ class SqliteJobStore:
                 (finished_before,),
             ).fetchall()
             db.execute(
+                "DELETE FROM webhook_attempts WHERE job_id IN (SELECT id FROM jobs WHERE status NOT IN "
+                "('queued', 'running') AND finished_at < ?)",
+                (finished_before,),
+            )
+            db.execute(
                 "DELETE FROM jobs WHERE status NOT IN ('queued', 'running') AND finished_at < ?", (finished_before,)
             )
             return [r[0] for r in rows]
+
+    def claim_webhook(self, *, now: float, lease_s: float) -> Job | None:
+        """The next job whose webhook attempt is due, held for `lease_s` (so one worker sends it)."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE webhook_state = 'pending' AND webhook_next_at <= ? "
+                "ORDER BY webhook_next_at LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET webhook_next_at = ? WHERE id = ?", (now + lease_s, row[0]))
+            return self._get(db, row[0])
+
+    def record_webhook_attempt(
+        self, job_id: str, *, at: float, status_code: int | None, error: str | None, next_at: float | None
+    ) -> None:
+        """Record one attempt; then the webhook is delivered (a 2xx status), due again at `next_at`, or, with no
+        `next_at`, given up (`failed`)."""
+        delivered = status_code is not None and 200 <= status_code < 300
+        state = "delivered" if delivered else "pending" if next_at is not None else "failed"
+        with self._write() as db:
+            n = db.execute(
+                "UPDATE jobs SET webhook_attempts = webhook_attempts + 1, webhook_state = ?, webhook_next_at = ? "
+                "WHERE id = ? RETURNING webhook_attempts",
+                (state, next_at, job_id),
+            ).fetchone()
+            if n is not None:
+                db.execute(
+                    "INSERT INTO webhook_attempts (job_id, attempt, at, status_code, error) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, n[0], at, status_code, error),
+                )
+
+    def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]:
+        """A job's webhook attempts, first first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT attempt, at, status_code, error FROM webhook_attempts WHERE job_id = ? ORDER BY attempt",
+                (job_id,),
+            ).fetchall()
+        return [WebhookAttempt(*r) for r in rows]

@@ -5,18 +5,22 @@ the next start; and the bad-input answers: unknown id 404, result before success
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import soundfile as sf
 
 from parakeet.pipeline.job_store import SqliteJobStore
 
 import speech
-from helpers import digits_app, wait_until
+from helpers import DIGITS_APP_TUNING, digits_app, wait_until
 
 
 def wav_of(seed: int) -> tuple[bytes, str]:
@@ -129,3 +133,104 @@ def test_a_job_left_running_by_a_dead_worker_is_finished_by_the_next_start(
         done = finished(client, "job_dead")
         assert done["status"] == "succeeded" and done["attempts"] == 2
         assert client.get("/v1/jobs/job_dead/result", params={"format": "text"}).text == said + "\n"
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 (http.server in a thread) that answers 500 to its first `failures` posts,
+    then 204; records every request's headers and body."""
+
+    def __init__(self, failures: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.failures, self.calls = failures, []  # type: ignore[var-annotated]
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["content-length"]))
+                outer.calls.append((dict(self.headers), body))
+                self.send_response(500 if len(outer.calls) <= outer.failures else 204)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SECRET = "whsec_" + base64.b64encode(b"a test secret of thirty-two byte").decode()
+
+
+def test_a_signed_webhook_is_retried_until_the_receiver_takes_it(
+    digits_engine: Any, silero_vad: Any, digits_model_path: Path, tmp_path: Path
+) -> None:
+    """The receiver fails twice and takes the third attempt; each attempt is recorded on the job; the signature
+    verifies with standardwebhooks' own `Webhook.verify`, and the body names the job, its metadata and text."""
+    from standardwebhooks.webhooks import Webhook
+
+    wav, said = wav_of(4545)
+    receiver = Receiver(failures=2)
+    tuning = replace(DIGITS_APP_TUNING, webhook_backoff_s=(0.1, 0.1, 0.1))
+    try:
+        with digits_app(digits_engine, silero_vad, digits_model_path, tuning, data_dir=tmp_path,
+                        jobs_webhook_secret=SECRET, url_allowed_networks="127.0.0.0/8") as client:  # fmt: skip
+            r = client.post("/v1/jobs", files={"file": ("a.wav", wav)},
+                            data={"webhook_url": receiver.url, "metadata": '{"order": 5}'})  # fmt: skip
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+
+            def delivered() -> dict[str, Any] | None:
+                view = client.get(f"/v1/jobs/{job_id}").json()
+                return view if view.get("webhook", {}).get("state") == "delivered" else None
+
+            view = wait_until(delivered, timeout_s=120, what="the webhook to be delivered")
+    finally:
+        receiver.close()
+    attempts = view["webhook"]["attempts"]
+    assert [a["status_code"] for a in attempts] == [500, 500, 204] and [a["attempt"] for a in attempts] == [1, 2, 3]
+    assert attempts[0]["error"] == "HTTP 500" and attempts[2]["error"] is None
+    assert len(receiver.calls) == 3
+    headers, body = receiver.calls[-1]
+    payload = Webhook(SECRET).verify(body, headers)
+    assert payload["type"] == "transcription_job.succeeded"
+    assert payload["data"]["id"] == job_id and payload["data"]["metadata"] == {"order": 5}
+    assert payload["data"]["text"] == said
+    assert {h["webhook-id"] for h, _ in receiver.calls} == {f"{job_id}.succeeded"}  # one message, retried
+    with pytest.raises(Exception, match="signature"):
+        Webhook("whsec_" + base64.b64encode(b"another secret, thirty-two bytes").decode()).verify(body, headers)
+
+
+def test_webhook_urls_follow_the_url_rules_and_need_a_secret(
+    digits_engine: Any, silero_vad: Any, digits_model_path: Path, tmp_path: Path
+) -> None:
+    """Without PARAKEET_JOBS_WEBHOOK_SECRET a webhook_url is a 400 naming it; with one, a non-http URL is refused at
+    submit, and a loopback receiver (not on PARAKEET_URL_ALLOWED_NETWORKS) is refused at each attempt, which the
+    job records until it gives up."""
+    wav, _ = wav_of(4646)
+    with digits_app(digits_engine, silero_vad, digits_model_path, data_dir=tmp_path / "a") as client:
+        r = client.post("/v1/jobs", files={"file": ("a.wav", wav)}, data={"webhook_url": "https://example.com/h"})
+        assert r.status_code == 400 and "PARAKEET_JOBS_WEBHOOK_SECRET" in r.json()["error"]["message"]
+    tuning = replace(DIGITS_APP_TUNING, webhook_backoff_s=(0.05,))
+    with digits_app(digits_engine, silero_vad, digits_model_path, tuning, data_dir=tmp_path / "b",
+                    jobs_webhook_secret=SECRET) as client:  # fmt: skip
+        bad = client.post("/v1/jobs", files={"file": ("a.wav", wav)}, data={"webhook_url": "ftp://example.com/h"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "url_refused"
+        assert bad.json()["error"]["param"] == "webhook_url"
+        r = client.post("/v1/jobs", files={"file": ("a.wav", wav)}, data={"webhook_url": "http://127.0.0.1:9/h"})
+        job_id = r.json()["id"]
+
+        def gave_up() -> dict[str, Any] | None:
+            view = client.get(f"/v1/jobs/{job_id}").json()
+            return view if view.get("webhook", {}).get("state") == "failed" else None
+
+        view = wait_until(gave_up, timeout_s=120, what="the webhook to be given up")
+    attempts = view["webhook"]["attempts"]
+    assert len(attempts) == 2 and all(a["status_code"] is None for a in attempts)
+    assert "resolves to 127.0.0.1, inside a private, loopback" in attempts[0]["error"]

@@ -6,6 +6,7 @@ cancels one. The rows live in SQLite under PARAKEET_DATA_DIR (parakeet.pipeline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from parakeet.api.subtitles import CueLimits, to_srt, to_vtt
 from parakeet.api.uploads import declared_body_bytes
 from parakeet.core import errors
 from parakeet.core.speakers import no_diarizer
+from parakeet.pipeline.fetch import check_url_syntax
 from parakeet.pipeline.job_runner import options_of, options_record
 from parakeet.pipeline.job_store import STATUSES, Job, SqliteJobStore
 from parakeet.pipeline.requests import Outcome
@@ -86,6 +88,26 @@ def _metadata(value: Any) -> dict[str, Any] | None:
     return value
 
 
+def _webhook_url(request: Request, value: Any) -> str | None:
+    """A job's `webhook_url`, checked as an `audio_url` is before DNS (the address rules apply at each attempt).
+
+    Raises:
+        BadRequest: not a string, or no PARAKEET_JOBS_WEBHOOK_SECRET to sign with. UrlRefused: the URL's checks.
+    """
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 2048:
+        raise errors.BadRequest("webhook_url must be a URL of at most 2048 characters", param="webhook_url")
+    if getattr(request.app.state, "job_signer", None) is None:
+        raise errors.BadRequest(
+            "webhook_url needs PARAKEET_JOBS_WEBHOOK_SECRET on the server (webhooks are signed); poll GET "
+            "/v1/jobs/{id} instead",
+            param="webhook_url",
+        )
+    check_url_syntax(value, request.app.state.url_policy, "webhook_url")
+    return value
+
+
 def _write_audio(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part")
@@ -112,8 +134,7 @@ async def submit_job(request: Request, worker: WorkerDep) -> JSONResponse:
         data, (options, field, extras) = await read_body_with(
             request, settings.max_upload_bytes, ("metadata", "webhook_url")
         )
-    if extras.get("webhook_url") is not None:
-        raise errors.BadRequest("webhook_url is not supported yet (poll GET /v1/jobs/{id})", param="webhook_url")
+    webhook_url = _webhook_url(request, extras.get("webhook_url"))
     if not data:
         raise errors.EmptyAudio("the audio is empty (0 bytes)", param=field)
     worker.check_key_phrases(options.keywords)
@@ -127,7 +148,7 @@ async def submit_job(request: Request, worker: WorkerDep) -> JSONResponse:
         job, created = await asyncio.to_thread(
             store.submit, job_id, options=options_record(options), metadata=metadata, idempotency_key=key,
             audio_path=str(path), audio_bytes=len(data), now=time.time(), max_queued=tuning.jobs_max_queued,
-            max_stored_bytes=tuning.jobs_max_stored_bytes,
+            max_stored_bytes=tuning.jobs_max_stored_bytes, webhook_url=webhook_url,
         )  # fmt: skip
     except BaseException:
         path.unlink(missing_ok=True)
@@ -155,8 +176,16 @@ async def list_jobs(
 
 @router.get("/{job_id}")
 async def get_job(request: Request, job_id: str) -> dict[str, Any]:
-    """One job's status, times, attempts and error (in the one error shape's fields) when it failed."""
-    return job_view(await asyncio.to_thread(_store(request).get, job_id))
+    """One job's status, times, attempts, error (in the one error shape's fields) when it failed, and its webhook's
+    delivery attempts."""
+    store = _store(request)
+    job = await asyncio.to_thread(store.get, job_id)
+    view = job_view(job)
+    if job.webhook_url is not None:
+        attempts = await asyncio.to_thread(store.webhook_attempts, job_id)
+        view["webhook"] = {"url": job.webhook_url, "state": job.webhook_state,
+                           "attempts": [dataclasses.asdict(a) for a in attempts]}  # fmt: skip
+    return view
 
 
 @router.get("/{job_id}/result")
