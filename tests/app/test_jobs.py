@@ -146,7 +146,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 outer.calls.append((dict(self.headers), body))
                 self.send_response(500 if len(outer.calls) <= outer.failures else 204)
