@@ -227,7 +227,16 @@ class JobRunner:
 
         async with self.worker.request(declared_bytes=len(data)) as request:
             await request.receive(body())
-            outcome = await request.transcribe(options, audio_param="file")
+            words = await request.transcribe_stream(options, audio_param="file")
+            try:
+                chunks, done_s = 0, 0.0
+                async for chunk_words in words:  # one per long-audio chunk, in file order: the progress
+                    chunks, done_s = chunks + 1, chunk_words[-1].end_s if chunk_words else done_s
+                    await asyncio.to_thread(self.store.note_progress, job.id, self.owner, chunks_done=chunks,
+                                            audio_s_done=done_s)  # fmt: skip
+                outcome = await words.outcome()
+            finally:
+                await words.aclose()
         await asyncio.to_thread(self.store.note_duration, job.id, outcome.audio.duration_s)
         return outcome
 

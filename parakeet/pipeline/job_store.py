@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     webhook_url TEXT,
     webhook_state TEXT,
     webhook_next_at REAL,
-    webhook_attempts INTEGER NOT NULL DEFAULT 0
+    webhook_attempts INTEGER NOT NULL DEFAULT 0,
+    chunks_done INTEGER NOT NULL DEFAULT 0,
+    audio_s_done REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_webhook ON jobs (webhook_state, webhook_next_at);
@@ -65,7 +67,8 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 );
 """
 _COLUMNS = ("id, status, created_at, started_at, finished_at, options, metadata, audio_path, audio_bytes, attempts, "
-            "duration_s, cancel_requested, error, webhook_url, webhook_state, webhook_attempts")  # fmt: skip
+            "duration_s, cancel_requested, error, webhook_url, webhook_state, webhook_attempts, chunks_done, "
+            "audio_s_done")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,17 @@ class Job:
     webhook_url: str | None = None
     webhook_state: str | None = None  # pending (an attempt is due), delivered, failed (gave up); None: no webhook
     webhook_attempts: int = 0
+    chunks_done: int = 0  # progress of the current run: long-audio chunks transcribed (parakeet.pipeline.transcriber)
+    audio_s_done: float = 0.0  # ... and the audio they cover, s (the end of the last word so far)
 
     @classmethod
     def _of(cls, row: tuple[Any, ...]) -> Job:
         (id_, status, created, started, finished, options, metadata, path, nbytes, attempts, duration, cancel,
-         error, webhook_url, webhook_state, webhook_attempts) = row  # fmt: skip
+         error, webhook_url, webhook_state, webhook_attempts, chunks_done, audio_s_done) = row  # fmt: skip
         return cls(id_, status, created, started, finished, json.loads(options),
                    json.loads(metadata) if metadata else None, path, nbytes, attempts, duration, bool(cancel),
-                   json.loads(error) if error else None, webhook_url, webhook_state, webhook_attempts)  # fmt: skip
+                   json.loads(error) if error else None, webhook_url, webhook_state, webhook_attempts, chunks_done,
+                   audio_s_done)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -244,7 +250,7 @@ class SqliteJobStore:
                 return None
             db.execute(
                 "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1, "
-                "started_at = COALESCE(started_at, ?) WHERE id = ?",
+                "started_at = COALESCE(started_at, ?), chunks_done = 0, audio_s_done = 0 WHERE id = ?",
                 (owner, now + lease_s, now, row[0]),
             )
             return self._get(db, row[0])
@@ -263,6 +269,14 @@ class SqliteJobStore:
     def note_duration(self, job_id: str, duration_s: float) -> None:
         with self._write() as db:
             db.execute("UPDATE jobs SET duration_s = ? WHERE id = ?", (duration_s, job_id))
+
+    def note_progress(self, job_id: str, owner: str, *, chunks_done: int, audio_s_done: float) -> None:
+        """`owner`'s run has transcribed `chunks_done` chunks, up to `audio_s_done` seconds of the audio."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET chunks_done = ?, audio_s_done = ? WHERE id = ? AND lease_owner = ?",
+                (chunks_done, audio_s_done, job_id, owner),
+            )
 
     def finish(
         self, job_id: str, owner: str, *, now: float, result: dict[str, str] | None = None,

@@ -234,3 +234,28 @@ def test_webhook_urls_follow_the_url_rules_and_need_a_secret(
     attempts = view["webhook"]["attempts"]
     assert len(attempts) == 2 and all(a["status_code"] is None for a in attempts)
     assert "resolves to 127.0.0.1, inside a private, loopback" in attempts[0]["error"]
+
+
+def test_a_long_job_goes_chunk_by_chunk_with_its_progress_and_equals_the_synchronous_transcript(
+    digits_engine: Any, silero_vad: Any, digits_model_path: Path, tmp_path: Path
+) -> None:
+    """Past the long-audio threshold the job runs in chunks (as POST /transcribe does); its progress counts them
+    and the audio they covered, and the result is the synchronous transcript."""
+    import numpy as np
+
+    waves = [speech.random_utterance(4700 + i, speech.HELD_OUT_VOICES) for i in range(6)]
+    pause = np.zeros(8000, np.float32)
+    audio = np.concatenate([x for u in waves for x in (u.waveform, pause)])
+    buf = io.BytesIO()
+    sf.write(buf, audio, 16000, format="WAV", subtype="PCM_16")
+    wav = buf.getvalue()
+    tuning = replace(DIGITS_APP_TUNING, long_audio_chunk_s=6.0, long_audio_search_s=2.0)
+    with digits_app(digits_engine, silero_vad, digits_model_path, tuning, data_dir=tmp_path,
+                    long_audio_threshold_s=10.0) as client:  # fmt: skip
+        job = client.post("/v1/jobs", files={"file": ("long.wav", wav)}).json()
+        done = finished(client, job["id"])
+        sync = client.post("/transcribe", files={"file": ("long.wav", wav)}).json()
+        result = client.get(f"/v1/jobs/{job['id']}/result").json()
+    assert done["status"] == "succeeded" and result["text"] == sync["text"]
+    assert sync["chunks"] >= 3 and done["progress"]["chunks_done"] == sync["chunks"] == result["chunks"]
+    assert 0 < done["progress"]["audio_s_done"] <= done["duration_s"]

@@ -61,6 +61,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "started_at": job.started_at, "finished_at": job.finished_at, "attempts": job.attempts,
         "audio_bytes": job.audio_bytes, "duration_s": job.duration_s, "metadata": job.metadata,
         "cancel_requested": job.cancel_requested, "error": job.error,
+        "progress": {"chunks_done": job.chunks_done, "audio_s_done": round(job.audio_s_done, 3)},
         "options": {k: v for k, v in job.options.items() if k != "keywords"},
     }  # fmt: skip
 
