@@ -42,8 +42,9 @@ from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings, load_settings
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.fetch import UrlPolicy
+from parakeet.pipeline.job_databases import open_database
 from parakeet.pipeline.job_runner import JobRunner, RunnerConfig
-from parakeet.pipeline.job_store import SqliteJobStore
+from parakeet.pipeline.job_store import JobStore
 from parakeet.pipeline.worker import VadFactory, Worker
 
 log = logging.getLogger("parakeet.server")
@@ -207,7 +208,7 @@ def _start_jobs(
     if not settings.jobs:
         return None
     try:
-        store = SqliteJobStore(Path(settings.data_dir) / "jobs.sqlite3")
+        store = JobStore(open_database(settings.jobs_database_url, Path(settings.data_dir)))
     except errors.InvalidSettings as exc:
         on_fatal(exc.message)
         raise

@@ -151,3 +151,12 @@ def module_server(
 ) -> Iterator[ServerProcess]:
     """`server`, shared by the tests of a module: the module's `SERVE` describes it."""
     yield from _serve(request.module.SERVE, tmp_path_factory.mktemp("module_server"), digits_model_path)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL for the session (tests/helpers.py throwaway_postgres)."""
+    from helpers import throwaway_postgres
+
+    with throwaway_postgres() as url:
+        yield url

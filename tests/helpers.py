@@ -453,3 +453,38 @@ def offline_hub(monkeypatch: Any, tmp_path: Path) -> None:
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+
+
+@contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL cluster of its own from the Debian package (initdb + pg_ctl, trust authentication, a free port on
+    127.0.0.1 only), removed afterwards; yields its URL. As root (CI), the server runs as the `postgres` user, since
+    PostgreSQL refuses to run as root.
+
+    Raises:
+        AssertionError: no PostgreSQL binaries (scripts/test.sh installs the `postgresql` package).
+    """
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    assert found, "PostgreSQL is not installed (scripts/test.sh installs the Debian package `postgresql`)"
+    bin_dir = Path(found[-1]).parent
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="parakeet-pg-", dir="/tmp"))  # short: a socket path has a length limit
+    data, port = base / "data", free_port()
+    if as_user:
+        shutil.chown(base, "postgres")
+    try:
+        subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "parakeet"],
+                       check=True, capture_output=True)  # fmt: skip
+        options = f"-p {port} -k {base} -h 127.0.0.1 -c fsync=off"
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-o", options,
+                        "-w", "-t", "60", "start"], check=True, capture_output=True)  # fmt: skip
+        try:
+            yield f"postgresql://parakeet@127.0.0.1:{port}/postgres"
+        finally:
+            subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                           capture_output=True)  # fmt: skip
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -41,6 +41,7 @@ ERROR_TABLE: list[tuple[type[errors.ParakeetError], int, str]] = [
     (errors.DeviceOutOfMemory, 503, "service_unavailable_error"),
     (errors.ClientDisconnected, 499, "invalid_request_error"),
     (errors.NotReady, 503, "service_unavailable_error"),
+    (errors.JobsDatabaseUnavailable, 503, "service_unavailable_error"),
     (errors.ShuttingDown, 503, "service_unavailable_error"),
     (errors.JobStorageFull, 507, "server_error"),
     (errors.InsufficientStorage, 507, "server_error"),

@@ -190,6 +190,12 @@ class JobStorageFull(InsufficientStorage):
     code = "job_storage_full"
 
 
+class JobsDatabaseUnavailable(ParakeetError):
+    """The jobs database failed (PostgreSQL unreachable, SQLite's disk full); the worker lives on."""
+
+    code = "jobs_database_unavailable"
+
+
 class DeviceOutOfMemory(ParakeetError):
     """The device ran out of memory on a batch (the batcher splits the batch and retries the halves)."""
 

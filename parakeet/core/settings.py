@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     jobs_retention_s: float = Field(
         86_400.0, gt=0, description="How long an ended job's result and audio are kept before removal, s."
     )
+    jobs_database_url: str | None = Field(
+        None, description="postgresql://user:password@host/db: the jobs of many hosts in one PostgreSQL; unset: SQLite."
+    )
     jobs_webhook_secret: SecretStr | None = Field(
         None,
         description="Signs job webhooks (Standard Webhooks, a whsec_... base64 secret); unset: webhook_url refused.",

@@ -28,7 +28,7 @@ from standardwebhooks.webhooks import Webhook
 from parakeet.core import errors, metrics
 from parakeet.core.keywords import KeyPhrases
 from parakeet.pipeline.fetch import UrlPolicy, post_json
-from parakeet.pipeline.job_store import Job, SqliteJobStore
+from parakeet.pipeline.job_store import Job, JobStore
 from parakeet.pipeline.requests import Outcome, TranscribeOptions
 from parakeet.pipeline.worker import Worker
 
@@ -88,7 +88,7 @@ def webhook_payload(job: Job, results: dict[str, str] | None) -> dict[str, Any]:
 class JobRunner:
     """Create, `start()` on the event loop once the worker exists, `stop()` before the worker closes."""
 
-    def __init__(self, store: SqliteJobStore, worker: Worker, render: Render, config: RunnerConfig) -> None:
+    def __init__(self, store: JobStore, worker: Worker, render: Render, config: RunnerConfig) -> None:
         self.store, self.worker, self.render, self.config = store, worker, render, config
         self.owner = f"{uuid.uuid4().hex[:12]}-gpu{worker.gpu_id if worker.gpu_id is not None else 'cpu'}"
         self._task: asyncio.Task[None] | None = None

@@ -1,71 +1,32 @@
-"""Transcription jobs that survive restarts: their rows in SQLite (WAL mode, one file under PARAKEET_DATA_DIR that
-every worker process on the host shares), their audio in files beside it.
+"""Transcription jobs that survive restarts: their rows in a database (parakeet.pipeline.job_databases: SQLite in
+PARAKEET_DATA_DIR by default, PostgreSQL for many hosts), their audio in files under PARAKEET_DATA_DIR.
 
 A job is `queued` until a worker claims it with a lease (`claim`: the oldest queued job, or a `running` one whose
 lease expired because its worker died); the worker renews the lease while it runs the job and ends it `succeeded`
 (the rendered results stored), `failed` (the error in the one error shape) or, when asked, `cancelled`. A worker
-that stops cleanly hands its job back (`release`: queued again). Every change is one SQLite transaction (`BEGIN
-IMMEDIATE` for the read-then-write ones), so two processes never claim one job. The schema is versioned with
-`PRAGMA user_version`. Calls block: the async server runs them in a thread (`asyncio.to_thread`).
-
-sqlite3: https://docs.python.org/3/library/sqlite3.html ; WAL: https://www.sqlite.org/wal.html
+that stops cleanly hands its job back (`release`: queued again). Every change is one transaction that takes its
+write lock first (SQLite's BEGIN IMMEDIATE; PostgreSQL's row locks, claims with FOR UPDATE SKIP LOCKED), so two
+workers, or two hosts, never claim one job. Calls block: the async server runs them in a thread
+(`asyncio.to_thread`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from parakeet.core import errors
+from parakeet.pipeline.job_databases import Database
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 UNFINISHED: tuple[JobStatus, ...] = ("queued", "running")
-SCHEMA_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    options TEXT NOT NULL,
-    metadata TEXT,
-    idempotency_key TEXT UNIQUE,
-    audio_path TEXT NOT NULL,
-    audio_bytes INTEGER NOT NULL,
-    lease_owner TEXT,
-    lease_expires_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    duration_s REAL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    result TEXT,
-    webhook_url TEXT,
-    webhook_state TEXT,
-    webhook_next_at REAL,
-    webhook_attempts INTEGER NOT NULL DEFAULT 0,
-    chunks_done INTEGER NOT NULL DEFAULT 0,
-    audio_s_done REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
-CREATE INDEX IF NOT EXISTS jobs_by_webhook ON jobs (webhook_state, webhook_next_at);
-CREATE TABLE IF NOT EXISTS webhook_attempts (
-    job_id TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    at REAL NOT NULL,
-    status_code INTEGER,
-    error TEXT,
-    PRIMARY KEY (job_id, attempt)
-);
-"""
+
 _COLUMNS = ("id, status, created_at, started_at, finished_at, options, metadata, audio_path, audio_bytes, attempts, "
             "duration_s, cancel_requested, error, webhook_url, webhook_state, webhook_attempts, chunks_done, "
             "audio_s_done")  # fmt: skip
@@ -114,45 +75,48 @@ class WebhookAttempt:
     error: str | None
 
 
-class SqliteJobStore:
-    """The job rows in one SQLite file (created with its directory when missing).
+class JobStore:
+    """The job rows in one database (`open_database`).
 
     Args:
-        path: the database file, e.g. PARAKEET_DATA_DIR/jobs.sqlite3.
-
-    Raises:
-        InvalidSettings: the file cannot be opened, or its schema is newer than this server's.
+        database: an open `Database` (its schema created).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a job acknowledged with 202 survives a power cut
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        except (OSError, sqlite3.Error) as exc:
-            raise errors.InvalidSettings(f"cannot open the jobs database {path}: {exc}") from exc
-        if version > SCHEMA_VERSION:
-            raise errors.InvalidSettings(
-                f"the jobs database {path} has schema version {version}; this server knows {SCHEMA_VERSION}"
-            )
+    def __init__(self, database: Database) -> None:
+        self._db = database
         self._lock = threading.Lock()
-        if version == 0:  # (executescript commits by itself; CREATE ... IF NOT EXISTS makes a race of two harmless)
-            self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+
+    @property
+    def name(self) -> str:
+        return self._db.name
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE), committed or rolled back."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+    def _write(self) -> Iterator[Database]:
+        """One write transaction, its lock taken first, committed or rolled back.
+
+        Raises:
+            JobsDatabaseUnavailable: the database failed (connection lost, disk full).
+        """
+        with self._lock, self._unavailable():
+            self._db.begin_write()
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[Database]:
+        with self._lock, self._unavailable():
+            yield self._db
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        try:
+            yield
+        except self._db.driver_errors as exc:
+            raise errors.JobsDatabaseUnavailable(f"the jobs database failed: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -194,7 +158,7 @@ class SqliteJobStore:
             return self._get(db, job_id), True
 
     @staticmethod
-    def _get(db: sqlite3.Connection, job_id: str) -> Job:
+    def _get(db: Database, job_id: str) -> Job:
         row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise errors.JobNotFound(f"no job {job_id[:80]!r}", param="id")
@@ -202,8 +166,8 @@ class SqliteJobStore:
 
     def get(self, job_id: str) -> Job:
         """Raises: JobNotFound."""
-        with self._lock:
-            return self._get(self._db, job_id)
+        with self._read() as db:
+            return self._get(db, job_id)
 
     def result(self, job_id: str) -> dict[str, str]:
         """A succeeded job's rendered results, format -> body.
@@ -211,11 +175,11 @@ class SqliteJobStore:
         Raises:
             JobNotFound. JobNotFinished: it has not succeeded (yet).
         """
-        with self._lock:
-            job = self._get(self._db, job_id)
+        with self._read() as db:
+            job = self._get(db, job_id)
             if job.status != "succeeded":
                 raise errors.JobNotFinished(f"job {job_id} is {job.status}; its result exists once it succeeded")
-            text = self._db.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            text = db.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
         return dict(json.loads(text))
 
     def page(self, *, status: JobStatus | None, limit: int, before: float | None) -> list[Job]:
@@ -225,13 +189,13 @@ class SqliteJobStore:
             where.append("status = ?")
             args.append(status)
         sql = f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id LIMIT ?"
-        with self._lock:
-            return [Job._of(r) for r in self._db.execute(sql, (*args, limit))]
+        with self._read() as db:
+            return [Job._of(r) for r in db.execute(sql, (*args, limit)).fetchall()]
 
     def counts(self) -> dict[str, int]:
         """Jobs per status (every status, zeros included)."""
-        with self._lock:
-            rows = dict(self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+        with self._read() as db:
+            rows = dict(db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
         return {s: int(rows.get(s, 0)) for s in STATUSES}
 
     def claim(self, owner: str, *, now: float, lease_s: float) -> Job | None:
@@ -243,7 +207,7 @@ class SqliteJobStore:
         with self._write() as db:
             row = db.execute(
                 "SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND lease_expires_at < ?) "
-                "ORDER BY created_at, id LIMIT 1",
+                "ORDER BY created_at, id LIMIT 1" + db.skip_locked,
                 (now,),
             ).fetchone()
             if row is None:
@@ -352,7 +316,7 @@ class SqliteJobStore:
         with self._write() as db:
             row = db.execute(
                 "SELECT id FROM jobs WHERE webhook_state = 'pending' AND webhook_next_at <= ? "
-                "ORDER BY webhook_next_at LIMIT 1",
+                "ORDER BY webhook_next_at LIMIT 1" + db.skip_locked,
                 (now,),
             ).fetchone()
             if row is None:
@@ -381,8 +345,8 @@ class SqliteJobStore:
 
     def webhook_attempts(self, job_id: str) -> list[WebhookAttempt]:
         """A job's webhook attempts, first first."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT attempt, at, status_code, error FROM webhook_attempts WHERE job_id = ? ORDER BY attempt",
                 (job_id,),
             ).fetchall()

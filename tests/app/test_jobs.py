@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from parakeet.pipeline.job_store import SqliteJobStore
+from parakeet.pipeline.job_databases import SqliteDatabase
+from parakeet.pipeline.job_store import JobStore
 
 import speech
 from helpers import DIGITS_APP_TUNING, digits_app, wait_until
@@ -122,7 +123,7 @@ def test_a_job_left_running_by_a_dead_worker_is_finished_by_the_next_start(
     wav, said = wav_of(4444)
     (tmp_path / "audio").mkdir(parents=True)
     (tmp_path / "audio" / "job_dead.audio").write_bytes(wav)
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    store = JobStore(SqliteDatabase(tmp_path / "jobs.sqlite3"))
     store.submit("job_dead", options={"timestamps": False}, metadata=None, idempotency_key=None,
                  audio_path=str(tmp_path / "audio" / "job_dead.audio"), audio_bytes=len(wav), now=time.time(),
                  max_queued=10, max_stored_bytes=10**9)  # fmt: skip

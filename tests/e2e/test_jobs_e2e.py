@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import signal
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,42 @@ def test_a_job_is_handed_back_on_sigterm_taken_over_after_sigkill_and_finished(t
         third.stop()
     assert view["attempts"] == 3 and view["progress"]["chunks_done"] == sync["chunks"] >= 5
     assert result["text"] == sync["text"] and result["chunks"] == sync["chunks"]
+
+
+def test_two_servers_on_one_postgresql_split_the_jobs_and_never_run_one_twice(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Two servers (one host's shared data directory, one PostgreSQL) and 12 jobs submitted to either: every job
+    succeeds once (attempts 1), each file reached exactly one server's engine, and both servers ran some."""
+    import psycopg
+
+    name = f"e2e_{uuid.uuid4().hex}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    env = {"PARAKEET_DATA_DIR": str(tmp_path / "shared"), "FAKE_DELAY_S": "0.2",
+           "PARAKEET_JOBS_DATABASE_URL": postgres_url.rsplit("/", 1)[0] + "/" + name}  # fmt: skip
+    servers = [start_server(tmp_path / n, env, fake=True) for n in ("a", "b")]
+    try:
+        for s in servers:
+            s.wait_ready()
+        ids = []
+        for tag in range(100, 112):
+            buf = io.BytesIO()
+            sf.write(buf, tagged_wave(tag, 1.0), 16000, format="WAV", subtype="FLOAT")
+            r = httpx.post(f"{servers[tag % 2].url}/v1/jobs", files={"file": ("a.wav", buf.getvalue())}, timeout=30)
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+
+        def all_done() -> list[dict[str, Any]] | None:
+            views = [httpx.get(f"{servers[0].url}/v1/jobs/{i}", timeout=10).json() for i in ids]
+            return views if all(v["status"] == "succeeded" for v in views) else None
+
+        views = wait_until(all_done, timeout_s=120, what="the 12 jobs to finish")
+        ran = [[t for batch in s.fake_batches() for t in batch] for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    assert all(v["attempts"] == 1 for v in views)
+    tags = sorted(ran[0] + ran[1])
+    assert tags == list(range(100, 112)), ran  # each file transcribed exactly once, by one of the two
+    assert ran[0] and ran[1], ran  # both took jobs

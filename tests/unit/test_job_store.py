@@ -1,29 +1,64 @@
-"""parakeet/pipeline/job_store.py on a real SQLite file: submit with idempotency and both limits, claims in order
-under a lease, a dead worker's job claimed again once its lease expires (and the dead owner can no longer renew or
-finish it), release, cancel of a queued and of a running job, the result only once succeeded, paging, expiry, a
-second connection (another worker process) sees the same rows, and a newer schema refused."""
+"""parakeet/pipeline/job_store.py on both of its databases, the same tests: a real SQLite file and a real PostgreSQL
+(a throwaway cluster from the Debian package, a fresh database per test). Submit with idempotency and both limits;
+claims in order under a lease; a dead worker's job claimed again once its lease expires (the dead owner can then no
+longer renew or finish it); release; cancel of a queued and of a running job; the result only once succeeded;
+paging; expiry; two connections claiming at once never take one job twice. Then: a newer schema is refused, and an
+unreachable PostgreSQL is one line without its password."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from parakeet.core import errors
-from parakeet.pipeline.job_store import SqliteJobStore
+from parakeet.pipeline.job_databases import Database, PostgresDatabase, SqliteDatabase
+from parakeet.pipeline.job_store import JobStore
 
 
-def submit(store: SqliteJobStore, job_id: str, now: float = 100.0, **kw: Any) -> Any:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], JobStore]]:
+    """Opens stores on one fresh database of the parameter's kind (each call: another connection to it), all
+    closed afterwards."""
+    opened: list[JobStore] = []
+    if request.param == "sqlite":
+
+        def open_database() -> Database:
+            return SqliteDatabase(tmp_path / "jobs.sqlite3")
+    else:
+        import psycopg
+
+        base: str = request.getfixturevalue("postgres_url")
+        name = f"t_{uuid.uuid4().hex}"
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+
+        def open_database() -> Database:
+            return PostgresDatabase(base.rsplit("/", 1)[0] + "/" + name)
+
+    def make() -> JobStore:
+        opened.append(JobStore(open_database()))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def submit(store: JobStore, job_id: str, now: float = 100.0, **kw: Any) -> Any:
     args: dict[str, Any] = {"options": {"timestamps": False}, "metadata": {"k": 1}, "idempotency_key": None,
                             "audio_path": f"/x/{job_id}", "audio_bytes": 10, "now": now, "max_queued": 10,
                             "max_stored_bytes": 1000} | kw  # fmt: skip
     return store.submit(job_id, **args)
 
 
-def test_submit_idempotency_and_the_limits(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "d" / "jobs.sqlite3")
+def test_submit_idempotency_and_the_limits(database: Callable[[], JobStore]) -> None:
+    store = database()
     job, created = submit(store, "a", idempotency_key="key-1")
     assert created and job.status == "queued" and job.metadata == {"k": 1} and job.attempts == 0
     again, created = submit(store, "b", idempotency_key="key-1")
@@ -36,8 +71,8 @@ def test_submit_idempotency_and_the_limits(tmp_path: Path) -> None:
         store.get("nope")
 
 
-def test_claims_in_order_and_an_expired_lease_is_claimed_again(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+def test_claims_in_order_and_an_expired_lease_is_claimed_again(database: Callable[[], JobStore]) -> None:
+    store = database()
     submit(store, "first", now=1.0)
     submit(store, "second", now=2.0)
     a = store.claim("worker-a", now=10.0, lease_s=30.0)
@@ -56,8 +91,8 @@ def test_claims_in_order_and_an_expired_lease_is_claimed_again(tmp_path: Path) -
     assert store.get("first").status == "succeeded" and store.get("first").finished_at == 53.0
 
 
-def test_release_cancel_and_the_result_before_success(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+def test_release_cancel_and_the_result_before_success(database: Callable[[], JobStore]) -> None:
+    store = database()
     submit(store, "q", now=1.0)
     submit(store, "r", now=2.0)
     with pytest.raises(errors.JobNotFinished, match="job q is queued"):
@@ -78,8 +113,8 @@ def test_release_cancel_and_the_result_before_success(tmp_path: Path) -> None:
     assert store.counts() == {"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 2}
 
 
-def test_failed_jobs_keep_their_error_and_paging_and_expiry(tmp_path: Path) -> None:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+def test_failed_jobs_keep_their_error_and_paging_and_expiry(database: Callable[[], JobStore]) -> None:
+    store = database()
     for i in range(5):
         submit(store, f"j{i}", now=float(i))
     claimed = store.claim("w", now=10.0, lease_s=30.0)
@@ -97,17 +132,48 @@ def test_failed_jobs_keep_their_error_and_paging_and_expiry(tmp_path: Path) -> N
         store.get("j0")
 
 
-def test_a_second_connection_sees_the_rows_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    one, two = SqliteJobStore(path), SqliteJobStore(path)
-    submit(one, "shared")
-    assert two.get("shared").status == "queued"
-    got = [s.claim(owner, now=5.0, lease_s=30.0) for s, owner in ((one, "a"), (two, "b"))]
-    assert [g.id if g else None for g in got] == ["shared", None]  # one claim only
+def test_a_second_connection_sees_the_rows_and_claims_never_overlap(database: Callable[[], JobStore]) -> None:
+    """Two connections (two workers, or two hosts on PostgreSQL) claiming at once from 20 jobs: every job is claimed
+    exactly once."""
+    one, two = database(), database()
+    for i in range(20):
+        submit(one, f"j{i:02}", now=float(i), max_queued=100, max_stored_bytes=10**6)
+    assert two.get("j00").status == "queued"
+    claimed: dict[str, list[str]] = {"a": [], "b": []}
+
+    def drain(store: JobStore, owner: str) -> None:
+        while (job := store.claim(owner, now=50.0, lease_s=30.0)) is not None:
+            claimed[owner].append(job.id)
+
+    threads = [threading.Thread(target=drain, args=(s, o)) for s, o in ((one, "a"), (two, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(claimed["a"] + claimed["b"]) == [f"j{i:02}" for i in range(20)]
     one.close()
     two.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    JobStore(SqliteDatabase(path)).close()  # creates the schema
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 99")
     db.close()
     with pytest.raises(errors.InvalidSettings, match="schema version 99; this server knows 1"):
-        SqliteJobStore(path)
+        SqliteDatabase(path)
+
+
+def test_an_unreachable_postgresql_is_one_clear_line(tmp_path: Path) -> None:
+    from parakeet.pipeline.job_databases import open_database
+
+    from helpers import free_port
+
+    url = f"postgresql://parakeet:s3cret@127.0.0.1:{free_port()}/jobs"
+    with pytest.raises(errors.InvalidSettings) as info:
+        open_database(url, tmp_path)
+    assert "cannot open the jobs database postgresql://parakeet:***@127.0.0.1" in info.value.message
+    assert "s3cret" not in info.value.message
+    with pytest.raises(errors.InvalidSettings, match="must be postgresql://"):
+        open_database("mysql://x@y/z", tmp_path)

@@ -26,7 +26,7 @@ from parakeet.core import errors
 from parakeet.core.speakers import no_diarizer
 from parakeet.pipeline.fetch import check_url_syntax
 from parakeet.pipeline.job_runner import options_of, options_record
-from parakeet.pipeline.job_store import STATUSES, Job, SqliteJobStore
+from parakeet.pipeline.job_store import STATUSES, Job, JobStore
 from parakeet.pipeline.requests import Outcome
 
 router = APIRouter(prefix="/v1/jobs")
@@ -66,8 +66,8 @@ def job_view(job: Job) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _store(request: Request) -> SqliteJobStore:
-    store: SqliteJobStore | None = getattr(request.app.state, "job_store", None)
+def _store(request: Request) -> JobStore:
+    store: JobStore | None = getattr(request.app.state, "job_store", None)
     if store is None:
         raise errors.NotReady("the jobs database is not open yet; retry shortly")
     return store
