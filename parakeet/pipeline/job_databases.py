@@ -173,7 +173,7 @@ def _without_password(url: str) -> str:
     if parts.password is None:
         return url
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def open_database(database_url: str | None, data_dir: Path) -> SqliteDatabase | PostgresDatabase:
