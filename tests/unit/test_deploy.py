@@ -70,7 +70,7 @@ def test_deploy_validation_catches_a_misspelt_field(tmp_path: Path) -> None:
 def test_deploy_pod_matches_the_server() -> None:
     from server import create_app
 
-    (deployment, _) = docs(ROOT / "deploy" / "kubernetes" / "deployment.yaml")
+    (deployment, *_) = docs(ROOT / "deploy" / "kubernetes" / "deployment.yaml")  # (and its volume claims)
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     paths = set(create_app(on_fatal=pytest.fail).openapi()["paths"])
