@@ -220,7 +220,8 @@ def _start_jobs(
         on_fatal(f"PARAKEET_JOBS_WEBHOOK_SECRET is not a Standard Webhooks secret (whsec_ + base64): {exc}")
         raise errors.InvalidSettings("PARAKEET_JOBS_WEBHOOK_SECRET is malformed") from exc
     app.state.job_signer = signer
-    config = RunnerConfig(lease_s=tuning.jobs_lease_s, retention_s=settings.jobs_retention_s,
+    config = RunnerConfig(lease_s=tuning.jobs_lease_s, jobs_at_once=tuning.jobs_at_once,
+                          retention_s=settings.jobs_retention_s,
                           webhook_backoff_s=tuning.webhook_backoff_s,
                           url_policy=app.state.url_policy, signer=signer)  # fmt: skip
     runner = JobRunner(store, worker, render_results, config)

@@ -55,6 +55,8 @@ class Tuning:
         jobs_max_queued: queued jobs before a new submit is a 429 (a night's batch of short files; a row each).
         jobs_max_stored_bytes: audio of all stored jobs (queued, running and kept results) before a submit is a
             507 naming it: 20 GiB, about 5 days of 16 kHz 16-bit mono WAV.
+        jobs_at_once: jobs one worker runs together, so that small jobs share batches (a long one's chunks already
+            go several at a time).
         jobs_lease_s: a running job's lease, renewed every third of it: how long a job whose worker was killed
             waits before another worker takes it (a stop hands it back at once).
         webhook_backoff_s: the waits between a job webhook's attempts (exponential, as Standard Webhooks advises):
@@ -75,6 +77,7 @@ class Tuning:
     jobs_max_stored_bytes: int = 20 * 1024**3
     webhook_backoff_s: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     jobs_lease_s: float = 30.0
+    jobs_at_once: int = 4
     warmup_audio_s: float = 2.0
     queue_audio_batches: float = 4.0
     uploads_per_queue_place: int = 4

@@ -1,7 +1,8 @@
 """Runs stored transcription jobs (parakeet.pipeline.job_store) on this worker, below live requests in priority.
 
-One job at a time per worker: it claims the next job only while the worker is ready and nothing is waiting in its
-GPU queue (so an interactive request never waits behind more than the batches already formed), reads the job's
+A few jobs at a time per worker (`RunnerConfig.jobs_at_once`, so that small jobs share batches): it claims the next
+job only while the worker is ready and nothing is waiting in its GPU queue (so an interactive request never waits
+behind more than the batches already formed), reads the job's
 audio file and sends it through the one request lifecycle (`Worker.request`, the same decode, batching, long-audio
 chunks, key phrases and diarization as `POST /transcribe`), renews its lease while it runs, and stores the rendered
 results. A job whose worker died is claimed again once its lease expires; a worker that stops hands its job back
@@ -54,18 +55,22 @@ def options_of(record: dict[str, Any]) -> TranscribeOptions:
                              keywords=keywords, diarize=bool(record.get("diarize")))  # fmt: skip
 
 
+BUSY_WAIT_S = 0.02  # how soon a worker whose GPU queue had waiting requests looks again
+
 Render = Callable[[Outcome, dict[str, Any]], dict[str, str]]  # (outcome, the job's options) -> format -> body
 
 
 @dataclass(frozen=True)
 class RunnerConfig:
     """lease_s: a claimed job's lease (renewed every third of it); poll_s: how often an idle worker looks for
-    work; retention_s: how long ended jobs and their audio are kept (PARAKEET_JOBS_RETENTION_S); webhook_backoff_s:
-    the waits between a webhook's attempts (Tuning); url_policy: the address rules webhook URLs obey (those of
-    `audio_url`); signer: Standard Webhooks' `Webhook` over PARAKEET_JOBS_WEBHOOK_SECRET (None: no webhooks)."""
+    work; jobs_at_once: jobs one worker runs together (small ones then share batches); retention_s: how long ended
+    jobs and their audio are kept (PARAKEET_JOBS_RETENTION_S); webhook_backoff_s: the waits between a webhook's
+    attempts (Tuning); url_policy: the address rules webhook URLs obey (those of `audio_url`); signer: Standard
+    Webhooks' `Webhook` over PARAKEET_JOBS_WEBHOOK_SECRET (None: no webhooks)."""
 
     lease_s: float = 30.0
     poll_s: float = 0.5
+    jobs_at_once: int = 4
     retention_s: float = 86_400.0
     webhook_backoff_s: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     url_policy: UrlPolicy | None = None
@@ -158,27 +163,46 @@ class JobRunner:
         return self.worker.ready and batcher is not None and batcher.waiting_items == 0
 
     async def _loop(self) -> None:
-        last_expiry = 0.0
-        while True:
-            if time.time() - last_expiry > 60:
-                last_expiry = time.time()
-                await self._expire()
-            job = await asyncio.to_thread(self.store.claim, self.owner, now=time.time(), lease_s=self.config.lease_s)\
-                if self._has_room() else None  # fmt: skip
-            if job is None:
-                await self._publish()
-                await asyncio.sleep(self.config.poll_s)
-                continue
-            if job.attempts == 1 and job.started_at is not None:
-                metrics.JOB_QUEUE_WAIT.observe(max(0.0, job.started_at - job.created_at))
-            try:
-                await self._run(job)
-            except asyncio.CancelledError:
-                await asyncio.shield(asyncio.to_thread(self.store.release, job.id, self.owner))
-                log.info("job %s handed back to the queue (this worker is stopping)", job.id)
-                raise
-            except Exception:
-                log.exception("job %s: the runner failed", job.id)
+        """Claim jobs while there is room (`_has_room`, fewer than `jobs_at_once` running), each run as a task of
+        its own so that small jobs share batches; on stop, hand every running job back."""
+        last_expiry, running = 0.0, set[asyncio.Task[None]]()
+        try:
+            while True:
+                if time.time() - last_expiry > 60:
+                    last_expiry = time.time()
+                    await self._expire()
+                if len(running) >= self.config.jobs_at_once:  # full: the next claim when one of them ends
+                    await asyncio.wait(running, timeout=self.config.poll_s, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if not self._has_room():  # live requests are waiting: they go first
+                    await asyncio.sleep(BUSY_WAIT_S)
+                    continue
+                job = await asyncio.to_thread(
+                    self.store.claim, self.owner, now=time.time(), lease_s=self.config.lease_s
+                )
+                if job is None:  # nothing queued
+                    await self._publish()
+                    await asyncio.sleep(self.config.poll_s)
+                    continue
+                if job.attempts == 1 and job.started_at is not None:
+                    metrics.JOB_QUEUE_WAIT.observe(max(0.0, job.started_at - job.created_at))
+                task = asyncio.get_running_loop().create_task(self._run_guarded(job), name=f"job-{job.id}")
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in list(running):
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _run_guarded(self, job: Job) -> None:
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.to_thread(self.store.release, job.id, self.owner))
+            log.info("job %s handed back to the queue (this worker is stopping)", job.id)
+            raise
+        except Exception:
+            log.exception("job %s: the runner failed", job.id)
 
     async def _run(self, job: Job) -> None:
         """Run one claimed job to its end, under a renewed lease."""
