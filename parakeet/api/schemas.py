@@ -144,6 +144,7 @@ class HealthResponse(BaseModel):
     diarization_model: str | None = Field(
         None, description="The speaker diarization model (PARAKEET_DIARIZATION_MODEL); null: no diarization."
     )
+    jobs: bool = Field(False, description="Transcription jobs are on (PARAKEET_JOBS): POST /v1/jobs and the rest.")
     gpu_id: int | None = Field(description="Claimed GPU index; null on CPU.")
     gpu_slot: int | None = Field(
         None, description="Which of the GPU's worker slots (PARAKEET_WORKERS_PER_GPU); null on CPU."

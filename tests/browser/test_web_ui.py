@@ -649,3 +649,26 @@ def test_speakers_are_offered_when_the_server_diarizes_and_shown_in_colour(
     colour = {w.get_attribute("data-speaker"): w.value_of_css_property("color") for w in words}
     assert len(set(colour.values())) == len(colour) >= 2, colour  # one colour per speaker
     browser.shot("speakers")
+
+
+def test_jobs_are_listed_with_their_status_and_their_result_downloads(
+    browser: Browser, digits_server: LiveServer, spoken: Spoken
+) -> None:
+    """A job submitted over the API shows on the page (the server has jobs on: /health says so), reaches
+    "succeeded", and its TXT and SRT buttons download the job's result."""
+    job = httpx.post(f"{digits_server.url}/v1/jobs", files={"file": spoken.wav.read_bytes()}, timeout=30).json()
+    ready_page(browser, digits_server)
+    browser.wait(lambda d: browser.el("jobs-section").is_displayed(), what="the jobs section")
+    row = f'#jobs-rows tr[data-job="{job["id"]}"]'
+
+    def succeeded(d: Any) -> bool:
+        cells = d.find_elements(By.CSS_SELECTOR, f"{row} td[data-status=succeeded]")
+        return bool(cells)
+
+    browser.wait(succeeded, what="the job to show as succeeded")
+    browser.driver.find_element(By.CSS_SELECTOR, f"{row} [data-format=text]").click()
+    assert browser.downloaded(f"{job['id']}.txt") == spoken.text + "\n"
+    browser.driver.find_element(By.CSS_SELECTOR, f"{row} [data-format=srt]").click()
+    cues = list(srt.parse(browser.downloaded(f"{job['id']}.srt")))
+    assert " ".join(c.content.replace("\n", " ") for c in cues) == spoken.text
+    browser.shot("jobs")

@@ -34,6 +34,7 @@ async def health(worker: WorkerDep) -> JSONResponse:
         ready=snap.ready,
         model=snap.model,
         diarization_model=snap.diarization_model,
+        jobs=worker.settings.jobs,
         gpu_id=snap.gpu_id,
         gpu_slot=snap.gpu_slot,
         device=DeviceInfo.model_validate(snap.device) if snap.device else None,

@@ -9,6 +9,7 @@
   const MIC_RATE_HZ = 24000; // OpenAI Realtime audio/pcm rate (the server also takes 16000)
   const MODEL_ALIAS = "whisper-1"; // accepted by /v1/audio/transcriptions for the served model
   const HEALTH_POLL_MS = 5000;
+  const JOBS_POLL_MS = 3000;
   const STOP_WAIT_MS = 15000; // after Stop: wait this long at most for the last item's final text
 
   const page = {
@@ -20,6 +21,7 @@
     xhr: null, // the transcription request in flight (Cancel aborts it)
     busyUntil: 0, // Date.now() until which the header shows "busy" (a 429's Retry-After)
     diarization: false, // the server has a diarization model (GET health: diarization_model)
+    jobs: false, // the server takes jobs (GET health: jobs): the jobs list is shown and polled
     mic: null,
   };
 
@@ -123,6 +125,11 @@
         const h = await r.json();
         page.diarization = Boolean(h.diarization_model);
         $("speakers-option").hidden = !page.diarization;
+        if (h.jobs && !page.jobs) {
+          page.jobs = true;
+          $("jobs-section").hidden = false;
+          pollJobs();
+        }
         const device = h.device && h.device.name ? h.device.name : (h.gpu_id === null ? "CPU" : `GPU ${h.gpu_id}`);
         if (page.busyUntil > Date.now()) {
           renderBusy();
@@ -155,6 +162,69 @@
       }
     } catch { /* the health poll reports an unreachable server */ }
     return true;
+  }
+
+  // ------------------------------------------------------------------------------------------------ jobs
+
+  // The 10 newest jobs (GET v1/jobs), refreshed every few seconds while the page is visible.
+  async function pollJobs() {
+    if (!document.hidden) {
+      try {
+        const r = await fetch("v1/jobs?limit=10", { headers: authHeaders(), cache: "no-store" });
+        if (r.ok) renderJobs((await r.json()).data);
+      } catch { /* the health poll reports an unreachable server */ }
+    }
+    setTimeout(pollJobs, JOBS_POLL_MS);
+  }
+
+  function renderJobs(jobs) {
+    $("jobs-empty").hidden = jobs.length > 0;
+    $("jobs-rows").replaceChildren(...jobs.map((job) => {
+      const row = document.createElement("tr");
+      row.dataset.job = job.id;
+      const cell = (text) => {
+        const td = document.createElement("td");
+        td.textContent = text;
+        row.append(td);
+        return td;
+      };
+      cell(job.id.slice(0, 12)).title = job.id;
+      const status = cell(job.status);
+      status.dataset.status = job.status;
+      if (job.error) status.title = job.error.message;
+      const progress = cell("");
+      if (job.status === "running" && job.duration_s) {
+        const bar = document.createElement("progress");
+        bar.max = job.duration_s;
+        bar.value = job.progress.audio_s_done;
+        progress.append(bar);
+      }
+      progress.append(` ${job.progress.chunks_done} chunk${job.progress.chunks_done === 1 ? "" : "s"}`);
+      cell(new Date(job.created_at * 1000).toLocaleTimeString());
+      const result = cell("");
+      if (job.status === "succeeded") {
+        for (const format of ["text", "srt", "vtt"]) {
+          const b = document.createElement("button");
+          b.type = "button";
+          b.textContent = format.toUpperCase();
+          b.dataset.format = format;
+          b.addEventListener("click", () => downloadJob(job.id, format));
+          result.append(b, " ");
+        }
+      }
+      return row;
+    }));
+  }
+
+  async function downloadJob(id, format) {
+    showError("");
+    try {
+      const r = await fetch(`v1/jobs/${encodeURIComponent(id)}/result?format=${format}`, { headers: authHeaders() });
+      if (!r.ok) return showError(explain(r.status, parseBody(await r.text()), r.headers.get("Retry-After")));
+      saveBlob(new Blob([await r.text()], { type: "text/plain" }), `${id}.${format === "text" ? "txt" : format}`);
+    } catch {
+      showError("The download failed: the server could not be reached.");
+    }
   }
 
   // ------------------------------------------------------------------------------------------------ file
