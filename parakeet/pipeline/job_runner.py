@@ -168,7 +168,7 @@ class JobRunner:
         last_expiry, running = 0.0, set[asyncio.Task[None]]()
         try:
             while True:
-                if time.time() - last_expiry > 60:
+                if time.time() - last_expiry > min(60.0, self.config.retention_s / 2):
                     last_expiry = time.time()
                     await self._expire()
                 if len(running) >= self.config.jobs_at_once:  # full: the next claim when one of them ends

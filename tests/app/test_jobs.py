@@ -260,3 +260,14 @@ def test_a_long_job_goes_chunk_by_chunk_with_its_progress_and_equals_the_synchro
     assert done["status"] == "succeeded" and result["text"] == sync["text"]
     assert sync["chunks"] >= 3 and done["progress"]["chunks_done"] == sync["chunks"] == result["chunks"]
     assert 0 < done["progress"]["audio_s_done"] <= done["duration_s"]
+
+
+def test_an_ended_job_and_its_audio_are_removed_after_the_retention(
+    digits_engine: Any, silero_vad: Any, digits_model_path: Path, tmp_path: Path
+) -> None:
+    wav, _ = wav_of(4848)
+    with digits_app(digits_engine, silero_vad, digits_model_path, data_dir=tmp_path, jobs_retention_s=1.0) as client:
+        job_id = client.post("/v1/jobs", files={"file": ("a.wav", wav)}).json()["id"]
+        assert len(list((tmp_path / "audio").glob("*.audio"))) == 1
+        wait_until(lambda: client.get(f"/v1/jobs/{job_id}").status_code == 404, timeout_s=60, what="the removal")
+        assert list((tmp_path / "audio").glob("*.audio")) == []
