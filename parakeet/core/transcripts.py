@@ -7,6 +7,7 @@ and the API's response formats (which serialise them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,24 @@ class BatchResult:
     transcripts: list[Transcript]
     compute_ms: float
     stages_ms: dict[str, float] = field(default_factory=dict)  # where compute_ms went, if the engine says
+
+
+def transcript_record(t: Transcript) -> dict[str, Any]:
+    """`t` as plain JSON values (`transcript_of` reads it back; a job's saved chunks use it)."""
+
+    def span(x: TimedSpan) -> list[Any]:
+        return [x.text, x.start_s, x.end_s, x.confidence, x.logprob]
+
+    return {"text": t.text, "num_tokens": t.num_tokens, "encoder_frames": t.encoder_frames,
+            "words": [span(w) for w in t.words], "segments": [span(x) for x in t.segments],
+            "chars": [span(c) for c in t.chars]}  # fmt: skip
+
+
+def transcript_of(record: dict[str, Any]) -> Transcript:
+    """The Transcript a `transcript_record` holds."""
+
+    def spans(key: str) -> tuple[TimedSpan, ...]:
+        return tuple(TimedSpan(*x) for x in record[key])
+
+    return Transcript(record["text"], int(record["num_tokens"]), int(record["encoder_frames"]), spans("words"),
+                      spans("segments"), spans("chars"))  # fmt: skip

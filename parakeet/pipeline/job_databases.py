@@ -46,6 +46,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_webhook ON jobs (webhook_state, webhook_next_at);
+CREATE TABLE IF NOT EXISTS job_chunks (
+    job_id TEXT NOT NULL,
+    idx {int} NOT NULL,
+    start_sample {int} NOT NULL,
+    end_sample {int} NOT NULL,
+    transcript TEXT NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     job_id TEXT NOT NULL,
     attempt {int} NOT NULL,

@@ -2,12 +2,12 @@
 
 A few jobs at a time per worker (`RunnerConfig.jobs_at_once`, so that small jobs share batches): it claims the next
 job only while the worker is ready and nothing is waiting in its GPU queue (so an interactive request never waits
-behind more than the batches already formed), reads the job's
-audio file and sends it through the one request lifecycle (`Worker.request`, the same decode, batching, long-audio
-chunks, key phrases and diarization as `POST /transcribe`), renews its lease while it runs, and stores the rendered
-results. A job whose worker died is claimed again once its lease expires; a worker that stops hands its job back
-(queued again), so a restart resumes it. Refusals that pass (queue full, memory budget, shutting down) hand the job
-back too; the request's own errors (bad audio, limits) fail it with the one error shape.
+behind more than the batches already formed), reads the job's audio file and sends it through the one request
+lifecycle (`Worker.request`, the same decode, batching, long-audio chunks, key phrases and diarization as `POST
+/transcribe`), renews its lease while it runs, and stores the rendered results. Each finished long-audio chunk is
+saved as it ends, so a job whose worker died (claimed again once its lease expires) or was stopped (handed back:
+queued again) resumes from its last finished chunk. Refusals that pass (queue full, memory budget, shutting down)
+hand the job back too; the request's own errors (bad audio, limits) fail it with the one error shape.
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ from standardwebhooks.webhooks import Webhook
 
 from parakeet.core import errors, metrics
 from parakeet.core.keywords import KeyPhrases
+from parakeet.core.transcripts import Transcript, transcript_of, transcript_record
 from parakeet.pipeline.fetch import UrlPolicy, post_json
 from parakeet.pipeline.job_store import Job, JobStore
+from parakeet.pipeline.long_audio import Chunk
 from parakeet.pipeline.requests import Outcome, TranscribeOptions
+from parakeet.pipeline.transcriber import ChunkCheckpoint
 from parakeet.pipeline.worker import Worker
 
 log = logging.getLogger("parakeet.jobs")
@@ -249,9 +252,22 @@ class JobRunner:
         async def body() -> tuple[bytes, None]:
             return data, None
 
+        saved = await asyncio.to_thread(self.store.saved_chunks, job.id)
+        writes: list[asyncio.Future[None]] = []
+
+        def keep(index: int, chunk: Chunk, transcript: Transcript) -> None:
+            record = json.dumps(transcript_record(transcript))
+            writes.append(asyncio.ensure_future(asyncio.to_thread(
+                self.store.save_chunk, job.id, self.owner, index=index, start=chunk.start, end=chunk.end,
+                transcript=record)))  # fmt: skip
+
+        done = {i: (a, b, transcript_of(json.loads(t))) for i, (a, b, t) in saved.items()}
+        if done:
+            log.info("job %s resumes with %d chunks an earlier run finished", job.id, len(done))
         async with self.worker.request(declared_bytes=len(data)) as request:
             await request.receive(body())
-            words = await request.transcribe_stream(options, audio_param="file")
+            words = await request.transcribe_stream(options, audio_param="file",
+                                                    checkpoint=ChunkCheckpoint(done, keep))  # fmt: skip
             try:
                 chunks, done_s = 0, 0.0
                 async for chunk_words in words:  # one per long-audio chunk, in file order: the progress
@@ -261,6 +277,7 @@ class JobRunner:
                 outcome = await words.outcome()
             finally:
                 await words.aclose()
+                await asyncio.gather(*writes, return_exceptions=True)
         await asyncio.to_thread(self.store.note_duration, job.id, outcome.audio.duration_s)
         return outcome
 

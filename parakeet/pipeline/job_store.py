@@ -234,6 +234,25 @@ class JobStore:
         with self._write() as db:
             db.execute("UPDATE jobs SET duration_s = ? WHERE id = ?", (duration_s, job_id))
 
+    def save_chunk(self, job_id: str, owner: str, *, index: int, start: int, end: int, transcript: str) -> None:
+        """Keep a finished long-audio chunk of `owner`'s run (samples [start, end), its transcript as JSON), so a run
+        that takes the job over reuses it."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE id = ? AND lease_owner = ?", (job_id, owner)).fetchone():
+                db.execute("DELETE FROM job_chunks WHERE job_id = ? AND idx = ?", (job_id, index))
+                db.execute(
+                    "INSERT INTO job_chunks (job_id, idx, start_sample, end_sample, transcript) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, index, start, end, transcript),
+                )
+
+    def saved_chunks(self, job_id: str) -> dict[int, tuple[int, int, str]]:
+        """The chunks earlier runs of the job finished: index -> (start, end, transcript JSON)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT idx, start_sample, end_sample, transcript FROM job_chunks WHERE job_id = ?", (job_id,)
+            ).fetchall()
+        return {int(i): (int(a), int(b), str(t)) for i, a, b, t in rows}
+
     def note_progress(self, job_id: str, owner: str, *, chunks_done: int, audio_s_done: float) -> None:
         """`owner`'s run has transcribed `chunks_done` chunks, up to `audio_s_done` seconds of the audio."""
         with self._write() as db:
@@ -250,6 +269,10 @@ class JobStore:
         due at once. Returns False (and changes nothing) when the job is no longer `owner`'s."""
         status = "failed" if error is not None else "succeeded"
         with self._write() as db:
+            db.execute(
+                "DELETE FROM job_chunks WHERE job_id IN (SELECT id FROM jobs WHERE id = ? AND lease_owner = ?)",
+                (job_id, owner),
+            )
             n = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ?, lease_owner = NULL, "
                 "lease_expires_at = NULL, webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END, "
@@ -303,6 +326,11 @@ class JobStore:
             ).fetchall()
             db.execute(
                 "DELETE FROM webhook_attempts WHERE job_id IN (SELECT id FROM jobs WHERE status NOT IN "
+                "('queued', 'running') AND finished_at < ?)",
+                (finished_before,),
+            )
+            db.execute(
+                "DELETE FROM job_chunks WHERE job_id IN (SELECT id FROM jobs WHERE status NOT IN "
                 "('queued', 'running') AND finished_at < ?)",
                 (finished_before,),
             )

@@ -32,7 +32,7 @@ from parakeet.pipeline.audio import DecodedAudio
 from parakeet.pipeline.batching import Batcher
 from parakeet.pipeline.decoder_pool import AudioDecoderPool
 from parakeet.pipeline.memory import Reservation
-from parakeet.pipeline.transcriber import Transcriber
+from parakeet.pipeline.transcriber import ChunkCheckpoint, Transcriber
 
 T = TypeVar("T")
 
@@ -212,11 +212,15 @@ class RequestJob:
         del audio
         return await self._race(task, task)
 
-    async def transcribe_stream(self, options: TranscribeOptions, *, audio_param: str = "file") -> WordStream:
+    async def transcribe_stream(
+        self, options: TranscribeOptions, *, audio_param: str = "file", checkpoint: ChunkCheckpoint | None = None
+    ) -> WordStream:
         """Transcribe the received bytes, chunk by chunk: returns once the first chunk's words are ready (so a
         refusal is still an ordinary error), then yields each chunk's words in file order; the finished
         `Outcome` is the value of `WordStream.outcome()`. The stream takes over the job's resources until it is
         exhausted or closed (`aclose`: the client left, queued chunks are dropped).
+
+        `checkpoint`: chunks an earlier run finished, reused (a resumed job; `Transcriber.run`).
 
         Raises:
             As `transcribe`, before the first words.
@@ -230,7 +234,7 @@ class RequestJob:
             if not first.done():
                 first.set_result(None)
 
-        task = asyncio.ensure_future(self._run(options, None, audio_param, on_words))
+        task = asyncio.ensure_future(self._run(options, None, audio_param, on_words, checkpoint))
         await self._race(task, first)
         self._handed_off = True
         return WordStream(words, task, self._release)
@@ -265,6 +269,7 @@ class RequestJob:
         audio: DecodedAudio | None,
         audio_param: str,
         on_words: Callable[[Sequence[TimedSpan]], None] | None,
+        checkpoint: ChunkCheckpoint | None = None,
     ) -> Outcome:
         s = self._serving
         s.check_key_phrases(options.keywords)
@@ -287,7 +292,7 @@ class RequestJob:
                 done = await s.transcriber.run(
                     ticket, decoded.waveform, timestamps=options.timestamps or options.confidence or options.diarize,
                     confidence=options.confidence, on_words=on_words,
-                    keywords=merge_key_phrases(options.keywords, s.server_phrases()),
+                    keywords=merge_key_phrases(options.keywords, s.server_phrases()), checkpoint=checkpoint,
                 )  # fmt: skip
                 speakers = None
                 if options.diarize and s.diarize is not None:

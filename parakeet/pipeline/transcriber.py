@@ -56,6 +56,21 @@ class Transcribed:
     chunks: int
 
 
+@dataclass
+class ChunkCheckpoint:
+    """What a resumed transcription reuses: `done` maps a chunk's index to its (start, end) samples and transcript
+    from an earlier run; a saved chunk is reused only where this run's plan has the same chunk there (the plan is
+    a function of the audio and the long-audio settings). `on_chunk(index, chunk, transcript)` is called for each
+    chunk this run transcribes, in file order."""
+
+    done: dict[int, tuple[int, int, Transcript]]
+    on_chunk: Callable[[int, Chunk, Transcript], None]
+
+    def reusable(self, plan: list[Chunk]) -> dict[int, Transcript]:
+        return {i: t for i, (start, end, t) in self.done.items()
+                if i < len(plan) and (plan[i].start, plan[i].end) == (start, end)}  # fmt: skip
+
+
 class Transcriber:
     def __init__(self, batcher: Batcher, config: LongAudioConfig) -> None:
         self.batcher, self.config = batcher, config
@@ -77,6 +92,7 @@ class Transcriber:
         priority: bool = False,
         on_words: WordsCallback | None = None,
         keywords: KeyPhrases | None = None,
+        checkpoint: ChunkCheckpoint | None = None,
     ) -> Transcribed:
         """Transcribe `waveform` (float32 mono 16 kHz [T], T >= 1) under `ticket` (held by the caller).
 
@@ -87,6 +103,8 @@ class Transcriber:
             priority: the batcher forms its next batch around this one (a live stream's final).
             on_words: see `WordsCallback` (needs timestamps).
             keywords: phrases to boost, in every chunk.
+            checkpoint: chunks a previous run of the same audio finished (reused, not sent to the GPU: a resumed
+                job), and a callback for each chunk this run finishes.
 
         Raises:
             DeadlineExceeded, InferenceError, DeviceOutOfMemory: from the batcher; a failed chunk cancels the rest.
@@ -102,11 +120,19 @@ class Transcriber:
                     ticket, piece, timestamps=with_times, priority=priority, confidence=confidence, keywords=keywords
                 )
 
-        tasks = [asyncio.ensure_future(one(waveform[c.start : c.end])) for c in chunks]
+        saved = checkpoint.reusable(chunks) if checkpoint is not None else {}
+
+        async def reused(t: Transcript) -> ItemResult:
+            return ItemResult(t, 0.0, 0.0, 0)
+
+        tasks = [asyncio.ensure_future(reused(saved[i]) if i in saved else one(waveform[c.start : c.end]))
+                 for i, c in enumerate(chunks)]  # fmt: skip
         results: list[ItemResult] = []
         try:
-            for chunk, task in zip(chunks, tasks, strict=True):  # all run at once; answered in file order
+            for i, (chunk, task) in enumerate(zip(chunks, tasks, strict=True)):  # all at once; answered in order
                 results.append(await task)
+                if checkpoint is not None and i not in saved:
+                    checkpoint.on_chunk(i, chunk, results[-1].transcript)
                 if on_words is not None:
                     on_words(kept_spans(results[-1].transcript.words, chunk))
         except BaseException:
@@ -117,6 +143,6 @@ class Transcriber:
             transcript=merge_transcripts(chunks, [r.transcript for r in results]),
             queue_ms=results[0].queue_ms,
             compute_ms=sum(r.compute_ms for r in results),
-            batch_size=max(r.batch_size for r in results),
+            batch_size=max(1, max(r.batch_size for r in results)),
             chunks=len(chunks),
         )

@@ -1,7 +1,8 @@
 """Jobs survive their worker (real uvicorn processes on loopback sharing one PARAKEET_DATA_DIR, the fake engine
 slowed to ~0.3 s a chunk): SIGTERM hands the running job back to the queue at once; SIGKILL leaves it running under
-a lease that expires (2 s here, FAKE_TUNING), and the next server takes it over and finishes it; the result is what
-`POST /transcribe` gives for the same file, and the job counts its three attempts."""
+a lease that expires (2 s here, FAKE_TUNING), and the next server takes it over and finishes it from the last chunk
+the killed one finished; the result is what `POST /transcribe` gives for the same file, and the job counts its three
+attempts. Two servers on one PostgreSQL split a batch of jobs and run none twice."""
 
 from __future__ import annotations
 
@@ -81,11 +82,16 @@ def test_a_job_is_handed_back_on_sigterm_taken_over_after_sigkill_and_finished(t
 
         view = wait_until(done, timeout_s=120, what="the job to finish after its lease expired")
         result = httpx.get(f"{third.url}/v1/jobs/{job_id}/result", timeout=10).json()
+        resumed = sum(len(b) for b in third.fake_batches())  # the chunks the third run sent to its engine
         sync = httpx.post(f"{third.url}/transcribe", files={"file": ("a.wav", wav)}, timeout=60).json()
     finally:
         third.stop()
     assert view["attempts"] == 3 and view["progress"]["chunks_done"] == sync["chunks"] >= 5
+    # resumed from the last chunk the killed run finished: only the rest went to the engine, and the result is
+    # the uninterrupted transcript (no chunk twice, none missing)
+    assert 0 < resumed < sync["chunks"], (resumed, sync["chunks"])
     assert result["text"] == sync["text"] and result["chunks"] == sync["chunks"]
+    assert result["timestamps"] is None and result["duration_sec"] == sync["duration_sec"]
 
 
 def test_two_servers_on_one_postgresql_split_the_jobs_and_never_run_one_twice(

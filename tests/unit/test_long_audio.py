@@ -3,6 +3,8 @@ exactly once in file time."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from parakeet.core.transcripts import TimedSpan, Transcript
@@ -56,3 +58,50 @@ def test_long_audio_merge_keeps_each_word_once_in_file_time() -> None:
 def test_long_audio_single_chunk_merge_is_the_transcript_itself() -> None:
     t = Transcript("x y", 2, 10, words=(TimedSpan("x", 0, 1), TimedSpan("y", 1, 2)))
     assert merge_transcripts([Chunk(0, SR, float("-inf"), float("inf"))], [t]) is t
+
+
+def test_a_checkpoint_reuses_the_chunks_an_earlier_run_finished_and_nothing_else() -> None:
+    """Transcriber.run with a ChunkCheckpoint: saved chunks whose samples match this run's plan are not sent to the
+    engine (a saved chunk with other boundaries is), the merged transcript equals a full run's, and each chunk this
+    run transcribes is reported once, in file order."""
+    import asyncio
+    from dataclasses import replace
+
+    from parakeet.core.settings import Settings
+    from parakeet.core.tuning import Tuning
+    from parakeet.pipeline.batch_policy import BatcherConfig
+    from parakeet.pipeline.batching import Batcher
+    from parakeet.pipeline.gpu import GpuArbiter
+    from parakeet.pipeline.transcriber import ChunkCheckpoint, LongAudioConfig, Transcriber
+
+    from fakes import FakeEngine
+
+    wave = speechlike(40, [(9.0, 9.5), (19.0, 19.5), (29.0, 29.5)])
+    config = LongAudioConfig(threshold_s=10, chunk_s=10, context_s=1, search_s=2, chunks_in_flight=1)
+
+    async def main(checkpoint: ChunkCheckpoint | None, engine: FakeEngine) -> Any:
+        gpu = GpuArbiter()
+        gpu.start()
+        batcher = Batcher(engine, gpu, replace(BatcherConfig.from_settings(Settings(), Tuning()), max_wait_ms=0))
+        batcher.start()
+        ticket = batcher.admit()
+        try:
+            return await Transcriber(batcher, config).run(ticket, wave, timestamps=True, checkpoint=checkpoint)
+        finally:
+            batcher.release(ticket)
+            await batcher.drain(5)
+            await gpu.close()
+
+    full_engine = FakeEngine()
+    reported: list[tuple[int, Any]] = []
+    keep = ChunkCheckpoint({}, lambda i, c, t: reported.append((i, (c.start, c.end, t))))
+    full = asyncio.run(main(keep, full_engine))
+    assert [i for i, _ in reported] == list(range(full.chunks)) and full.chunks >= 4
+    saved = dict(reported)
+    saved[2] = (saved[2][0] + 1, saved[2][1], saved[2][2])  # planned differently: must not be reused
+    again: list[int] = []
+    engine = FakeEngine()
+    resumed = asyncio.run(main(ChunkCheckpoint({0: saved[0], 1: saved[1], 2: saved[2]},
+                                               lambda i, c, t: again.append(i)), engine))  # fmt: skip
+    assert again == list(range(2, full.chunks)) and sum(len(b) for b in engine.batches) == full.chunks - 2
+    assert resumed.transcript == full.transcript and resumed.chunks == full.chunks
