@@ -121,24 +121,9 @@ class Transcriber:
                 )
 
         saved = checkpoint.reusable(chunks) if checkpoint is not None else {}
-
-        async def reused(t: Transcript) -> ItemResult:
-            return ItemResult(t, 0.0, 0.0, 0)
-
-        tasks = [asyncio.ensure_future(reused(saved[i]) if i in saved else one(waveform[c.start : c.end]))
+        tasks = [asyncio.ensure_future(_reused(saved[i]) if i in saved else one(waveform[c.start : c.end]))
                  for i, c in enumerate(chunks)]  # fmt: skip
-        results: list[ItemResult] = []
-        try:
-            for i, (chunk, task) in enumerate(zip(chunks, tasks, strict=True)):  # all at once; answered in order
-                results.append(await task)
-                if checkpoint is not None and i not in saved:
-                    checkpoint.on_chunk(i, chunk, results[-1].transcript)
-                if on_words is not None:
-                    on_words(kept_spans(results[-1].transcript.words, chunk))
-        except BaseException:
-            for task in tasks:  # one chunk failed: its siblings must not go on to the GPU for nothing
-                task.cancel()
-            raise
+        results = await _in_file_order(chunks, tasks, on_words, checkpoint, set(saved))
         return Transcribed(
             transcript=merge_transcripts(chunks, [r.transcript for r in results]),
             queue_ms=results[0].queue_ms,
@@ -146,3 +131,28 @@ class Transcriber:
             batch_size=max(1, max(r.batch_size for r in results)),
             chunks=len(chunks),
         )
+
+
+async def _reused(t: Transcript) -> ItemResult:
+    return ItemResult(t, 0.0, 0.0, 0)
+
+
+async def _in_file_order(
+    chunks: list[Chunk], tasks: Sequence[asyncio.Future[ItemResult]], on_words: WordsCallback | None,
+    checkpoint: ChunkCheckpoint | None, reused: set[int],
+) -> list[ItemResult]:  # fmt: skip
+    """The chunks' results in file order (they all run at once), each reported as it is known; a failed chunk
+    cancels its siblings (they must not go on to the GPU for nothing)."""
+    results: list[ItemResult] = []
+    try:
+        for i, (chunk, task) in enumerate(zip(chunks, tasks, strict=True)):
+            results.append(await task)
+            if checkpoint is not None and i not in reused:
+                checkpoint.on_chunk(i, chunk, results[-1].transcript)
+            if on_words is not None:
+                on_words(kept_spans(results[-1].transcript.words, chunk))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    return results

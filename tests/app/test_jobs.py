@@ -271,3 +271,20 @@ def test_an_ended_job_and_its_audio_are_removed_after_the_retention(
         assert len(list((tmp_path / "audio").glob("*.audio"))) == 1
         wait_until(lambda: client.get(f"/v1/jobs/{job_id}").status_code == 404, timeout_s=60, what="the removal")
         assert list((tmp_path / "audio").glob("*.audio")) == []
+
+
+def test_the_job_limits_are_a_429_and_a_507_naming_them(
+    digits_engine: Any, silero_vad: Any, digits_model_path: Path, tmp_path: Path
+) -> None:
+    wav, _ = wav_of(4949)
+    full = replace(DIGITS_APP_TUNING, jobs_max_queued=0)
+    with digits_app(digits_engine, silero_vad, digits_model_path, full, data_dir=tmp_path / "a") as client:
+        r = client.post("/v1/jobs", files={"file": ("a.wav", wav)})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "jobs_full" and "Retry-After" in r.headers
+        assert "0 jobs are queued, the limit is 0" in r.json()["error"]["message"]
+    small = replace(DIGITS_APP_TUNING, jobs_max_stored_bytes=1000)
+    with digits_app(digits_engine, silero_vad, digits_model_path, small, data_dir=tmp_path / "b") as client:
+        r = client.post("/v1/jobs", files={"file": ("a.wav", wav)})
+        assert r.status_code == 507 and r.json()["error"]["code"] == "job_storage_full"
+        assert f"this file ({len(wav)} bytes) would pass the limit of 1000 bytes" in r.json()["error"]["message"]
+        assert list((tmp_path / "b" / "audio").glob("*")) == []  # a refused job leaves no audio behind
