@@ -52,6 +52,7 @@ class _Item:
     deadline: float
     future: asyncio.Future[ItemResult]
     priority: bool = False  # a live stream's final: its batch is formed around it before older offline items
+    background: bool = False  # a stored job's: batches form around live requests first; it rides along as fill
     confidence: bool = False  # word/token confidence and log-probabilities wanted
     keywords: KeyPhrases | None = None  # phrases to boost (custom vocabulary)
     started: bool = False  # taken into a batch: from then on it runs to completion, deadline or not
@@ -213,6 +214,7 @@ class Batcher:
         priority: bool = False,
         confidence: bool = False,
         keywords: KeyPhrases | None = None,
+        background: bool = False,
     ) -> ItemResult:
         """Queue one decoded waveform and wait for its transcript.
 
@@ -225,6 +227,8 @@ class Batcher:
                 live stream's final: a speaker waits for it).
             confidence: whether its transcript needs word/token confidence (`Engine.transcribe`).
             keywords: phrases to boost in its decoding (`Engine.transcribe`); batched with any other items.
+            background: a stored job's audio: the next batch forms around the oldest item that is not, so a live
+                request waits behind at most the batch already running; background items fill batches' room.
 
         Raises:
             DeadlineExceeded: not started within `request_timeout_s` of queueing (dropped before the GPU).
@@ -237,7 +241,7 @@ class Batcher:
         # chunks arrive later; its upload and decoding do not count).
         item = _Item(
             ticket, waveform, timestamps, now, now + self.config.request_timeout_s, loop.create_future(), priority,
-            confidence, keywords,
+            background, confidence, keywords,
         )  # fmt: skip
         self._waiting.append(item)
         self._publish()
@@ -353,7 +357,9 @@ class Batcher:
         self._purge()
         if not self._waiting:
             return []
-        anchor = next((n for n, i in enumerate(self._waiting) if i.priority), 0)
+        anchor = next((n for n, i in enumerate(self._waiting) if i.priority), None)
+        if anchor is None:  # the oldest live item, else the oldest job's
+            anchor = next((n for n, i in enumerate(self._waiting) if not i.background), 0)
         lengths = [len(i.waveform) for i in self._waiting]
         cfg = self.config
         chosen = nearest_in_length(lengths, anchor, cfg.max_batch_size, int(cfg.max_batch_audio_s * SAMPLE_RATE_HZ))

@@ -1,8 +1,9 @@
 """Runs stored transcription jobs (parakeet.pipeline.job_store) on this worker, below live requests in priority.
 
 A few jobs at a time per worker (`RunnerConfig.jobs_at_once`, so that small jobs share batches): it claims the next
-job only while the worker is ready and nothing is waiting in its GPU queue (so an interactive request never waits
-behind more than the batches already formed), reads the job's audio file and sends it through the one request
+job only while the worker is ready and nothing is waiting in its GPU queue, and its audio goes to the batcher as
+background items (batches form around live requests first, so a live request waits behind at most the batch
+already running), reads the job's audio file and sends it through the one request
 lifecycle (`Worker.request`, the same decode, batching, long-audio chunks, key phrases and diarization as `POST
 /transcribe`), renews its lease while it runs, and stores the rendered results. Each finished long-audio chunk is
 saved as it ends, so a job whose worker died (claimed again once its lease expires) or was stopped (handed back:
@@ -266,7 +267,7 @@ class JobRunner:
             log.info("job %s resumes with %d chunks an earlier run finished", job.id, len(done))
         async with self.worker.request(declared_bytes=len(data)) as request:
             await request.receive(body())
-            words = await request.transcribe_stream(options, audio_param="file",
+            words = await request.transcribe_stream(options, audio_param="file", background=True,
                                                     checkpoint=ChunkCheckpoint(done, keep))  # fmt: skip
             try:
                 chunks, done_s = 0, 0.0

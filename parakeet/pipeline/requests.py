@@ -213,14 +213,16 @@ class RequestJob:
         return await self._race(task, task)
 
     async def transcribe_stream(
-        self, options: TranscribeOptions, *, audio_param: str = "file", checkpoint: ChunkCheckpoint | None = None
-    ) -> WordStream:
+        self, options: TranscribeOptions, *, audio_param: str = "file", checkpoint: ChunkCheckpoint | None = None,
+        background: bool = False,
+    ) -> WordStream:  # fmt: skip
         """Transcribe the received bytes, chunk by chunk: returns once the first chunk's words are ready (so a
         refusal is still an ordinary error), then yields each chunk's words in file order; the finished
         `Outcome` is the value of `WordStream.outcome()`. The stream takes over the job's resources until it is
         exhausted or closed (`aclose`: the client left, queued chunks are dropped).
 
-        `checkpoint`: chunks an earlier run finished, reused (a resumed job; `Transcriber.run`).
+        `checkpoint`: chunks an earlier run finished, reused (a resumed job; `Transcriber.run`). `background`: a stored
+        job's audio, batched behind live requests (`Batcher.submit`).
 
         Raises:
             As `transcribe`, before the first words.
@@ -234,7 +236,7 @@ class RequestJob:
             if not first.done():
                 first.set_result(None)
 
-        task = asyncio.ensure_future(self._run(options, None, audio_param, on_words, checkpoint))
+        task = asyncio.ensure_future(self._run(options, None, audio_param, on_words, checkpoint, background))
         await self._race(task, first)
         self._handed_off = True
         return WordStream(words, task, self._release)
@@ -270,6 +272,7 @@ class RequestJob:
         audio_param: str,
         on_words: Callable[[Sequence[TimedSpan]], None] | None,
         checkpoint: ChunkCheckpoint | None = None,
+        background: bool = False,
     ) -> Outcome:
         s = self._serving
         s.check_key_phrases(options.keywords)
@@ -293,6 +296,7 @@ class RequestJob:
                     ticket, decoded.waveform, timestamps=options.timestamps or options.confidence or options.diarize,
                     confidence=options.confidence, on_words=on_words,
                     keywords=merge_key_phrases(options.keywords, s.server_phrases()), checkpoint=checkpoint,
+                    background=background,
                 )  # fmt: skip
                 speakers = None
                 if options.diarize and s.diarize is not None:

@@ -93,6 +93,7 @@ class Transcriber:
         on_words: WordsCallback | None = None,
         keywords: KeyPhrases | None = None,
         checkpoint: ChunkCheckpoint | None = None,
+        background: bool = False,
     ) -> Transcribed:
         """Transcribe `waveform` (float32 mono 16 kHz [T], T >= 1) under `ticket` (held by the caller).
 
@@ -105,6 +106,7 @@ class Transcriber:
             keywords: phrases to boost, in every chunk.
             checkpoint: chunks a previous run of the same audio finished (reused, not sent to the GPU: a resumed
                 job), and a callback for each chunk this run finishes.
+            background: a stored job's audio (`Batcher.submit`): batches form around live requests first.
 
         Raises:
             DeadlineExceeded, InferenceError, DeviceOutOfMemory: from the batcher; a failed chunk cancels the rest.
@@ -117,7 +119,13 @@ class Transcriber:
         async def one(piece: Waveform) -> ItemResult:
             async with slots:
                 return await self.batcher.submit(
-                    ticket, piece, timestamps=with_times, priority=priority, confidence=confidence, keywords=keywords
+                    ticket,
+                    piece,
+                    timestamps=with_times,
+                    priority=priority,
+                    confidence=confidence,
+                    keywords=keywords,
+                    background=background,
                 )
 
         saved = checkpoint.reusable(chunks) if checkpoint is not None else {}

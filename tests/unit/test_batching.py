@@ -396,6 +396,30 @@ def test_priority_item_jumps_older_waiting_items() -> None:
     assert engine.batches == [[0], [3], [1], [2]]
 
 
+def test_background_items_wait_behind_live_requests_and_fill_their_batches() -> None:
+    """A stored job's chunks (background) queued first; a live request that arrives later goes into the next batch
+    (it waits behind only the batch already running), and the background items fill what room that batch has."""
+    engine = FakeEngine(gate=threading.Event())
+
+    async def body(b: Batcher) -> None:
+        first = asyncio.ensure_future(request(b, 0))
+        await until(lambda: engine.timestamps_asked)  # batch [0] holds the GPU thread
+        ticket = b.admit()
+        jobs = [asyncio.ensure_future(b.submit(ticket, tagged_wave(t, 1.0), background=True)) for t in (10, 11, 12)]
+        await until(lambda: b.waiting_items == 3)
+        live = asyncio.ensure_future(request(b, 5))
+        await until(lambda: b.waiting_items == 4)
+        assert engine.gate is not None
+        engine.gate.set()
+        await asyncio.gather(first, live, *jobs)
+        b.release(ticket)
+
+    run_with_batcher(engine, BatcherConfig(max_batch_size=2, max_wait_ms=0), body)
+    assert engine.batches[0] == [0] and 5 in engine.batches[1]  # the live request: the very next batch
+    assert sorted(t for batch in engine.batches[1:] for t in batch) == [5, 10, 11, 12]
+    assert len(engine.batches[1]) == 2  # with a job's chunk as fill
+
+
 def test_reserved_admission_ignores_the_queue_limits_but_counts() -> None:
     cfg = BatcherConfig(max_queue_requests=1)
 
