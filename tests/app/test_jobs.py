@@ -288,3 +288,14 @@ def test_the_job_limits_are_a_429_and_a_507_naming_them(
         assert r.status_code == 507 and r.json()["error"]["code"] == "job_storage_full"
         assert f"this file ({len(wav)} bytes) would pass the limit of 1000 bytes" in r.json()["error"]["message"]
         assert list((tmp_path / "b" / "audio").glob("*")) == []  # a refused job leaves no audio behind
+
+
+def test_with_jobs_off_there_are_no_job_routes(
+    digits_engine: Any, silero_vad: Any, digits_model_path: Path, tmp_path: Path
+) -> None:
+    with digits_app(digits_engine, silero_vad, digits_model_path, data_dir=tmp_path, jobs=False) as client:
+        assert client.get("/health").json()["jobs"] is False
+        r = client.post("/v1/jobs", files={"file": ("a.wav", wav_of(5050)[0])})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        assert client.get("/v1/jobs").status_code == 404
+    assert not (tmp_path / "jobs.sqlite3").exists()  # no database opened either

@@ -177,3 +177,10 @@ def test_an_unreachable_postgresql_is_one_clear_line(tmp_path: Path) -> None:
     assert "s3cret" not in info.value.message
     with pytest.raises(errors.InvalidSettings, match="must be postgresql://"):
         open_database("mysql://x@y/z", tmp_path)
+
+
+def test_a_data_directory_that_cannot_be_created_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the data directory should be")
+    with pytest.raises(errors.InvalidSettings, match="cannot open the jobs database .*not-a-directory"):
+        SqliteDatabase(blocker / "jobs.sqlite3")
