@@ -57,7 +57,6 @@ class DiarizationQueue:
         self._running: list[_File] = []  # the batch on the GPU thread (or waiting for its turn there)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.batch_sizes: list[int] = []  # every batch run, in order (the last 1000)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="diarization-queue")
@@ -128,8 +127,6 @@ class DiarizationQueue:
             return
         metrics.DIARIZATION_BATCH_SIZE.observe(len(batch))
         metrics.DIARIZATION_COMPUTE.observe(time.perf_counter() - t0)
-        self.batch_sizes.append(len(batch))
-        del self.batch_sizes[:-1000]
         for f, segments in zip(batch, results, strict=True):
             if not f.future.done():
                 f.future.set_result(segments)

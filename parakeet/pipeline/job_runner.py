@@ -60,6 +60,7 @@ def options_of(record: dict[str, Any]) -> TranscribeOptions:
 
 
 BUSY_WAIT_S = 0.02  # how soon a worker whose GPU queue had waiting requests looks again
+PUBLISH_EVERY_S = 5.0  # how often a worker refreshes the parakeet_jobs gauge from the database
 
 Render = Callable[[Outcome, dict[str, Any]], dict[str, str]]  # (outcome, the job's options) -> format -> body
 
@@ -102,7 +103,6 @@ class JobRunner:
         self.owner = f"{uuid.uuid4().hex[:12]}-gpu{worker.gpu_id if worker.gpu_id is not None else 'cpu'}"
         self._task: asyncio.Task[None] | None = None
         self._webhooks: asyncio.Task[None] | None = None
-        self.jobs_run = 0
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -169,12 +169,15 @@ class JobRunner:
     async def _loop(self) -> None:
         """Claim jobs while there is room (`_has_room`, fewer than `jobs_at_once` running), each run as a task of
         its own so that small jobs share batches; on stop, hand every running job back."""
-        last_expiry, running = 0.0, set[asyncio.Task[None]]()
+        last_expiry, last_publish, running = 0.0, 0.0, set[asyncio.Task[None]]()
         try:
             while True:
                 if time.time() - last_expiry > min(60.0, self.config.retention_s / 2):
                     last_expiry = time.time()
                     await self._expire()
+                if time.time() - last_publish > PUBLISH_EVERY_S:  # busy or idle: the gauge stays current
+                    last_publish = time.time()
+                    await self._publish()
                 if len(running) >= self.config.jobs_at_once:  # full: the next claim when one of them ends
                     await asyncio.wait(running, timeout=self.config.poll_s, return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -185,7 +188,6 @@ class JobRunner:
                     self.store.claim, self.owner, now=time.time(), lease_s=self.config.lease_s
                 )
                 if job is None:  # nothing queued
-                    await self._publish()
                     await asyncio.sleep(self.config.poll_s)
                     continue
                 if job.attempts == 1 and job.started_at is not None:
@@ -237,9 +239,11 @@ class JobRunner:
             keep.cancel()
         result = self.render(outcome, job.options)
         now = time.time()
-        if await asyncio.to_thread(self.store.finish, job.id, self.owner, now=now, result=result):
+        finished = await asyncio.to_thread(
+            self.store.finish, job.id, self.owner, now=now, result=result, duration_s=outcome.audio.duration_s
+        )
+        if finished:
             metrics.JOB_DURATION.observe(now - (job.started_at or now))
-        self.jobs_run += 1
         log.info("job %s succeeded (%.1f s of audio)", job.id, outcome.audio.duration_s)
 
     async def _transcribe(self, job: Job) -> Outcome:
@@ -279,7 +283,6 @@ class JobRunner:
             finally:
                 await words.aclose()
                 await asyncio.gather(*writes, return_exceptions=True)
-        await asyncio.to_thread(self.store.note_duration, job.id, outcome.audio.duration_s)
         return outcome
 
     async def _keep_lease(self, job: Job, work: asyncio.Future[Outcome]) -> str:

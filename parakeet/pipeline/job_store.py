@@ -157,6 +157,13 @@ class JobStore:
             )  # fmt: skip
             return self._get(db, job_id), True
 
+    def by_idempotency_key(self, key: str) -> Job | None:
+        """The job submitted with `key`, if any (a retried submit is answered before its audio is stored again;
+        `submit` checks again, for two retries that race)."""
+        with self._read() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+        return Job._of(row) if row is not None else None
+
     @staticmethod
     def _get(db: Database, job_id: str) -> Job:
         row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -230,10 +237,6 @@ class JobStore:
             ).rowcount
             return bool(n)
 
-    def note_duration(self, job_id: str, duration_s: float) -> None:
-        with self._write() as db:
-            db.execute("UPDATE jobs SET duration_s = ? WHERE id = ?", (duration_s, job_id))
-
     def save_chunk(self, job_id: str, owner: str, *, index: int, start: int, end: int, transcript: str) -> None:
         """Keep a finished long-audio chunk of `owner`'s run (samples [start, end), its transcript as JSON), so a run
         that takes the job over reuses it."""
@@ -263,10 +266,11 @@ class JobStore:
 
     def finish(
         self, job_id: str, owner: str, *, now: float, result: dict[str, str] | None = None,
-        error: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None, duration_s: float | None = None,
     ) -> bool:  # fmt: skip
-        """End `owner`'s run: `succeeded` with `result`, or `failed` with `error`; its webhook (if it has one) is
-        due at once. Returns False (and changes nothing) when the job is no longer `owner`'s."""
+        """End `owner`'s run: `succeeded` with `result` (and the audio's `duration_s`), or `failed` with `error`; its
+        webhook (if it has one) is due at once. Returns False (and changes nothing) when the job is no longer
+        `owner`'s."""
         status = "failed" if error is not None else "succeeded"
         with self._write() as db:
             db.execute(
@@ -276,9 +280,10 @@ class JobStore:
             n = db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ?, lease_owner = NULL, "
                 "lease_expires_at = NULL, webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END, "
-                "webhook_next_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                "webhook_next_at = ?, duration_s = COALESCE(?, duration_s) "
+                "WHERE id = ? AND lease_owner = ? AND status = 'running'",
                 (status, now, json.dumps(result) if result is not None else None,
-                 json.dumps(error) if error is not None else None, now, job_id, owner),
+                 json.dumps(error) if error is not None else None, now, duration_s, job_id, owner),
             ).rowcount  # fmt: skip
             return bool(n)
 

@@ -142,6 +142,8 @@ async def submit_job(request: Request, worker: WorkerDep) -> JSONResponse:
     if options.diarize and settings.diarization_model is None:
         raise no_diarizer("diarize")
     metadata = _metadata(extras.get("metadata"))
+    if key is not None and (earlier := await asyncio.to_thread(store.by_idempotency_key, key)) is not None:
+        return JSONResponse(job_view(earlier), status_code=200, headers={"Location": f"/v1/jobs/{earlier.id}"})
     job_id = f"job_{uuid.uuid4().hex}"
     path = Path(settings.data_dir) / "audio" / f"{job_id}.audio"
     await asyncio.to_thread(_write_audio, path, data)

@@ -110,7 +110,7 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
     t0 = time.perf_counter()
     declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
     async with worker.request(declared_bytes=declared, disconnected=disconnect_watcher(request)) as job:
-        options, field = await job.receive(read_body(request, worker.settings.max_upload_bytes))
+        options, field, _ = await job.receive(read_body_with(request, worker.settings.max_upload_bytes, ()))
         outcome = await job.transcribe(options, audio_param=field)
     record_outcome(request, outcome, worker.gpu_id)
     response.headers.update(timing_headers(outcome, worker.gpu_id))
@@ -120,17 +120,12 @@ async def transcribe(request: Request, response: Response, worker: WorkerDep) ->
     )  # fmt: skip
 
 
-async def read_body(request: Request, max_bytes: int) -> tuple[bytes, tuple[TranscribeOptions, str]]:
-    """The audio and options of a `POST /transcribe`-shaped request (multipart or JSON), and the field the audio
-    came in. Raises: as the two readers (README "Errors")."""
-    data, (options, field, _) = await read_body_with(request, max_bytes, ())
-    return data, (options, field)
-
-
 async def read_body_with(
     request: Request, max_bytes: int, extra_fields: tuple[str, ...]
 ) -> tuple[bytes, tuple[TranscribeOptions, str, dict[str, Any]]]:
-    """`read_body`, and the values of `extra_fields` as sent (form text, or JSON values)."""
+    """The audio and options of a `POST /transcribe`-shaped request (multipart or JSON), the field the audio came
+    in, and the values of `extra_fields` as sent (form text, or JSON values). Raises: as the two readers (README
+    "Errors")."""
     if is_json(request):
         data, options, field, extras = await _read_json(request, max_bytes, extra_fields)
         return data, (options, field, extras)
