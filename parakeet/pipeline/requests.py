@@ -53,6 +53,12 @@ class TranscribeOptions:
     keywords: KeyPhrases | None = None
     diarize: bool = False
 
+    @property
+    def word_times(self) -> bool:
+        """Whether the transcript needs word timestamps: asked for, or implied by confidence or speakers (the
+        words carry them)."""
+        return self.timestamps or self.confidence or self.diarize
+
 
 @dataclass(frozen=True)
 class AudioSummary:
@@ -293,7 +299,7 @@ class RequestJob:
             features = self._hold_diarization(decoded) if options.diarize else 0  # refused before any GPU time
             try:
                 done = await s.transcriber.run(
-                    ticket, decoded.waveform, timestamps=options.timestamps or options.confidence or options.diarize,
+                    ticket, decoded.waveform, timestamps=options.word_times,
                     confidence=options.confidence, on_words=on_words,
                     keywords=merge_key_phrases(options.keywords, s.server_phrases()), checkpoint=checkpoint,
                     background=background,

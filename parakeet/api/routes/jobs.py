@@ -18,9 +18,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from parakeet.api.deps import WorkerDep
-from parakeet.api.routes.openai import TranscriptionForm, diarized_json, subtitle_cues, verbose_json
+from parakeet.api.routes.openai import MEDIA_TYPES, TranscriptionForm, formatted
 from parakeet.api.routes.transcribe import read_body_with, transcription_response
-from parakeet.api.subtitles import CueLimits, to_srt, to_vtt
+from parakeet.api.subtitles import CueLimits
 from parakeet.api.uploads import declared_body_bytes
 from parakeet.core import errors
 from parakeet.core.speakers import no_diarizer
@@ -34,24 +34,21 @@ router = APIRouter(prefix="/v1/jobs")
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 MAX_METADATA_BYTES = 4096
 MAX_IDEMPOTENCY_KEY_CHARS = 255
-MEDIA_TYPES = {"text": "text/plain", "srt": "text/plain", "vtt": "text/vtt"}
 
 
 def render_results(outcome: Outcome, record: dict[str, Any]) -> dict[str, str]:
     """Every format of a finished job, as the synchronous APIs render them: `json` is `POST /transcribe`'s body
-    (timestamps as the job asked), the others the OpenAI route's (`verbose_json` with words and segments; cues
-    with the default limits); `diarized_json` when the job asked for speakers."""
+    (timestamps as the job asked), the others the OpenAI route's (`formatted`; `verbose_json` with words and
+    segments, cues with the default limits); `diarized_json` when the job asked for speakers."""
     options = options_of(record)
     body = transcription_response(outcome, options, request_id="", processing_ms=0.0, gpu_id=None)
     form = TranscriptionForm(model=outcome.model, language=None, response_format="verbose_json",
                              granularities=("word", "segment"), stream=False, logprobs=options.confidence,
                              cue_limits=CueLimits(), diarize=options.diarize)  # fmt: skip
-    cues = subtitle_cues(outcome, form.cue_limits)
-    out = {"json": body.model_dump_json(), "text": outcome.transcript.text + "\n", "srt": to_srt(cues),
-           "vtt": to_vtt(cues), "verbose_json": json.dumps(verbose_json(outcome, form))}  # fmt: skip
-    if options.diarize:
-        out["diarized_json"] = json.dumps(diarized_json(outcome))
-    return out
+    formats = ("text", "srt", "vtt", "verbose_json", *(("diarized_json",) if options.diarize else ()))
+    return {"json": body.model_dump_json()} | {
+        fmt: formatted(outcome, dataclasses.replace(form, response_format=fmt)) for fmt in formats
+    }
 
 
 def job_view(job: Job) -> dict[str, Any]:

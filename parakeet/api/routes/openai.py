@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import FormData
 
 from parakeet.api.deps import WorkerDep
@@ -369,21 +369,29 @@ async def _sse(request: Request, worker: Worker, words: WordStream, with_logprob
         await words.aclose()
 
 
+MEDIA_TYPES = {"text": "text/plain", "srt": "text/plain", "vtt": "text/vtt"}
+
+
+def formatted(outcome: Outcome, form: TranscriptionForm) -> str:
+    """The body of `form.response_format` (any but the OpenAI `json`): text, srt, vtt, verbose_json or
+    diarized_json, as text. The job results (parakeet.api.routes.jobs) are made by this too."""
+    fmt = form.response_format
+    if fmt == "text":
+        return outcome.transcript.text + "\n"
+    if fmt in ("srt", "vtt"):
+        cues_ = subtitle_cues(outcome, form.cue_limits)
+        return to_srt(cues_) if fmt == "srt" else to_vtt(cues_)
+    body = diarized_json(outcome) if fmt == "diarized_json" else verbose_json(outcome, form)
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))  # as Starlette's JSONResponse
+
+
 def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str]) -> Response:
-    t = outcome.transcript
-    limits = form.cue_limits
     if form.response_format == "json":
+        t = outcome.transcript
         body = {"text": t.text, "usage": usage(outcome)} | ({"logprobs": logprobs(t)} if form.logprobs else {})
         return JSONResponse(body, headers=headers)
-    if form.response_format == "text":
-        return PlainTextResponse(t.text + "\n", headers=headers)
-    if form.response_format == "srt":
-        return PlainTextResponse(to_srt(subtitle_cues(outcome, limits)), headers=headers)
-    if form.response_format == "vtt":
-        return PlainTextResponse(to_vtt(subtitle_cues(outcome, limits)), media_type="text/vtt", headers=headers)
-    if form.response_format == "diarized_json":
-        return JSONResponse(diarized_json(outcome), headers=headers)
-    return JSONResponse(verbose_json(outcome, form), headers=headers)
+    media = MEDIA_TYPES.get(form.response_format, "application/json")
+    return Response(formatted(outcome, form), media_type=media, headers=headers)
 
 
 def accepted_models(settings: Settings) -> set[str]:

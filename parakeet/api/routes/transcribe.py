@@ -94,10 +94,6 @@ async def _read_json(
     return data, options, body.field, body.extras
 
 
-def _with_timestamps(options: TranscribeOptions) -> bool:
-    return options.timestamps or options.confidence or options.diarize  # diarize: the words carry the speakers
-
-
 @router.post(
     "/transcribe",
     response_model=TranscriptionResponse,
@@ -152,6 +148,6 @@ def transcription_response(
         chunks=outcome.chunks,
         source_sample_rate_hz=outcome.audio.source_sample_rate_hz,
         source_channels=outcome.audio.source_channels,
-        timestamps=Timestamps.of(t, outcome.speakers) if _with_timestamps(options) else None,
+        timestamps=Timestamps.of(t, outcome.speakers) if options.word_times else None,
         speakers=SpeakersOut.of(outcome.speakers) if outcome.speakers is not None else None,
     )
