@@ -10,6 +10,7 @@ and consecutive words of one speaker form a turn (a turn never mixes two speaker
 
 from __future__ import annotations
 
+import bisect
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,22 +55,60 @@ class SpeakerTurn:
 def word_speakers(words: Sequence[TimedSpan], segments: Sequence[SpeakerSegment]) -> list[int | None]:
     """The model's speaker index of each word: the speaker whose segments overlap the word longest (ties: the lower
     index); a word no segment overlaps (a gap, or a zero-length word) takes the speaker of the nearest segment (by
-    the distance between the word's and the segment's spans). None for every word when there is no segment."""
-    out: list[int | None] = []
-    for w in words:
-        overlap: dict[int, float] = {}
-        for s in segments:
-            o = min(w.end_s, s.end_s) - max(w.start_s, s.start_s)
-            if o > 0:
-                overlap[s.speaker] = overlap.get(s.speaker, 0.0) + o
-        if overlap:
-            out.append(max(sorted(overlap), key=lambda k: overlap[k]))
-        elif segments:
-            nearest = min(segments, key=lambda s: (max(s.start_s - w.end_s, w.start_s - s.end_s, 0.0), s.speaker))
-            out.append(nearest.speaker)
-        else:
-            out.append(None)
+    the distance between the word's and the segment's spans; ties: the lower index). None for every word when there
+    is no segment.
+
+    One sweep in time order, O((words + segments) log): words by start, segments by start; only the segments that
+    can overlap the current word are kept (those that ended before it started cannot overlap a later word), and a
+    word in a gap looks at the latest-ending segments behind it and the earliest-starting ones ahead. (The
+    all-pairs definition took 2.2 s for an hour's 10,000 words and 900 segments, on the event loop.)
+    """
+    if not segments:
+        return [None] * len(words)
+    order = sorted(range(len(segments)), key=lambda k: segments[k].start_s)  # indices: sums keep input order
+    out: list[int | None] = [None] * len(words)
+    active: list[int] = []  # segments started before the word's end and not ended before its start
+    behind: list[int] = []  # the ended segments with the latest end so far
+    ahead = 0  # next segment in `order` not yet started
+    for i in sorted(range(len(words)), key=lambda i: words[i].start_s):
+        w = words[i]
+        while ahead < len(order) and segments[order[ahead]].start_s < w.end_s:
+            active.append(order[ahead])
+            ahead += 1
+        for k in [k for k in active if segments[k].end_s <= w.start_s]:
+            active.remove(k)
+            latest = segments[behind[0]].end_s if behind else float("-inf")
+            if segments[k].end_s > latest:
+                behind = [k]
+            elif segments[k].end_s == latest:
+                behind.append(k)
+        out[i] = _speaker_of(w, segments, sorted(active), behind, order[ahead : ahead + 1], order, ahead)
     return out
+
+
+def _speaker_of(
+    w: TimedSpan, segments: Sequence[SpeakerSegment], active: list[int], behind: list[int], first_ahead: list[int],
+    order: list[int], ahead: int,
+) -> int:  # fmt: skip
+    """One word's speaker from the candidate segments (`word_speakers`)."""
+    overlap: dict[int, float] = {}
+    for k in active:  # in input order, as the all-pairs sum
+        s = segments[k]
+        o = min(w.end_s, s.end_s) - max(w.start_s, s.start_s)
+        if o > 0:
+            overlap[s.speaker] = overlap.get(s.speaker, 0.0) + o
+    if overlap:
+        return max(sorted(overlap), key=lambda k: overlap[k])
+    nearer = list(first_ahead)
+    while (
+        first_ahead
+        and ahead + len(nearer) < len(order)
+        and (segments[order[ahead + len(nearer)]].start_s == segments[first_ahead[0]].start_s)
+    ):
+        nearer.append(order[ahead + len(nearer)])  # every segment starting at the same time ahead
+    candidates = [segments[k] for k in (*active, *behind, *nearer)]
+    best = min(candidates, key=lambda s: (max(s.start_s - w.end_s, w.start_s - s.end_s, 0.0), s.speaker))
+    return best.speaker
 
 
 def speaker_labels(indices: Sequence[int | None]) -> list[str | None]:
@@ -126,8 +165,12 @@ class Speakers:
         return speaking_time(self.turns)
 
     def of_span(self, words: Sequence[TimedSpan], start_s: float, end_s: float) -> str | None:
-        """The label of most of the words in [start_s, end_s] (a segment's speaker; ties: the first)."""
-        inside = [lab for w, lab in zip(words, self.words, strict=True) if lab and start_s <= w.start_s < end_s]
+        """The label of most of the words that start in [start_s, end_s) (a segment's speaker; ties: the first).
+        `words`: the transcript's, in time order (as a transcript holds them): found by bisection, so labelling
+        every segment of an hour costs milliseconds, not a scan of every word per segment."""
+        lo = bisect.bisect_left(words, start_s, key=lambda w: w.start_s)
+        hi = bisect.bisect_left(words, end_s, lo=lo, key=lambda w: w.start_s)
+        inside = [lab for lab in self.words[lo:hi] if lab]
         return max(dict.fromkeys(inside), key=inside.count) if inside else None
 
 

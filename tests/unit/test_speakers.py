@@ -3,6 +3,8 @@ order of first appearance, turns that never mix speakers and lose no word, speak
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,6 +30,39 @@ def test_word_speakers_longest_overlap_then_nearest_segment() -> None:
     tie = [SpeakerSegment(0.0, 1.0, 3), SpeakerSegment(0.0, 1.0, 1)]
     assert word_speakers([w(0.2, 0.4), w(1.5, 1.6)], tie) == [1, 1]  # equal overlap or distance: the lower index
     assert word_speakers(words[:2], []) == [None, None]
+
+
+def all_pairs(words: list[TimedSpan], segments: list[SpeakerSegment]) -> list[int | None]:
+    """The definition, every word against every segment (the oracle for the sweep in `word_speakers`)."""
+    out: list[int | None] = []
+    for x in words:
+        overlap: dict[int, float] = {}
+        for s in segments:
+            o = min(x.end_s, s.end_s) - max(x.start_s, s.start_s)
+            if o > 0:
+                overlap[s.speaker] = overlap.get(s.speaker, 0.0) + o
+        if overlap:
+            out.append(max(sorted(overlap), key=lambda k: overlap[k]))
+        elif segments:
+            out.append(
+                min(segments, key=lambda s: (max(s.start_s - x.end_s, x.start_s - s.end_s, 0.0), s.speaker)).speaker
+            )
+        else:
+            out.append(None)
+    return out
+
+
+times = st.integers(0, 40).map(lambda k: k / 4)  # a coarse grid: many ties, touching and zero-length spans
+
+
+@given(
+    st.lists(st.tuples(times, times).map(sorted), max_size=30),
+    st.lists(st.tuples(times, times, st.integers(0, 3)), max_size=12),
+)
+def test_word_speakers_equals_the_all_pairs_definition(word_spans: list[list[float]], raw: list[Any]) -> None:
+    words = [w(a, b) for a, b in sorted(word_spans)]
+    segments = [SpeakerSegment(min(a, b), max(a, b), k) for a, b, k in raw if a != b]
+    assert word_speakers(words, segments) == all_pairs(words, segments)
 
 
 @given(st.lists(st.one_of(st.none(), st.integers(0, 40)), max_size=60))
