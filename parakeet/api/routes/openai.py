@@ -373,8 +373,7 @@ MEDIA_TYPES = {"text": "text/plain", "srt": "text/plain", "vtt": "text/vtt"}
 
 
 def formatted(outcome: Outcome, form: TranscriptionForm) -> str:
-    """The body of `form.response_format` (any but the OpenAI `json`): text, srt, vtt, verbose_json or
-    diarized_json, as text. The job results (parakeet.api.routes.jobs) are made by this too."""
+    """The body of `form.response_format` but `json` (text, srt, vtt, verbose_json, diarized_json); jobs use it too."""
     fmt = form.response_format
     if fmt == "text":
         return outcome.transcript.text + "\n"
