@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -37,47 +38,19 @@ from parakeet.api.routes.jobs import render_results
 from parakeet.api.schemas import ErrorResponse
 from parakeet.api.wyoming import WyomingServer
 from parakeet.core import errors
-from parakeet.core.engine import Engine, EngineFactory, VoiceActivityModel
+from parakeet.core.engine import DiarizerFactory, EngineFactory, VadFactory
 from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings, load_settings
 from parakeet.core.tuning import Tuning
+from parakeet.engine.factories import ParakeetEngineFactory, SileroVadFactory, SortformerDiarizerFactory
 from parakeet.pipeline.fetch import UrlPolicy
 from parakeet.pipeline.job_databases import open_database
 from parakeet.pipeline.job_runner import JobRunner, RunnerConfig
 from parakeet.pipeline.job_store import JobStore
-from parakeet.pipeline.worker import VadFactory, Worker
+from parakeet.pipeline.worker import Worker
 
 log = logging.getLogger("parakeet.server")
 _background: set[asyncio.Task[None]] = set()  # tasks started from signal handlers (the loop keeps weak refs)
-
-
-class ParakeetEngineFactory:
-    """Production factory: the NeMo model named by PARAKEET_MODEL on the claimed GPU (or the CPU)."""
-
-    def __init__(self, tuning: Tuning | None = None) -> None:
-        self.tuning = tuning or Tuning()
-
-    def visible_gpus(self) -> int:
-        import torch  # not inference: that imports NeMo (~5 s) before the worker can answer /health
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-    def __call__(self, settings: Settings, gpu_id: int | None) -> Engine:
-        import torch
-
-        from inference import build_engine
-
-        device = torch.device("cpu") if gpu_id is None else torch.device("cuda", gpu_id)
-        return build_engine(settings, device, self.tuning)
-
-
-class SileroVadFactory:
-    """Production VAD for live streams: Silero VAD on the CPU (inference.SileroVad; weights ship in its wheel)."""
-
-    def __call__(self) -> VoiceActivityModel | None:
-        from inference import SileroVad
-
-        return SileroVad()
 
 
 def exit_worker(message: str) -> NoReturn:
@@ -175,11 +148,18 @@ def _claim_device(settings: Settings, factory: EngineFactory, on_fatal: Callable
     return claim
 
 
-async def _load(
-    worker: Worker, factory: EngineFactory, vad_factory: VadFactory, on_fatal: Callable[[str], None]
-) -> None:
+@dataclass(frozen=True)
+class Factories:
+    """What builds a worker's models on its GPU and VAD threads (production: `parakeet.engine.factories`)."""
+
+    engine: EngineFactory
+    vad: VadFactory
+    diarizer: DiarizerFactory
+
+
+async def _load(worker: Worker, factories: Factories, on_fatal: Callable[[str], None]) -> None:
     try:
-        await worker.load(factory, vad_factory)
+        await worker.load(factories.engine, factories.vad, factories.diarizer)
     except (errors.ModelLoadError, errors.InvalidSettings) as exc:
         on_fatal(exc.message)
     except Exception:
@@ -230,15 +210,11 @@ def _start_jobs(
 
 
 def _lifespan(
-    settings: Settings,
-    tuning: Tuning,
-    factory: EngineFactory,
-    vad_factory: VadFactory,
-    on_fatal: Callable[[str], None],
+    settings: Settings, tuning: Tuning, factories: Factories, on_fatal: Callable[[str], None]
 ) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        claim = _claim_device(settings, factory, on_fatal)
+        claim = _claim_device(settings, factories.engine, on_fatal)
         try:
             worker = Worker(
                 settings, tuning, gpu_id=claim.gpu_id if claim else None, gpu_slot=claim.slot if claim else None
@@ -250,7 +226,7 @@ def _lifespan(
         await worker.start()
         runner = _start_jobs(app, settings, tuning, worker, on_fatal)
         wyoming = await _start_wyoming(settings, worker, on_fatal)
-        loader = asyncio.create_task(_load(worker, factory, vad_factory, on_fatal))
+        loader = asyncio.create_task(_load(worker, factories, on_fatal))
         restore_signals = _chain_shutdown_signals(worker)
         restore_hup = _reload_phrases_on_hup(worker)
         try:
@@ -290,6 +266,7 @@ def create_app(
     on_fatal: Callable[[str], None] = exit_worker,
     *,
     vad_factory: VadFactory | None = None,
+    diarizer_factory: DiarizerFactory | None = None,
     tuning: Tuning | None = None,
 ) -> FastAPI:
     """Build the app. Nothing heavy happens until the lifespan starts.
@@ -300,6 +277,8 @@ def create_app(
         on_fatal: called with one message when the worker cannot serve (bad settings, no free GPU, model load
             failed); the default logs it and exits with code 3 so that uvicorn's supervisor stops, not respawns.
         vad_factory: builds the live streams' speech detector; defaults to Silero VAD.
+        diarizer_factory: builds the speaker diarizer on the GPU thread; defaults to NeMo's Sortformer named by
+            PARAKEET_DIARIZATION_MODEL (none without it).
         tuning: the internal constants (parakeet/core/tuning.py); tests pass smaller limits.
 
     Raises:
@@ -313,13 +292,12 @@ def create_app(
             raise
     tuning = tuning or Tuning()
     configure_logging(settings.log_format, settings.log_level)
-    lifespan = _lifespan(
-        settings, tuning, engine_factory or ParakeetEngineFactory(tuning), vad_factory or SileroVadFactory(), on_fatal
-    )
+    factories = Factories(engine_factory or ParakeetEngineFactory(tuning), vad_factory or SileroVadFactory(),
+                          diarizer_factory or SortformerDiarizerFactory())  # fmt: skip
     app = FastAPI(
         title="Parakeet-TDT transcription server",
         version=VERSION,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, tuning, factories, on_fatal),
         responses={400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
     )
     try:
@@ -328,7 +306,17 @@ def create_app(
         on_fatal(exc.message)
         raise
     install_error_handlers(app)
-    # Outermost last: request id -> CORS (preflights need no key) -> API key -> upload cap -> routes.
+    _add_middleware(app, settings, tuning, on_fatal)
+    for router in (transcribe.router, *((jobs.router,) if settings.jobs else ()), health.router, metrics.router,
+                   openai.router, streams.router, realtime.router):  # fmt: skip
+        app.include_router(router)
+    if settings.web_ui:
+        web.install(app)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings, tuning: Tuning, on_fatal: Callable[[str], None]) -> None:
+    """Outermost last: request id -> CORS (preflights need no key) -> API key -> upload cap -> routes."""
     app.add_middleware(
         UploadLimitMiddleware,
         max_upload_bytes=settings.max_upload_bytes,
@@ -349,17 +337,6 @@ def create_app(
             CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"], expose_headers=_EXPOSED
         )
     app.add_middleware(RequestIdMiddleware)
-    app.include_router(transcribe.router)
-    if settings.jobs:
-        app.include_router(jobs.router)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(openai.router)
-    app.include_router(streams.router)
-    app.include_router(realtime.router)
-    if settings.web_ui:
-        web.install(app)
-    return app
 
 
 app = create_app()

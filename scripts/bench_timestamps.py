@@ -67,7 +67,7 @@ def main() -> int:
             engine.timestamps_impl = impl
             batch = [copy.deepcopy(h) for h in hyps] if impl == "nemo" else hyps
             t0 = time.perf_counter()
-            results[impl] = [engine._timestamps(decoding, h) for h in batch]
+            results[impl] = [engine.timestamps_of(decoding, h) for h in batch]
             times[impl].append((time.perf_counter() - t0) * 1000 / len(batch))
     equal = results["nemo"] == results["parakeet"]
     words = statistics.fmean(len(r.words) for r in results["parakeet"])

@@ -80,6 +80,10 @@ class FakeDiarizer:
             yield None
         yield self.diarize(waveforms)
 
+    def warmup(self, duration_s: float = 2.0) -> float:
+        """Records nothing (the warm-up is not a request's batch)."""
+        return 0.0
+
 
 @dataclass
 class FakeEngine:
@@ -98,7 +102,6 @@ class FakeEngine:
     keywords_asked: list[list[Any]] = field(default_factory=list)  # the key phrases of each call (None: none)
     steps: list[list[StepRequest]] = field(default_factory=list)  # the requests of each streaming step
     cannot_spell: str = ""  # characters its "tokenizer" cannot spell (unspellable)
-    diarizer: Any = None  # a Diarizer (tests/fakes.py FakeDiarizer) or None
 
     def transcribe(
         self,
@@ -167,6 +170,16 @@ class FixedEngineFactory:
         return self.engine
 
 
+class FixedDiarizerFactory:
+    """Serves a given diarizer (a FakeDiarizer, a session's Sortformer) or none."""
+
+    def __init__(self, diarizer: Any = None) -> None:
+        self.diarizer = diarizer
+
+    def __call__(self, settings: Settings, gpu_id: int | None) -> Any:
+        return self.diarizer
+
+
 def _env_float(name: str) -> float:
     return float(os.environ.get(name, "0"))
 
@@ -203,7 +216,9 @@ def build_app_from_env() -> Any:
     factory = FixedEngineFactory(engine, _env_float("FAKE_LOAD_DELAY_S"), int(os.environ.get("FAKE_GPU_COUNT", "0")),
                                  os.environ.get("FAKE_LOAD_ERROR"))  # fmt: skip
     tuning = Tuning(**json.loads(os.environ.get("FAKE_TUNING", "{}")))
-    app = create_app(engine_factory=factory, vad_factory=NoVad(), tuning=tuning)
+    app = create_app(
+        engine_factory=factory, vad_factory=NoVad(), diarizer_factory=FixedDiarizerFactory(), tuning=tuning
+    )
 
     @app.get("/_fake/batches", include_in_schema=False)
     async def fake_batches() -> list[list[int]]:

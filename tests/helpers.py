@@ -31,7 +31,7 @@ from fastapi import FastAPI
 from parakeet.core.settings import Settings
 from parakeet.core.tuning import Tuning
 
-from fakes import FakeEngine, FixedEngineFactory, NoVad, SharedVad, tagged_wave
+from fakes import FakeEngine, FixedDiarizerFactory, FixedEngineFactory, NoVad, SharedVad, tagged_wave
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -153,7 +153,9 @@ DIGITS_APP_SETTINGS: dict[str, Any] = {
 DIGITS_APP_TUNING = Tuning(stream_max_frame_bytes=256 * 1024, stream_max_lag_s=2.0)
 
 
-def _digits_app(engine: Any, vad: Any, model_path: Path, tuning: Tuning | None = None, **settings: Any) -> FastAPI:
+def _digits_app(
+    engine: Any, vad: Any, model_path: Path, tuning: Tuning | None = None, diarizer: Any = None, **settings: Any
+) -> FastAPI:
     from server import create_app
 
     def fatal(message: str) -> None:
@@ -161,18 +163,21 @@ def _digits_app(engine: Any, vad: Any, model_path: Path, tuning: Tuning | None =
 
     values = {"model": str(model_path), "device": "cpu", **DIGITS_APP_SETTINGS, **settings}
     return create_app(Settings(**values), engine_factory=FixedEngineFactory(engine), on_fatal=fatal,
-                      vad_factory=SharedVad(vad), tuning=tuning or DIGITS_APP_TUNING)  # fmt: skip
+                      vad_factory=SharedVad(vad), diarizer_factory=FixedDiarizerFactory(diarizer),
+                      tuning=tuning or DIGITS_APP_TUNING)  # fmt: skip
 
 
 @contextmanager
-def digits_app(engine: Any, vad: Any, model_path: Path, tuning: Tuning | None = None, **settings: Any) -> Iterator[Any]:
-    """`server.create_app` serving `engine` (the session's digits engine) and `vad` in-process through Starlette's
-    TestClient (the app and its lifespan on a thread of their own; HTTP, the OpenAI SDK with `http_client=` and
-    `websocket_connect` for the live protocols), waiting until /health is 200. Errors are answered as a real server
-    answers them (500 in the error shape), not raised into the test."""
+def digits_app(
+    engine: Any, vad: Any, model_path: Path, tuning: Tuning | None = None, diarizer: Any = None, **settings: Any
+) -> Iterator[Any]:
+    """`server.create_app` serving `engine` (the session's digits engine), `vad` and `diarizer` (or none)
+    in-process through Starlette's TestClient (the app and its lifespan on a thread of their own; HTTP, the OpenAI
+    SDK with `http_client=` and `websocket_connect` for the live protocols), waiting until /health is 200. Errors
+    are answered as a real server answers them (500 in the error shape), not raised into the test."""
     from starlette.testclient import TestClient
 
-    app = _digits_app(engine, vad, model_path, tuning, **settings)
+    app = _digits_app(engine, vad, model_path, tuning, diarizer, **settings)
     with TestClient(app, base_url="http://testserver", raise_server_exceptions=False) as client:
         wait_until(lambda: client.get("/health").status_code == 200, what="the digits app to be ready")
         yield client
@@ -186,15 +191,17 @@ class LiveServer:
 
 
 @contextmanager
-def live_digits_server(engine: Any, vad: Any, model_path: Path, **settings: Any) -> Iterator[LiveServer]:
+def live_digits_server(
+    engine: Any, vad: Any, model_path: Path, diarizer: Any = None, **settings: Any
+) -> Iterator[LiveServer]:
     """The digits app served by a real uvicorn on 127.0.0.1 in a thread of this process (for clients that need a
     socket: a browser, the load tester, the SDK's Realtime client), sharing the session's engine instead of loading
     the model again in a new process; ready once /health is 200."""
     import uvicorn
 
     port = free_port()
-    config = uvicorn.Config(_digits_app(engine, vad, model_path, **settings), host="127.0.0.1", port=port,
-                            log_level="warning", timeout_graceful_shutdown=10)  # fmt: skip
+    app = _digits_app(engine, vad, model_path, None, diarizer, **settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
@@ -225,7 +232,7 @@ def nemo_reference_texts(model_path: Path, waveforms: list[np.ndarray], tmp_path
     import soundfile as sf
     import torch
 
-    from inference import load_asr_model
+    from parakeet.engine.loading import load_asr_model
 
     paths = []
     for i, w in enumerate(waveforms):

@@ -1,8 +1,8 @@
 """The engine contract: what the serving pipeline needs of a model, and nothing more.
 
-`inference.ParakeetEngine` (NeMo on a GPU or the CPU) and the tests' fake engine implement it; the batcher
-and the worker are typed on it. Torch-free on purpose: the HTTP process and the tests import it without
-loading a model. Keep the contract small.
+`parakeet.engine` (NeMo on a GPU or the CPU: `ParakeetEngine`, `SortformerDiarizer`, `SileroVad`) and the tests'
+fakes implement it; the batcher, the stream scheduler, the diarization queue and the worker are typed on it.
+Torch-free on purpose: the HTTP process and the tests import it without loading a model. Keep the contract small.
 """
 
 from __future__ import annotations
@@ -126,8 +126,8 @@ class VoiceActivityModel(Protocol):
 
 
 class Diarizer(Protocol):
-    """A speaker diarization model on the engine's device (`inference.SortformerDiarizer`). Not thread-safe: the
-    worker's GPU thread calls it.
+    """A speaker diarization model on the engine's device (`parakeet.engine.diarizer.SortformerDiarizer`), built by
+    its own factory beside the ASR engine (`DiarizerFactory`). Not thread-safe: the worker's GPU thread calls it.
 
     Attributes:
         model_name: as PARAKEET_DIARIZATION_MODEL names it.
@@ -159,18 +159,20 @@ class Diarizer(Protocol):
         """
         ...
 
+    def warmup(self, duration_s: float = 2.0) -> float:
+        """Diarize `duration_s` seconds of synthetic audio (lazy init before the first request); return ms."""
+        ...
+
 
 class Engine(Protocol):
     """A loaded model on one device. Not thread-safe: the worker calls it from its one GPU thread only.
 
     Attributes:
         model_name: the served model, as responses and /health name it.
-        diarizer: the speaker diarization model beside it (PARAKEET_DIARIZATION_MODEL), or None.
     """
 
     model_name: str
     encoder_frame_samples: int  # input samples per encoder frame (Parakeet: 10 ms hop x 8 subsampling = 1280)
-    diarizer: Diarizer | None
 
     def transcribe(
         self,
@@ -231,7 +233,8 @@ class Engine(Protocol):
 
 
 class EngineFactory(Protocol):
-    """Builds the engine for one worker (production: `server.ParakeetEngineFactory`; tests: a fake)."""
+    """Builds the engine for one worker (production: `parakeet.engine.factories.ParakeetEngineFactory`; tests: a
+    fake)."""
 
     def visible_gpus(self) -> int:
         """CUDA devices this process can see (0 without CUDA)."""
@@ -244,3 +247,23 @@ class EngineFactory(Protocol):
             ModelLoadError: the model could not be loaded (one message naming the ways out).
         """
         ...
+
+
+class DiarizerFactory(Protocol):
+    """Builds the speaker diarizer for one worker, beside its engine (production:
+    `parakeet.engine.factories.SortformerDiarizerFactory`; tests: a fake)."""
+
+    def __call__(self, settings: Settings, gpu_id: int | None) -> Diarizer | None:
+        """Load the diarizer `settings` names on GPU `gpu_id` (None: the CPU), or None when it names none. Runs on
+        the worker's GPU thread.
+
+        Raises:
+            ModelLoadError: the model could not be loaded.
+        """
+        ...
+
+
+class VadFactory(Protocol):
+    """Builds the speech detector live streams use (production: `parakeet.engine.factories.SileroVadFactory`)."""
+
+    def __call__(self) -> VoiceActivityModel | None: ...

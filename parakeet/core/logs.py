@@ -28,7 +28,8 @@ def formatter(log_format: str) -> logging.Formatter:
 def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     """Send the `parakeet` loggers to stderr in `log_format` at `level`; in JSON mode uvicorn's and NeMo's
     loggers too (in text mode they keep their own formats, as they always printed them). NeMo installs its
-    handler when it is imported, after this runs: `inference.build_engine` calls this again then. Idempotent."""
+    handler when it is imported, after this runs: `parakeet.engine.build.build_engine` calls this again then.
+    Idempotent."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(log_format))
     names = ("parakeet", *UVICORN_LOGGERS, NEMO_LOGGER) if log_format == "json" else ("parakeet",)

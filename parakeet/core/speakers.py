@@ -1,10 +1,10 @@
 """Speakers (diarization) on a transcript: which speaker said each word, the turns they form, and speaking time.
 
-A diarizer (`parakeet.core.engine.Diarizer`; NeMo's Sortformer in inference.py) gives each speaker's activity as
-`SpeakerSegment`s in seconds, its speakers numbered by the model (Sortformer: in order of arrival, arrival-time
-sorting). Here, without arrays: each word gets the speaker whose activity overlaps it most (a word in a gap, or
-heard by none, the speaker of the nearest segment), speakers are then labelled `A`, `B`, ... in order of their first
-word (OpenAI's `diarized_json` convention: https://platform.openai.com/docs/api-reference/audio/diarized-json-object),
+A diarizer (`parakeet.core.engine.Diarizer`; NeMo's Sortformer in parakeet/engine/diarizer.py) gives each
+speaker's activity as `SpeakerSegment`s in seconds, its speakers numbered by the model (Sortformer: in order of
+arrival, arrival-time sorting). Here, without arrays: each word gets the speaker whose activity overlaps it most
+(a word in a gap, or heard by none, the speaker of the nearest segment), speakers are then labelled `A`, `B`, ...
+in order of their first word (OpenAI's `diarized_json` convention: https://platform.openai.com/docs/api-reference/audio/diarized-json-object),
 and consecutive words of one speaker form a turn (a turn never mixes two speakers).
 """
 

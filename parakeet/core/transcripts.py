@@ -1,7 +1,7 @@
 """The model layer's output records: transcripts with word, segment and character timestamps.
 
-Plain dataclasses with no torch, shared by inference.py (which fills them), the pipeline's long-audio merge
-and the API's response formats (which serialise them).
+Plain dataclasses with no torch, shared by the engine (parakeet/engine/, which fills them), the pipeline's
+long-audio merge and the API's response formats (which serialise them).
 """
 
 from __future__ import annotations

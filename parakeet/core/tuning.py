@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class Tuning:
     """Attributes, by the module that reads them:
 
-    inference.py
+    parakeet/engine/build.py
         max_symbols_per_step: TDT greedy decoding's most tokens per encoder frame (`greedy.max_symbols`); 10 is
             NeMo's default for Parakeet-TDT's decoding config.
     parakeet/pipeline/worker.py

@@ -8,8 +8,8 @@ speakers never hold the GPU thread for more than one offline batch's worth at a 
 the queue has at most one job in the arbiter at a time, so a batch is formed from what waited while the previous
 one ran: no waiting clock, and one file alone runs at once. A batch the device cannot hold is split in halves and
 retried; a failure fails only its batch; a file whose request left is dropped before the GPU. A file's speakers do
-not depend on its batch-mates (`inference.SortformerDiarizer`). This module knows nothing of HTTP or torch: the
-diarizer is `parakeet.core.engine.Diarizer`.
+not depend on its batch-mates (`parakeet.engine.diarizer.SortformerDiarizer`). This module knows nothing of HTTP
+or torch: the diarizer is `parakeet.core.engine.Diarizer`.
 """
 
 from __future__ import annotations

@@ -16,11 +16,21 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 from parakeet import VERSION
 from parakeet.core import errors, metrics
-from parakeet.core.engine import SAMPLE_RATE_HZ, DeviceInfo, Engine, EngineFactory, VoiceActivityModel, Waveform
+from parakeet.core.engine import (
+    SAMPLE_RATE_HZ,
+    DeviceInfo,
+    Diarizer,
+    DiarizerFactory,
+    Engine,
+    EngineFactory,
+    VadFactory,
+    VoiceActivityModel,
+    Waveform,
+)
 from parakeet.core.keywords import KeyPhrases, check_spelling, merge_key_phrases
 from parakeet.core.settings import Settings, decoder_pool_size
 from parakeet.core.tuning import Tuning
@@ -42,12 +52,6 @@ log = logging.getLogger("parakeet.worker")
 
 Phase = Literal["loading", "ok", "shutting_down", "failed"]
 DEVICE_REFRESH_S = 15.0  # the device-memory gauge's refresh period (a scrape every 15 s is Prometheus' default)
-
-
-class VadFactory(Protocol):
-    """Builds the speech detector live streams use (production: Silero VAD, `server.SileroVadFactory`)."""
-
-    def __call__(self) -> VoiceActivityModel | None: ...
 
 
 def available_cores() -> int:
@@ -142,21 +146,21 @@ class Worker:
         self.gpu.start()
         await self.decoder.start()
 
-    async def load(self, engine_factory: EngineFactory, vad_factory: VadFactory) -> None:
-        """Build the engine on the GPU thread and the VAD on its own, warm up, start the schedulers, become ready.
+    async def load(
+        self, engine_factory: EngineFactory, vad_factory: VadFactory, diarizer_factory: DiarizerFactory | None = None
+    ) -> None:
+        """Build the engine and the diarizer on the GPU thread and the VAD on its own, warm up, start the
+        schedulers, become ready.
 
         Raises:
-            ModelLoadError: from the factory (phase becomes "failed", detail says why).
+            ModelLoadError: from a factory (phase becomes "failed", detail says why).
             InvalidSettings: the server-wide phrase list holds a phrase the model cannot spell (phase "failed").
             Exception: anything else the factories or the warm-up raised (phase "failed" too).
         """
-        loop = asyncio.get_running_loop()
         try:
-            engine = await self.gpu.run("control", engine_factory, self.settings, self.gpu_id)
-            warm_ms = await self.gpu.run("control", engine.warmup, self.tuning.warmup_audio_s)
-            log.info("warm-up batch took %.0f ms", warm_ms)
-            device_info = await self.gpu.run("control", engine.device_info)
-            vad = await loop.run_in_executor(self._vad_executor, vad_factory)
+            engine, diarizer, vad, warm_ms, device_info = await self._build(
+                engine_factory, vad_factory, diarizer_factory
+            )
         except errors.ModelLoadError as exc:
             self.phase, self.detail = "failed", exc.message
             raise
@@ -170,7 +174,7 @@ class Worker:
         except errors.InvalidSettings as exc:
             self.phase, self.detail = "failed", exc.message
             raise
-        self._serve_with(engine, vad, warm_ms)
+        self._serve_with(engine, diarizer, vad, warm_ms)
         self.device_info = device_info
         self.phase, self.detail = "ok", None
         metrics.WORKER_READY.set(1)
@@ -180,13 +184,32 @@ class Worker:
         metrics.BUILD_INFO.labels(
             version=VERSION, model=s.model, precision=s.precision, device=device, cuda_graphs=graphs
         ).set(1)
-        self._device_refresh = loop.create_task(self._refresh_device())
+        self._device_refresh = asyncio.get_running_loop().create_task(self._refresh_device())
         log.info(
             "worker ready: model %s on %s, CUDA graphs %s (%s)",
             engine.model_name, device_info.name, graphs, device_info.cuda_graphs_reason,
         )  # fmt: skip
 
-    def _serve_with(self, engine: Engine, vad: VoiceActivityModel | None, warm_ms: float) -> None:
+    async def _build(
+        self, engine_factory: EngineFactory, vad_factory: VadFactory, diarizer_factory: DiarizerFactory | None
+    ) -> tuple[Engine, Diarizer | None, VoiceActivityModel | None, float, DeviceInfo]:
+        """The factories' models, warmed up: engine, diarizer (None without one), VAD, the engine's warm-up ms and
+        its device."""
+        engine = await self.gpu.run("control", engine_factory, self.settings, self.gpu_id)
+        warm_ms = await self.gpu.run("control", engine.warmup, self.tuning.warmup_audio_s)
+        log.info("warm-up batch took %.0f ms", warm_ms)
+        diarizer = None
+        if diarizer_factory is not None:
+            diarizer = await self.gpu.run("control", diarizer_factory, self.settings, self.gpu_id)
+        if diarizer is not None:
+            log.info("diarizer warm-up took %.0f ms", await self.gpu.run("control", diarizer.warmup))
+        device_info = await self.gpu.run("control", engine.device_info)
+        vad = await asyncio.get_running_loop().run_in_executor(self._vad_executor, vad_factory)
+        return engine, diarizer, vad, warm_ms, device_info
+
+    def _serve_with(
+        self, engine: Engine, diarizer: Diarizer | None, vad: VoiceActivityModel | None, warm_ms: float
+    ) -> None:
         s, t = self.settings, self.tuning
         batcher = Batcher(engine, self.gpu, BatcherConfig.from_settings(s, t))
         batcher.stats.observe(t.warmup_audio_s, warm_ms / 1000, 1)  # the first Retry-After estimate
@@ -198,7 +221,6 @@ class Worker:
         )  # fmt: skip
         streams.start()
         self.engine, self.batcher, self.streams = engine, batcher, streams
-        diarizer = engine.diarizer
         if diarizer is not None:
             self.diarization = DiarizationQueue(
                 diarizer, self.gpu, DiarizationConfig(t.diarization_max_batch, s.max_batch_audio_s)

@@ -1,5 +1,5 @@
 """Speakers through `POST /transcribe` (`diarize=true`, multipart and JSON), in-process: the digits model with the
-random tiny Sortformer beside it (PARAKEET_DIARIZATION_MODEL, built by `build_engine`). The oracle for which speaker
+random tiny Sortformer beside it (PARAKEET_DIARIZATION_MODEL, built by `build_diarizer`). The oracle for which speaker
 each word gets is the diarizer itself on the very samples the server decoded plus parakeet.core.speakers (the model
 tells no real speakers apart: that needs a trained diarizer); the response's shape, summary and turns follow from
 it. Without a diarization model, `diarize=true` is a 400 naming the setting; audio past the offline model's 90 s is
@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from inference import build_engine
+from inference import build_diarizer, build_engine
 from parakeet.core.speakers import speakers_of
 from parakeet.core.transcripts import TimedSpan
 from parakeet.core.tuning import Tuning
@@ -32,13 +32,12 @@ from helpers import cpu_settings, digits_app
 
 
 @pytest.fixture(scope="module")
-def diarizing(digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any) -> Iterator[tuple[Any, Any]]:
-    settings = cpu_settings(digits_model_path, diarization_model=str(tiny_sortformer_path))
-    engine = build_engine(settings, torch.device("cpu"))
-    assert engine.diarizer is not None
-    with digits_app(engine, silero_vad, digits_model_path, diarization_model=str(tiny_sortformer_path),
-                    max_audio_duration_s=120) as client:  # fmt: skip
-        yield client, engine
+def diarizing(digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any) -> Iterator[tuple[Any, Any, Any]]:
+    engine = build_engine(cpu_settings(digits_model_path), torch.device("cpu"))
+    diarizer = build_diarizer(str(tiny_sortformer_path), torch.device("cpu"))
+    with digits_app(engine, silero_vad, digits_model_path, diarizer=diarizer,
+                    diarization_model=str(tiny_sortformer_path), max_audio_duration_s=120) as client:  # fmt: skip
+        yield client, engine, diarizer
 
 
 def conversation_wav() -> tuple[bytes, str]:
@@ -50,8 +49,8 @@ def conversation_wav() -> tuple[bytes, str]:
     return buf.getvalue(), " ".join(text for _, _, _, text in talk.turns)
 
 
-def test_transcribe_diarize_puts_a_speaker_on_every_word_from_the_diarizer(diarizing: tuple[Any, Any]) -> None:
-    client, engine = diarizing
+def test_transcribe_diarize_puts_a_speaker_on_every_word_from_the_diarizer(diarizing: tuple[Any, Any, Any]) -> None:
+    client, _, diarizer = diarizing
     wav, said = conversation_wav()
     r = client.post("/transcribe", files={"file": ("a.wav", wav)}, data={"diarize": "true"})
     assert r.status_code == 200, r.text
@@ -60,7 +59,7 @@ def test_transcribe_diarize_puts_a_speaker_on_every_word_from_the_diarizer(diari
     words = body["timestamps"]["word"]
     waveform = decode_audio(wav, max_duration_s=60).waveform
     spans = [TimedSpan(w["word"], w["start"], w["end"]) for w in words]
-    expected = speakers_of(spans, engine.diarizer.diarize([waveform])[0])
+    expected = speakers_of(spans, diarizer.diarize([waveform])[0])
     assert [w["speaker"] for w in words] == list(expected.words) and all(w["speaker"] for w in words)
     labels = list(dict.fromkeys(w["speaker"] for w in words))
     assert labels == [chr(65 + i) for i in range(len(labels))]  # A, B, ... in order of first appearance
@@ -77,8 +76,8 @@ def test_transcribe_diarize_puts_a_speaker_on_every_word_from_the_diarizer(diari
     assert client.get("/health").json()["diarization_model"].endswith("tiny_sortformer.nemo")
 
 
-def test_diarize_past_the_offline_models_limit_is_a_400(diarizing: tuple[Any, Any]) -> None:
-    client, _ = diarizing
+def test_diarize_past_the_offline_models_limit_is_a_400(diarizing: tuple[Any, Any, Any]) -> None:
+    client, _, _ = diarizing
     buf = io.BytesIO()
     sf.write(buf, np.zeros(91 * 16000, np.int16), 16000, format="WAV", subtype="PCM_16")
     r = client.post("/transcribe", files={"file": ("a.wav", buf.getvalue())}, data={"diarize": "true"})
@@ -96,13 +95,13 @@ def test_diarize_without_a_diarization_model_is_a_400_naming_the_setting(digits_
     assert digits_client.get("/health").json()["diarization_model"] is None
 
 
-def test_openai_diarized_json_validates_against_the_sdk_and_follows_the_turns(diarizing: tuple[Any, Any]) -> None:
+def test_openai_diarized_json_validates_against_the_sdk_and_follows_the_turns(diarizing: tuple[Any, Any, Any]) -> None:
     """The official SDK parses `diarized_json` as its own `TranscriptionDiarized` (string ids, segment type); the
     segments are the speaker turns `/transcribe` reports for the same audio; known speakers are refused."""
     import openai
     from openai.types.audio import TranscriptionDiarized
 
-    client, _ = diarizing
+    client, _, _ = diarizing
     sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", max_retries=0, http_client=client)
     wav, said = conversation_wav()
     out = sdk.audio.transcriptions.create(
@@ -134,14 +133,14 @@ def test_openai_diarized_json_without_a_diarization_model_is_a_400(digits_client
     assert "PARAKEET_DIARIZATION_MODEL" in r.json()["error"]["message"]
 
 
-def test_srt_vtt_and_verbose_json_carry_speakers_and_a_cue_never_mixes_two(diarizing: tuple[Any, Any]) -> None:
+def test_srt_vtt_and_verbose_json_carry_speakers_and_a_cue_never_mixes_two(diarizing: tuple[Any, Any, Any]) -> None:
     """`diarize=true` (an extension field) on the OpenAI route: SRT cues open with `A: `, WebVTT cues with a `<v A>`
     voice span (parsed by `srt` and `webvtt-py`); every word inside a cue is that cue's speaker's (from
     `/transcribe`'s words); verbose_json words and segments carry `speaker`."""
     import srt
     import webvtt
 
-    client, _ = diarizing
+    client, _, _ = diarizing
     wav, said = conversation_wav()
     words = client.post("/transcribe", files={"file": ("a.wav", wav)}, data={"diarize": "true"}).json()
     words = words["timestamps"]["word"]
@@ -172,10 +171,10 @@ def test_srt_vtt_and_verbose_json_carry_speakers_and_a_cue_never_mixes_two(diari
     assert r.status_code == 400 and r.json()["error"]["param"] == "diarize", r.text
 
 
-def test_diarized_json_stream_sends_segment_events_then_done_per_the_sdk_types(diarizing: tuple[Any, Any]) -> None:
+def test_diarized_json_stream_sends_segment_events_then_done_per_the_sdk_types(diarizing: tuple[Any, Any, Any]) -> None:
     from openai.types.audio import TranscriptionTextDoneEvent, TranscriptionTextSegmentEvent
 
-    client, _ = diarizing
+    client, _, _ = diarizing
     wav, said = conversation_wav()
     data = {"model": "gpt-4o-transcribe-diarize", "response_format": "diarized_json", "stream": "true"}
     r = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav)}, data=data)
@@ -198,9 +197,10 @@ def test_with_the_trained_diarizer_each_word_gets_the_voice_that_spoke_it(
     from build_test_models import two_voice_conversation
 
     path = str(two_speaker_sortformer_path)
-    engine = build_engine(cpu_settings(digits_model_path, diarization_model=path), torch.device("cpu"))
+    engine = build_engine(cpu_settings(digits_model_path), torch.device("cpu"))
+    diarizer = build_diarizer(path, torch.device("cpu"))
     right = total = 0
-    with digits_app(engine, silero_vad, digits_model_path, diarization_model=path) as client:
+    with digits_app(engine, silero_vad, digits_model_path, diarizer=diarizer, diarization_model=path) as client:
         for seed in range(3):
             talk = two_voice_conversation(60_000 + seed, speech.HELD_OUT_VOICES, max_overlap_s=0.0)
             buf = io.BytesIO()
@@ -218,18 +218,19 @@ def test_with_the_trained_diarizer_each_word_gets_the_voice_that_spoke_it(
 
 
 def test_the_diarizers_features_are_held_against_the_memory_budget(
-    diarizing: tuple[Any, Any], digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any
+    diarizing: tuple[Any, Any, Any], digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any
 ) -> None:
     """A diarized request holds its features' memory (Tuning.diarization_bytes_per_s per second) while it runs: a
     60 s file that fits the budget alone is refused with 429 naming the budget once diarized, before any GPU time,
     and gives everything back."""
-    _, engine = diarizing
+    _, engine, diarizer = diarizing
     buf = io.BytesIO()
     sf.write(buf, np.zeros(60 * 16000, np.float32), 16000, format="WAV", subtype="FLOAT")  # 3.84 MB of samples
     wav = buf.getvalue()
     features = 60 * Tuning().diarization_bytes_per_s
-    with digits_app(engine, silero_vad, digits_model_path, diarization_model=str(tiny_sortformer_path),
-                    max_inflight_audio_bytes=9_000_000, max_audio_duration_s=120) as client:  # fmt: skip
+    with digits_app(engine, silero_vad, digits_model_path, diarizer=diarizer,
+                    diarization_model=str(tiny_sortformer_path), max_inflight_audio_bytes=9_000_000,
+                    max_audio_duration_s=120) as client:  # fmt: skip
         assert client.post("/transcribe", files={"file": ("a.wav", wav)}).status_code == 200
         r = client.post("/transcribe", files={"file": ("a.wav", wav)}, data={"diarize": "true"})
         assert r.status_code == 429, r.text
@@ -256,15 +257,18 @@ class RecordingDiarizer:
         self.batch_sizes.append(len(waveforms))
         return self.real.diarize_steps(waveforms, max_step_audio_s)
 
+    def warmup(self, duration_s: float = 2.0) -> float:
+        self.batch_sizes.append(1)
+        return float(self.real.warmup(duration_s))
+
 
 def test_diarized_requests_that_arrive_together_share_a_batch_and_each_gets_its_own_speakers(
-    digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any, diarizing: tuple[Any, Any]
+    digits_model_path: Path, tiny_sortformer_path: Path, silero_vad: Any, diarizing: tuple[Any, Any, Any]
 ) -> None:
     """Four diarized requests in one ASR batch (PARAKEET_MAX_BATCH_SIZE=4, a long PARAKEET_MAX_WAIT_MS) reach the
     diarizer together: they share its batches (fewer calls than files), and each response's speakers are its own
     file's (the diarizer alone on that file)."""
-    _, engine = diarizing
-    real = engine.diarizer
+    _, engine, real = diarizing
     recording = RecordingDiarizer(real)
     talks = [speech.conversation(seed, 2, speech.HELD_OUT_VOICES, max_overlap_s=0.0) for seed in (11, 12, 13, 14)]
     wavs = []
@@ -272,16 +276,13 @@ def test_diarized_requests_that_arrive_together_share_a_batch_and_each_gets_its_
         buf = io.BytesIO()
         sf.write(buf, talk.waveform, 16000, format="WAV", subtype="FLOAT")
         wavs.append(buf.getvalue())
-    engine.diarizer = recording
-    try:
-        with digits_app(engine, silero_vad, digits_model_path, diarization_model=str(tiny_sortformer_path),
-                        max_batch_size=4, max_wait_ms=20_000) as client:  # fmt: skip
-            warm = len(recording.batch_sizes)  # the warm-up's call
-            post = partial(client.post, "/transcribe", data={"diarize": "true"})
-            with ThreadPoolExecutor(4) as pool:
-                responses = list(pool.map(lambda iw: post(files={"file": (f"{iw[0]}.wav", iw[1])}), enumerate(wavs)))
-    finally:
-        engine.diarizer = real
+    with digits_app(engine, silero_vad, digits_model_path, diarizer=recording,
+                    diarization_model=str(tiny_sortformer_path), max_batch_size=4,
+                    max_wait_ms=20_000) as client:  # fmt: skip
+        warm = len(recording.batch_sizes)  # the warm-up's call
+        post = partial(client.post, "/transcribe", data={"diarize": "true"})
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda iw: post(files={"file": (f"{iw[0]}.wav", iw[1])}), enumerate(wavs)))
     batches = recording.batch_sizes[warm:]
     assert sum(batches) == 4 and max(batches) >= 2, batches
     for r, wav in zip(responses, wavs, strict=True):

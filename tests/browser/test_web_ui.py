@@ -614,13 +614,14 @@ def diarizing_server(digits_model_path: Path, tiny_sortformer_path: Path, silero
     """The digits app with the random tiny Sortformer beside it (PARAKEET_DIARIZATION_MODEL)."""
     import torch
 
-    from inference import build_engine
+    from inference import build_diarizer, build_engine
 
     from helpers import cpu_settings
 
-    engine = build_engine(cpu_settings(digits_model_path, diarization_model=str(tiny_sortformer_path)),
-                          torch.device("cpu"))  # fmt: skip
-    with live_digits_server(engine, silero_vad, digits_model_path, diarization_model=str(tiny_sortformer_path)) as s:
+    engine = build_engine(cpu_settings(digits_model_path), torch.device("cpu"))
+    diarizer = build_diarizer(str(tiny_sortformer_path), torch.device("cpu"))
+    with live_digits_server(engine, silero_vad, digits_model_path, diarizer,
+                            diarization_model=str(tiny_sortformer_path)) as s:  # fmt: skip
         yield s
 
 

@@ -42,7 +42,7 @@ def test_cuda_graphs_self_check_compares_a_probe_that_makes_the_decoder_emit(eng
 def test_cuda_graphs_auto_serves_with_them_when_the_self_check_finds_no_difference(
     engine: ParakeetEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="parakeet.inference"):
+    with caplog.at_level(logging.INFO, logger="parakeet.engine"):
         choose_cuda_graphs(engine, "auto", cuda=True)
     assert engine.cuda_graphs_reason.startswith("on: the self-check found no difference (26 items, ")
     # (NeMo itself warns that its boosting without Triton, the CPU's, is not CUDA-graph compatible: not ours)
@@ -52,7 +52,7 @@ def test_cuda_graphs_auto_serves_with_them_when_the_self_check_finds_no_differen
 
 def _second_run_differs(engine: ParakeetEngine, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """From the moment graphs are switched on, decoding differs (`how` = "text", "timestamps", "step") or raises."""
-    decode, step, switch = engine.decode_encoded, engine._decode_step, engine.set_cuda_graphs
+    decode, step, switch = engine.decode_encoded, engine.decode_step, engine.set_cuda_graphs
     on = {"value": False}
 
     def set_cuda_graphs(value: bool) -> None:
@@ -78,7 +78,7 @@ def _second_run_differs(engine: ParakeetEngine, monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(engine, "set_cuda_graphs", set_cuda_graphs)
     monkeypatch.setattr(engine, "decode_encoded", decode_encoded)
-    monkeypatch.setattr(engine, "_decode_step", decode_step)
+    monkeypatch.setattr(engine, "decode_step", decode_step)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_cuda_graphs_auto_stays_off_with_one_warning_when_the_self_check_fails(
     engine: ParakeetEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, how: str, expected: str
 ) -> None:
     _second_run_differs(engine, monkeypatch, how)
-    with caplog.at_level(logging.INFO, logger="parakeet.inference"):
+    with caplog.at_level(logging.INFO, logger="parakeet.engine"):
         choose_cuda_graphs(engine, "auto", cuda=True)
     assert not engine.cuda_graphs
     assert engine.cuda_graphs_reason.startswith(f"off: the self-check failed: {expected}"), engine.cuda_graphs_reason

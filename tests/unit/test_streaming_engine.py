@@ -120,13 +120,13 @@ def test_hypotheses_are_cut_to_the_real_batch() -> None:
     step of 8 streams after a larger one failed). NeMo's BatchedHyps shape, read without a GPU."""
     from nemo.collections.asr.parts.utils.rnnt_utils import BatchedHyps
 
-    from inference import _hyp_ids
+    from parakeet.engine.hypotheses import hyp_ids
 
     hyps = BatchedHyps(batch_size=4, init_length=3, device=torch.device("cpu"), blank_id=0)
     hyps.transcript[:, :2] = torch.tensor([[5, 6], [7, 8], [9, 10], [11, 12]])
     hyps.current_lengths[:] = torch.tensor([2, 1, 2, 0])
-    assert _hyp_ids(hyps, 2) == [[5, 6], [7]]
-    assert _hyp_ids(hyps, 4) == [[5, 6], [7], [9, 10], []]
+    assert hyp_ids(hyps, 2) == [[5, 6], [7]]
+    assert hyp_ids(hyps, 4) == [[5, 6], [7], [9, 10], []]
 
 
 def test_stream_step_rejects_a_window_too_short_for_its_commit(digits_engine: ParakeetEngine) -> None:

@@ -18,8 +18,9 @@ from nemo.collections.asr.parts.submodules.rnnt_decoding import AbstractRNNTDeco
 from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_outputs
 
-from inference import ParakeetEngine, _spans, build_engine, token_table
+from inference import ParakeetEngine, build_engine, token_table
 from parakeet.core.timestamps import HypothesisTimestamps, TokenTable, tdt_timestamps
+from parakeet.engine.hypotheses import nemo_spans
 
 from build_test_models import train_tokenizer
 from helpers import cpu_settings
@@ -77,7 +78,7 @@ def nemo_timestamps(decoding: Any, ids: list[int], frames: list[int], durations:
     )
     timed = decoding.compute_rnnt_timestamps(copy.deepcopy(hyp), "all")
     process_timestamp_outputs([timed], 8, 0.01)
-    return HypothesisTimestamps(_spans(timed, "word"), _spans(timed, "segment"), _spans(timed, "char"))
+    return HypothesisTimestamps(nemo_spans(timed, "word"), nemo_spans(timed, "segment"), nemo_spans(timed, "char"))
 
 
 def assert_same_as_nemo(
