@@ -34,7 +34,6 @@ from parakeet.api.middleware import (
     UploadLimitMiddleware,
 )
 from parakeet.api.routes import health, jobs, metrics, openai, realtime, streams, transcribe, web
-from parakeet.api.routes.jobs import render_results
 from parakeet.api.schemas import ErrorResponse
 from parakeet.api.wyoming import WyomingServer
 from parakeet.core import errors
@@ -43,10 +42,11 @@ from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings, load_settings
 from parakeet.core.tuning import Tuning
 from parakeet.engine.factories import ParakeetEngineFactory, SileroVadFactory, SortformerDiarizerFactory
+from parakeet.jobs.databases import open_database
+from parakeet.jobs.runner import JobRunner, RunnerConfig
+from parakeet.jobs.store import JobStore
+from parakeet.jobs.webhooks import WebhookConfig, WebhookSender
 from parakeet.pipeline.fetch import UrlPolicy
-from parakeet.pipeline.job_databases import open_database
-from parakeet.pipeline.job_runner import JobRunner, RunnerConfig
-from parakeet.pipeline.job_store import JobStore
 from parakeet.pipeline.worker import Worker
 
 log = logging.getLogger("parakeet.server")
@@ -183,8 +183,8 @@ async def _start_wyoming(settings: Settings, worker: Worker, on_fatal: Callable[
 def _start_jobs(
     app: FastAPI, settings: Settings, tuning: Tuning, worker: Worker, on_fatal: Callable[[str], None]
 ) -> JobRunner | None:
-    """Open the jobs database and start this worker's job runner (PARAKEET_JOBS; a database that cannot be opened
-    is fatal)."""
+    """Open the jobs database and start this worker's job runner and webhook sender (PARAKEET_JOBS; a database
+    that cannot be opened is fatal). The webhook secret was checked with the settings."""
     if not settings.jobs:
         return None
     try:
@@ -194,17 +194,11 @@ def _start_jobs(
         raise
     app.state.job_store = store
     secret = settings.jobs_webhook_secret
-    try:
-        signer = Webhook(secret.get_secret_value()) if secret is not None else None
-    except Exception as exc:
-        on_fatal(f"PARAKEET_JOBS_WEBHOOK_SECRET is not a Standard Webhooks secret (whsec_ + base64): {exc}")
-        raise errors.InvalidSettings("PARAKEET_JOBS_WEBHOOK_SECRET is malformed") from exc
+    signer = Webhook(secret.get_secret_value()) if secret is not None else None
     app.state.job_signer = signer
-    config = RunnerConfig(lease_s=tuning.jobs_lease_s, jobs_at_once=tuning.jobs_at_once,
-                          retention_s=settings.jobs_retention_s,
-                          webhook_backoff_s=tuning.webhook_backoff_s,
-                          url_policy=app.state.url_policy, signer=signer)  # fmt: skip
-    runner = JobRunner(store, worker, render_results, config)
+    webhooks = WebhookSender(store, WebhookConfig(signer, app.state.url_policy, tuning.webhook_backoff_s,
+                                                  tuning.jobs_lease_s, tuning.jobs_poll_s))  # fmt: skip
+    runner = JobRunner(store, worker, RunnerConfig.from_settings(settings, tuning), webhooks)
     runner.start()
     return runner
 

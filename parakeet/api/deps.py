@@ -1,11 +1,17 @@
-"""Typed access to the worker from a route: `worker: WorkerDep` instead of `request.app.state.worker`."""
+"""Typed access from a route to what the composition root (server.py) put on `app.state`, as FastAPI dependencies:
+`worker: WorkerDep`, `policy: UrlPolicyDep`, `store: JobStoreDep`, `signer: WebhookSignerDep`. Routes never read
+`app.state` themselves."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
+from standardwebhooks.webhooks import Webhook
 
+from parakeet.core import errors
+from parakeet.jobs.store import JobStore
+from parakeet.pipeline.fetch import UrlPolicy
 from parakeet.pipeline.worker import Worker
 
 
@@ -21,4 +27,37 @@ async def get_worker(request: Request) -> Worker:  # async: FastAPI would run a 
     return worker
 
 
+async def get_url_policy(request: Request) -> UrlPolicy:
+    """The `audio_url` / `webhook_url` address rules (`app.state.url_policy`, set by `create_app`).
+
+    Raises:
+        RuntimeError: not set (a wiring bug, answered 500).
+    """
+    policy = getattr(request.app.state, "url_policy", None)
+    if not isinstance(policy, UrlPolicy):
+        raise RuntimeError("app.state.url_policy is not set: build the app with server.create_app")
+    return policy
+
+
+async def get_job_store(request: Request) -> JobStore:
+    """The jobs database (`app.state.job_store`, opened by the lifespan).
+
+    Raises:
+        NotReady: not open yet (503).
+    """
+    store = getattr(request.app.state, "job_store", None)
+    if not isinstance(store, JobStore):
+        raise errors.NotReady("the jobs database is not open yet; retry shortly")
+    return store
+
+
+async def get_webhook_signer(request: Request) -> Webhook | None:
+    """Standard Webhooks' signer over PARAKEET_JOBS_WEBHOOK_SECRET (`app.state.job_signer`), None without one."""
+    signer = getattr(request.app.state, "job_signer", None)
+    return signer if isinstance(signer, Webhook) else None
+
+
 WorkerDep = Annotated[Worker, Depends(get_worker)]
+UrlPolicyDep = Annotated[UrlPolicy, Depends(get_url_policy)]
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+WebhookSignerDep = Annotated[Webhook | None, Depends(get_webhook_signer)]

@@ -89,7 +89,7 @@ STREAM_STEP_COMPUTE = Histogram(
 )
 STREAM_AUDIO = Counter("parakeet_stream_audio_seconds_total", "Audio received on live streams, s.")
 
-# Transcription jobs (parakeet/pipeline/job_runner.py). The counts come from the shared database: every worker
+# Transcription jobs (parakeet/jobs/runner.py). The counts come from the shared database: every worker
 # reports the same numbers, so the gauge keeps the largest (one host's or one cluster's jobs, not a sum).
 JOBS = Gauge("parakeet_jobs", "Jobs in the jobs database, by status.", ["status"], multiprocess_mode="livemax")
 JOB_DURATION = Histogram(

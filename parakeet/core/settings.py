@@ -148,7 +148,7 @@ class Settings(BaseSettings):
         "change.",
     )
 
-    # --- transcription jobs (README "Jobs"; parakeet/pipeline/job_store.py, job_runner.py) ---
+    # --- transcription jobs (README "Jobs"; parakeet/jobs/store.py, job_runner.py) ---
     jobs: bool = Field(True, description="Transcription jobs (POST /v1/jobs ...): stored, run later, polled.")
     data_dir: Path = Field(
         Path("data"),
@@ -173,6 +173,20 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Level of the server's own logs (probe requests are logged at DEBUG)."
     )
+
+    @field_validator("jobs_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """A Standard Webhooks secret: `whsec_` and base64 (https://www.standardwebhooks.com/), checked by the very
+        signer the jobs use, so a malformed one fails at start with one line naming the setting."""
+        if value is not None:
+            from standardwebhooks.webhooks import Webhook
+
+            try:
+                Webhook(value.get_secret_value())
+            except Exception as exc:  # noqa: BLE001 - the library raises plain errors (binascii, ValueError)
+                raise ValueError(f"not a Standard Webhooks secret (whsec_ + base64): {type(exc).__name__}") from None
+        return value
 
     @field_validator("cuda_graphs", mode="before")
     @classmethod
@@ -249,13 +263,17 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return clauses
 
 
+SECRET_FIELDS = frozenset({"jobs_webhook_secret", "api_keys", "jobs_database_url"})
+
+
 def _describe(exc: ValidationError) -> list[str]:
     """One clause per problem, naming the environment variable, the rule and the value given."""
     clauses = []
     for err in exc.errors():
         loc = "".join(str(p) for p in err.get("loc", ()))
         name = f"{ENV_PREFIX}{loc.upper()}: " if loc else ""
-        given = f" (got {str(err['input'])[:80]!r})" if loc and "input" in err else ""
+        secret = loc in SECRET_FIELDS  # a value that must never reach a log
+        given = f" (got {str(err['input'])[:80]!r})" if loc and "input" in err and not secret else ""
         clauses.append(f"{name}{err['msg'].removeprefix('Value error, ')}{given}")
     return clauses
 

@@ -51,7 +51,7 @@ class Tuning:
         stream_max_frame_bytes: largest WebSocket message (4 MiB: two minutes of 16 kHz PCM16).
         stream_max_utterance_s: an utterance with no end this long is finalized as if it had ended (the final is
             an offline transcription: full attention over at most this much audio).
-    parakeet/api/routes/jobs.py (transcription jobs)
+    parakeet/api/routes/jobs.py and parakeet/jobs/ (transcription jobs)
         jobs_max_queued: queued jobs before a new submit is a 429 (a night's batch of short files; a row each).
         jobs_max_stored_bytes: audio of all stored jobs (queued, running and kept results) before a submit is a
             507 naming it: 20 GiB, about 5 days of 16 kHz 16-bit mono WAV.
@@ -59,6 +59,12 @@ class Tuning:
             go several at a time).
         jobs_lease_s: a running job's lease, renewed every third of it: how long a job whose worker was killed
             waits before another worker takes it (a stop hands it back at once).
+        jobs_poll_s: how often an idle worker looks for a queued job or a due webhook (a submit waits at most this
+            long before a worker takes it; each look is one indexed query).
+        jobs_busy_wait_s: how soon a worker whose GPU queue had live requests waiting looks again (short: the
+            queue empties within a batch, and jobs should fill the next one).
+        jobs_gauge_refresh_s: how often a worker refreshes the parakeet_jobs gauge from the database (busy or
+            idle; one COUNT per status, a third of Prometheus' default 15 s scrape).
         webhook_backoff_s: the waits between a job webhook's attempts (exponential, as Standard Webhooks advises):
             11 attempts over ~17 minutes, then it is given up (each attempt is recorded on the job).
     parakeet/pipeline/requests.py and diarization.py (speakers)
@@ -78,6 +84,9 @@ class Tuning:
     webhook_backoff_s: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     jobs_lease_s: float = 30.0
     jobs_at_once: int = 4
+    jobs_poll_s: float = 0.5
+    jobs_busy_wait_s: float = 0.02
+    jobs_gauge_refresh_s: float = 5.0
     warmup_audio_s: float = 2.0
     queue_audio_batches: float = 4.0
     uploads_per_queue_place: int = 4

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from parakeet.pipeline.job_databases import SqliteDatabase
-from parakeet.pipeline.job_store import JobStore
+from parakeet.jobs.databases import SqliteDatabase
+from parakeet.jobs.store import JobStore
 
 import speech
 from helpers import DIGITS_APP_TUNING, digits_app, wait_until

@@ -1,9 +1,9 @@
-"""parakeet/pipeline/job_store.py on both of its databases, the same tests: a real SQLite file and a real PostgreSQL
-(a throwaway cluster from the Debian package, a fresh database per test). Submit with idempotency and both limits;
+"""parakeet/jobs/store.py on both of its databases, the same tests: a real SQLite file and a real PostgreSQL (a
+throwaway cluster from the Debian package, a fresh database per test). Submit with idempotency and both limits;
 claims in order under a lease; a dead worker's job claimed again once its lease expires (the dead owner can then no
-longer renew or finish it); release; cancel of a queued and of a running job; the result only once succeeded;
-paging; expiry; two connections claiming at once never take one job twice. Then: a newer schema is refused, and an
-unreachable PostgreSQL is one line without its password."""
+longer renew or finish it); release; cancel of a queued and of a running job; the result only once succeeded; paging;
+expiry; two connections claiming at once never take one job twice. Then: a newer schema is refused, a version-1 one
+migrated, and an unreachable PostgreSQL is one line without its password."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from parakeet.core import errors
-from parakeet.pipeline.job_databases import Database, PostgresDatabase, SqliteDatabase
-from parakeet.pipeline.job_store import JobStore
+from parakeet.jobs.databases import Database, PostgresDatabase, SqliteDatabase
+from parakeet.jobs.store import JobStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -161,12 +161,36 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version = 99")
     db.close()
-    with pytest.raises(errors.InvalidSettings, match="schema version 99; this server knows 1"):
+    with pytest.raises(errors.InvalidSettings, match="schema version 99; this server knows 2"):
         SqliteDatabase(path)
 
 
+def test_a_version_1_database_is_migrated_and_its_succeeded_jobs_run_again(tmp_path: Path) -> None:
+    """Version 1 kept rendered bodies in `result`; version 2 keeps the outcome, rendered when read: a job that
+    succeeded under version 1 is queued again (its audio is still stored), nothing else changes."""
+    path = tmp_path / "jobs.sqlite3"
+    store = JobStore(SqliteDatabase(path))
+    submit(store, "done")
+    submit(store, "waiting", now=101.0)
+    claimed = store.claim("w", now=102.0, lease_s=30)
+    assert claimed is not None and claimed.id == "done"
+    assert store.finish("done", "w", now=103.0, result={"json": "{}", "text": "old\n"})
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    migrated = JobStore(SqliteDatabase(path))
+    assert [(j.id, j.status) for j in migrated.page(status=None, limit=10, before=None)] == [
+        ("waiting", "queued"), ("done", "queued")
+    ]  # fmt: skip
+    again = migrated.claim("w2", now=104.0, lease_s=30)
+    assert again is not None and again.id == "done" and again.audio_path == "/x/done"
+    migrated.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+
+
 def test_an_unreachable_postgresql_is_one_clear_line(tmp_path: Path) -> None:
-    from parakeet.pipeline.job_databases import open_database
+    from parakeet.jobs.databases import open_database
 
     from helpers import free_port
 

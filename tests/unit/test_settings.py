@@ -44,6 +44,22 @@ def test_settings_out_of_range_value_names_the_variable_and_the_value(monkeypatc
     assert "PARAKEET_PRECISION: Input should be 'auto', 'fp32', 'bf16' or 'fp16' (got 'fp8')" in info.value.message
 
 
+def test_settings_a_malformed_webhook_secret_is_one_line_naming_it_without_the_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checked when the settings load (by the signer the jobs use), not later in the lifespan; the value is never
+    printed."""
+    monkeypatch.setenv("PARAKEET_JOBS_WEBHOOK_SECRET", "whsec_not-base64!")
+    with pytest.raises(InvalidSettings) as info:
+        load_settings()
+    assert info.value.message.startswith(
+        "invalid settings: PARAKEET_JOBS_WEBHOOK_SECRET: not a Standard Webhooks secret (whsec_ + base64)"
+    )
+    assert "not-base64" not in info.value.message and "\n" not in info.value.message
+    monkeypatch.setenv("PARAKEET_JOBS_WEBHOOK_SECRET", "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=")
+    assert load_settings().jobs_webhook_secret is not None
+
+
 def test_settings_unknown_variable_names_the_closest_valid_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARAKEET_MAX_BACH_SIZE", "16")
     with pytest.raises(InvalidSettings) as info:

@@ -1,7 +1,8 @@
 """Transcription jobs (README "Jobs"): `POST /v1/jobs` stores the audio and answers 202 at once; a worker runs the job
-later (parakeet.pipeline.job_runner); `GET /v1/jobs/{id}` polls it, `GET /v1/jobs/{id}/result` renders it with the
-same renderers as `POST /transcribe` and the OpenAI route, `GET /v1/jobs` lists them, `DELETE /v1/jobs/{id}`
-cancels one. The rows live in SQLite under PARAKEET_DATA_DIR (parakeet.pipeline.job_store)."""
+later (parakeet.jobs.runner) and stores its outcome; `GET /v1/jobs/{id}` polls it, `GET /v1/jobs/{id}/result` renders
+the outcome with the renderer `POST /transcribe` and the OpenAI route use (parakeet.api.formats), `GET /v1/jobs`
+lists them, `DELETE /v1/jobs/{id}` cancels one. The rows live in SQLite under PARAKEET_DATA_DIR
+(parakeet.jobs.store)."""
 
 from __future__ import annotations
 
@@ -15,40 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
+from standardwebhooks.webhooks import Webhook
 
-from parakeet.api.deps import WorkerDep
-from parakeet.api.routes.openai import MEDIA_TYPES, TranscriptionForm, formatted
-from parakeet.api.routes.transcribe import read_body_with, transcription_response
-from parakeet.api.subtitles import CueLimits
+from parakeet.api.bodies import read_body_with
+from parakeet.api.deps import JobStoreDep, UrlPolicyDep, WebhookSignerDep, WorkerDep
+from parakeet.api.formats import RESULT_FORMATS, result_body
 from parakeet.api.uploads import declared_body_bytes
 from parakeet.core import errors
 from parakeet.core.speakers import no_diarizer
-from parakeet.pipeline.fetch import check_url_syntax
-from parakeet.pipeline.job_runner import options_of, options_record
-from parakeet.pipeline.job_store import STATUSES, Job, JobStore
-from parakeet.pipeline.requests import Outcome
+from parakeet.jobs.outcomes import outcome_of
+from parakeet.jobs.runner import options_of, options_record
+from parakeet.jobs.store import STATUSES, Job
+from parakeet.pipeline.fetch import UrlPolicy, check_url_syntax
 
 router = APIRouter(prefix="/v1/jobs")
 
-FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 MAX_METADATA_BYTES = 4096
 MAX_IDEMPOTENCY_KEY_CHARS = 255
-
-
-def render_results(outcome: Outcome, record: dict[str, Any]) -> dict[str, str]:
-    """Every format of a finished job, as the synchronous APIs render them: `json` is `POST /transcribe`'s body
-    (timestamps as the job asked), the others the OpenAI route's (`formatted`; `verbose_json` with words and
-    segments, cues with the default limits); `diarized_json` when the job asked for speakers."""
-    options = options_of(record)
-    body = transcription_response(outcome, options, request_id="", processing_ms=0.0, gpu_id=None)
-    form = TranscriptionForm(model=outcome.model, language=None, response_format="verbose_json",
-                             granularities=("word", "segment"), stream=False, logprobs=options.confidence,
-                             cue_limits=CueLimits(), diarize=options.diarize)  # fmt: skip
-    formats = ("text", "srt", "vtt", "verbose_json", *(("diarized_json",) if options.diarize else ()))
-    return {"json": body.model_dump_json()} | {
-        fmt: formatted(outcome, dataclasses.replace(form, response_format=fmt)) for fmt in formats
-    }
 
 
 def job_view(job: Job) -> dict[str, Any]:
@@ -61,13 +46,6 @@ def job_view(job: Job) -> dict[str, Any]:
         "progress": {"chunks_done": job.chunks_done, "audio_s_done": round(job.audio_s_done, 3)},
         "options": {k: v for k, v in job.options.items() if k != "keywords"},
     }  # fmt: skip
-
-
-def _store(request: Request) -> JobStore:
-    store: JobStore | None = getattr(request.app.state, "job_store", None)
-    if store is None:
-        raise errors.NotReady("the jobs database is not open yet; retry shortly")
-    return store
 
 
 def _metadata(value: Any) -> dict[str, Any] | None:
@@ -86,7 +64,7 @@ def _metadata(value: Any) -> dict[str, Any] | None:
     return value
 
 
-def _webhook_url(request: Request, value: Any) -> str | None:
+def _webhook_url(value: Any, signer: Webhook | None, policy: UrlPolicy) -> str | None:
     """A job's `webhook_url`, checked as an `audio_url` is before DNS (the address rules apply at each attempt).
 
     Raises:
@@ -96,13 +74,13 @@ def _webhook_url(request: Request, value: Any) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > 2048:
         raise errors.BadRequest("webhook_url must be a URL of at most 2048 characters", param="webhook_url")
-    if getattr(request.app.state, "job_signer", None) is None:
+    if signer is None:
         raise errors.BadRequest(
             "webhook_url needs PARAKEET_JOBS_WEBHOOK_SECRET on the server (webhooks are signed); poll GET "
             "/v1/jobs/{id} instead",
             param="webhook_url",
         )
-    check_url_syntax(value, request.app.state.url_policy, "webhook_url")
+    check_url_syntax(value, policy, "webhook_url")
     return value
 
 
@@ -117,10 +95,11 @@ def _write_audio(path: Path, data: bytes) -> None:
 
 
 @router.post("", status_code=202)
-async def submit_job(request: Request, worker: WorkerDep) -> JSONResponse:
+async def submit_job(
+    request: Request, worker: WorkerDep, store: JobStoreDep, policy: UrlPolicyDep, signer: WebhookSignerDep
+) -> JSONResponse:
     """Store a job: the inputs and options of `POST /transcribe`, plus `metadata` (a JSON object echoed back) and
     an `Idempotency-Key` header (a retried submit gets the same job)."""
-    store = _store(request)
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
         raise errors.BadRequest(
@@ -130,9 +109,9 @@ async def submit_job(request: Request, worker: WorkerDep) -> JSONResponse:
     declared = declared_body_bytes(request, settings.max_upload_bytes)
     async with worker.upload(declared_bytes=declared):
         data, (options, field, extras) = await read_body_with(
-            request, settings.max_upload_bytes, ("metadata", "webhook_url")
+            request, policy, settings.max_upload_bytes, ("metadata", "webhook_url")
         )
-    webhook_url = _webhook_url(request, extras.get("webhook_url"))
+    webhook_url = _webhook_url(extras.get("webhook_url"), signer, policy)
     if not data:
         raise errors.EmptyAudio("the audio is empty (0 bytes)", param=field)
     worker.check_key_phrases(options.keywords)
@@ -161,24 +140,22 @@ async def submit_job(request: Request, worker: WorkerDep) -> JSONResponse:
 
 @router.get("")
 async def list_jobs(
-    request: Request, status: str | None = None, limit: int = 20, before: float | None = None
+    store: JobStoreDep, status: str | None = None, limit: int = 20, before: float | None = None
 ) -> dict[str, Any]:
     """Jobs newest first: `status` filter, `limit` (1-100), `before` (a `created_at`: the next page)."""
     if status is not None and status not in STATUSES:
         raise errors.BadRequest(f"status must be one of {', '.join(STATUSES)} (got {status[:40]!r})", param="status")
     if not 1 <= limit <= 100:
         raise errors.BadRequest(f"limit must be 1-100 (got {limit})", param="limit")
-    store = _store(request)
     jobs = await asyncio.to_thread(store.page, status=status, limit=limit, before=before)
     return {"object": "list", "data": [job_view(j) for j in jobs],
             "next_before": jobs[-1].created_at if len(jobs) == limit else None}  # fmt: skip
 
 
 @router.get("/{job_id}")
-async def get_job(request: Request, job_id: str) -> dict[str, Any]:
+async def get_job(store: JobStoreDep, job_id: str) -> dict[str, Any]:
     """One job's status, times, attempts, error (in the one error shape's fields) when it failed, and its webhook's
     delivery attempts."""
-    store = _store(request)
     job = await asyncio.to_thread(store.get, job_id)
     view = job_view(job)
     if job.webhook_url is not None:
@@ -189,20 +166,26 @@ async def get_job(request: Request, job_id: str) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/result")
-async def job_result(request: Request, job_id: str, format: str = "json") -> Response:
-    """A succeeded job's transcript as `format`: json (POST /transcribe's body), text, srt, vtt, verbose_json,
-    diarized_json (when it asked for speakers)."""
-    if format not in FORMATS:
-        raise errors.BadRequest(f"format must be one of {', '.join(FORMATS)} (got {format[:40]!r})", param="format")
-    results = await asyncio.to_thread(_store(request).result, job_id)
-    if format not in results:
+async def job_result(store: JobStoreDep, job_id: str, format: str = "json") -> Response:
+    """A succeeded job's transcript as `format`, rendered now from its stored outcome by the synchronous routes' own
+    renderer (parakeet.api.formats): json (POST /transcribe's body; `request_id` is the job's id, the time its run
+    took), text, srt, vtt, verbose_json, diarized_json (when it asked for speakers)."""
+    if format not in RESULT_FORMATS:
+        raise errors.BadRequest(
+            f"format must be one of {', '.join(RESULT_FORMATS)} (got {format[:40]!r})", param="format"
+        )
+    job = await asyncio.to_thread(store.get, job_id)
+    outcome, gpu_id = outcome_of(await asyncio.to_thread(store.result, job_id))
+    options = options_of(job.options)
+    if format == "diarized_json" and not options.diarize:
         raise errors.BadRequest(f"job {job_id} did not ask for speakers: no {format}", param="format")
-    if format in MEDIA_TYPES:
-        return PlainTextResponse(results[format], media_type=MEDIA_TYPES[format])
-    return Response(results[format], media_type="application/json")
+    run_ms = ((job.finished_at or 0.0) - (job.started_at or 0.0)) * 1000
+    body, media_type = result_body(outcome, options, format, request_id=job.id, processing_ms=max(0.0, run_ms),
+                                   gpu_id=gpu_id)  # fmt: skip
+    return Response(body, media_type=media_type)
 
 
 @router.delete("/{job_id}")
-async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+async def cancel_job(store: JobStoreDep, job_id: str) -> dict[str, Any]:
     """Cancel a job: a queued one at once, a running one at its worker's next lease renewal."""
-    return job_view(await asyncio.to_thread(_store(request).cancel, job_id, now=time.time()))
+    return job_view(await asyncio.to_thread(store.cancel, job_id, now=time.time()))

@@ -14,7 +14,6 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import FormData
 
 from parakeet.api.deps import WorkerDep
-from parakeet.api.subtitles import Cue, CueLimits, cues, fallback_cues, to_srt, to_vtt
+from parakeet.api.formats import MEDIA_TYPES, TranscriptionForm, diarized_json, formatted, logprobs, usage
+from parakeet.api.subtitles import CueLimits
 from parakeet.api.uploads import (
     declared_body_bytes,
     disconnect_watcher,
@@ -37,11 +37,9 @@ from parakeet.api.uploads import (
     timing_headers,
 )
 from parakeet.core import errors
-from parakeet.core.keywords import KeyPhrases
 from parakeet.core.settings import Settings
 from parakeet.core.speakers import no_diarizer
-from parakeet.core.transcripts import TimedSpan, Transcript
-from parakeet.pipeline.requests import Outcome, TranscribeOptions, WordStream
+from parakeet.pipeline.requests import Outcome, WordStream
 from parakeet.pipeline.worker import Worker
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -63,29 +61,6 @@ INCLUDE = ("logprobs",)
 def served_model_id(model: str) -> str:
     """The id /v1/models lists: the hub id, or a local file's name without `.nemo`."""
     return Path(model).stem if model.endswith(".nemo") else model
-
-
-@dataclass(frozen=True)
-class TranscriptionForm:
-    """The validated fields of one request (temperature is checked and then not used: greedy decoding)."""
-
-    model: str
-    language: str | None
-    response_format: str
-    granularities: tuple[str, ...]
-    stream: bool
-    logprobs: bool  # include[]=logprobs: token log-probabilities (and word confidence in verbose_json)
-    cue_limits: CueLimits
-    keywords: KeyPhrases | None = None  # keywords[] (an extension of OpenAI's API): phrases to boost
-    diarize: bool = False  # diarized_json, or the `diarize` extension field with srt, vtt or verbose_json
-
-    @property
-    def options(self) -> TranscribeOptions:
-        """Subtitles, verbose_json and the streamed word deltas are built from timestamps; json/text not;
-        diarized_json from the speakers."""
-        timestamps = self.stream or self.response_format in ("srt", "vtt", "verbose_json")
-        return TranscribeOptions(timestamps=timestamps, confidence=self.logprobs, keywords=self.keywords,
-                                 diarize=self.diarize)  # fmt: skip
 
 
 def _model(form: FormData, accepted_models: set[str]) -> str:
@@ -237,102 +212,6 @@ def _refuse_known_speakers(form: FormData) -> None:
             )
 
 
-# --- formatting ----------------------------------------------------------------------------------------------
-
-
-def segments_of(t: Transcript, duration_s: float) -> list[TimedSpan]:
-    """Sentence segments (NeMo's, split at . ! ?); one segment over the whole audio if NeMo gave none."""
-    if t.segments:
-        return list(t.segments)
-    return [TimedSpan(t.text, 0.0, round(duration_s, 3))] if t.text else []
-
-
-def subtitle_cues(outcome: Outcome, limits: CueLimits) -> list[Cue]:
-    """SRT/VTT cues from the word timestamps (parakeet/api/subtitles.py); NeMo's segments if there are none."""
-    t = outcome.transcript
-    if not t.words:
-        return fallback_cues(segments_of(t, outcome.audio.duration_s), limits)
-    return cues(t.words, limits, outcome.speakers.words if outcome.speakers is not None else None)
-
-
-def logprobs(t: Transcript) -> list[dict[str, Any]]:
-    """OpenAI's `logprobs` ({token, logprob, bytes} per token) from the tokens' log-probabilities (README
-    "Confidence"); SentencePiece's word marker becomes a space, as OpenAI's tokens carry it."""
-    out = []
-    for c in t.chars:
-        token = c.text.replace("▁", " ")
-        out.append(
-            {"token": token, "logprob": c.logprob if c.logprob is not None else 0.0, "bytes": list(token.encode())}
-        )
-    return out
-
-
-def usage(outcome: Outcome) -> dict[str, Any]:
-    return {"type": "duration", "seconds": round(outcome.audio.duration_s, 3)}
-
-
-def verbose_json(outcome: Outcome, form: TranscriptionForm) -> dict[str, Any]:
-    """OpenAI's verbose_json: `words` only when asked for; `segments` unless only words were asked for.
-    Whisper-only segment fields get neutral values (the SDK declares all ten)."""
-    t, sp = outcome.transcript, outcome.speakers
-    body: dict[str, Any] = {
-        "task": "transcribe",
-        "language": form.language or "unknown",
-        "duration": round(outcome.audio.duration_s, 3),
-        "text": t.text,
-    }
-    if form.granularities != ("word",):
-        body["segments"] = [
-            {
-                "id": i,
-                "seek": 0,
-                "start": s.start_s,
-                "end": s.end_s,
-                "text": s.text,
-                "tokens": [],
-                "temperature": 0.0,
-                "avg_logprob": 0.0,
-                "compression_ratio": 1.0,
-                "no_speech_prob": 0.0,
-            }  # fmt: skip
-            | ({"speaker": sp.of_span(t.words, s.start_s, s.end_s)} if sp is not None else {})
-            for i, s in enumerate(segments_of(t, outcome.audio.duration_s))
-        ]
-    if "word" in form.granularities:
-        labels = sp.words if sp is not None else [None] * len(t.words)
-        body["words"] = [
-            {"word": w.text, "start": w.start_s, "end": w.end_s}
-            | ({"confidence": w.confidence} if form.logprobs and w.confidence is not None else {})
-            | ({"speaker": label} if sp is not None else {})
-            for w, label in zip(t.words, labels, strict=True)
-        ]
-    body["usage"] = usage(outcome)
-    return body
-
-
-def diarized_json(outcome: Outcome) -> dict[str, Any]:
-    """OpenAI's `diarized_json` (the SDK's `TranscriptionDiarized`): one segment per speaker turn (consecutive words
-    of one speaker), ids `seg_0`, `seg_1`, ... (strings)."""
-    turns = outcome.speakers.turns if outcome.speakers is not None else ()
-    return {
-        "task": "transcribe",
-        "duration": round(outcome.audio.duration_s, 3),
-        "text": outcome.transcript.text,
-        "segments": [
-            {
-                "type": "transcript.text.segment",
-                "id": f"seg_{i}",
-                "start": t.start_s,
-                "end": t.end_s,
-                "speaker": t.speaker,
-                "text": t.text,
-            }
-            for i, t in enumerate(turns)
-        ],  # fmt: skip
-        "usage": usage(outcome),
-    }
-
-
 async def _diarized_sse(outcome: Outcome) -> AsyncIterator[bytes]:
     """`stream=true` with `diarized_json`: a `transcript.text.segment` event per speaker turn, then
     `transcript.text.done`. The turns are known once the whole file is diarized, so they all come at its end."""
@@ -367,21 +246,6 @@ async def _sse(request: Request, worker: Worker, words: WordStream, with_logprob
         yield _event({"type": "error", "error": {"message": exc.message, "type": "server_error", "code": exc.code}})
     finally:
         await words.aclose()
-
-
-MEDIA_TYPES = {"text": "text/plain", "srt": "text/plain", "vtt": "text/vtt"}
-
-
-def formatted(outcome: Outcome, form: TranscriptionForm) -> str:
-    """The body of `form.response_format` but `json` (text, srt, vtt, verbose_json, diarized_json); jobs use it too."""
-    fmt = form.response_format
-    if fmt == "text":
-        return outcome.transcript.text + "\n"
-    if fmt in ("srt", "vtt"):
-        cues_ = subtitle_cues(outcome, form.cue_limits)
-        return to_srt(cues_) if fmt == "srt" else to_vtt(cues_)
-    body = diarized_json(outcome) if fmt == "diarized_json" else verbose_json(outcome, form)
-    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))  # as Starlette's JSONResponse
 
 
 def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str]) -> Response:

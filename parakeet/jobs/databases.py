@@ -1,4 +1,4 @@
-"""The two databases a job store (parakeet.pipeline.job_store) runs on, behind one small interface: SQLite (the
+"""The two databases a job store (parakeet.jobs.store) runs on, behind one small interface: SQLite (the
 default: one file under PARAKEET_DATA_DIR in WAL mode, shared by the workers of one host; Python's sqlite3) and
 PostgreSQL (PARAKEET_JOBS_DATABASE_URL=postgresql://...: many hosts share one queue; psycopg 3). The store writes its
 SQL once, with `?` placeholders; each database runs it in its own dialect, creates the schema and keeps its version.
@@ -15,7 +15,14 @@ from typing import Any, Protocol
 
 from parakeet.core import errors
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The statements that bring a database of the version before each key to that version. 2: `result` holds the job's
+# outcome, rendered when read (version 1 held rendered bodies); a job that succeeded under version 1 is queued again
+# (its audio is kept until its retention ends; the run gives the same transcript).
+MIGRATIONS = {
+    2: ["UPDATE jobs SET status = 'queued', result = NULL, finished_at = NULL, lease_owner = NULL, "
+        "lease_expires_at = NULL WHERE status = 'succeeded'"],
+}  # fmt: skip
 
 # {real} / {int}: the column types of each dialect.
 SCHEMA = """
@@ -88,6 +95,11 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
+def migrations_after(version: int) -> list[str]:
+    """The statements that bring a database at `version` (>= 1) to SCHEMA_VERSION, in order."""
+    return [sql for v in range(version + 1, SCHEMA_VERSION + 1) for sql in MIGRATIONS.get(v, [])]
+
+
 def _check_version(version: int, name: str) -> None:
     if version > SCHEMA_VERSION:
         raise errors.InvalidSettings(
@@ -118,6 +130,13 @@ class SqliteDatabase:
             if version == 0:  # (executescript commits by itself; IF NOT EXISTS makes two workers' race harmless)
                 ddl = SCHEMA.format(real="REAL", int="INTEGER")
                 self._db.executescript(ddl + f"PRAGMA user_version = {SCHEMA_VERSION};")
+            elif version < SCHEMA_VERSION:
+                self._db.execute("BEGIN IMMEDIATE")
+                if int(self._db.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:  # not another's
+                    for statement in migrations_after(version):
+                        self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._db.execute("COMMIT")
         except (OSError, sqlite3.Error) as exc:
             raise errors.InvalidSettings(f"cannot open the jobs database {path}: {exc}") from exc
 
@@ -157,6 +176,9 @@ class PostgresDatabase:
                 _check_version(version, self.name)
                 if version == 0:
                     self._db.execute(SCHEMA.format(real="DOUBLE PRECISION", int="BIGINT"))
+                if version < SCHEMA_VERSION:  # (under the advisory lock: one server migrates)
+                    for statement in migrations_after(version) if version else ():
+                        self._db.execute(statement)
                     self._db.execute("INSERT INTO parakeet_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
             finally:
                 self._db.execute("SELECT pg_advisory_unlock(%s)", (self._SCHEMA_LOCK,))

@@ -1,15 +1,14 @@
-"""Runs stored transcription jobs (parakeet.pipeline.job_store) on this worker, below live requests in priority.
+"""Runs stored transcription jobs (parakeet.jobs.store) on this worker, below live requests in priority.
 
-A few jobs at a time per worker (`RunnerConfig.jobs_at_once`, so that small jobs share batches): it claims the next
-job only while the worker is ready and nothing is waiting in its GPU queue, and its audio goes to the batcher as
-background items (batches form around live requests first, so a live request waits behind at most the batch
-already running), reads the job's audio file and sends it through the one request
-lifecycle (`Worker.request`, the same decode, batching, long-audio chunks, key phrases and diarization as `POST
-/transcribe`), renews its lease while it runs, and stores the rendered results. Each finished long-audio chunk is
-saved as it ends, so a job whose worker died (claimed again once its lease expires) or was stopped (handed back:
-queued again) resumes from its last finished chunk. Refusals that pass (queue full, memory budget, shutting down)
-hand the job back too; the request's own errors (bad audio, limits) fail it with the one error shape.
-"""
+A few jobs at a time per worker (`Tuning.jobs_at_once`, so that small jobs share batches): it claims the next job only
+while the worker is ready and nothing is waiting in its GPU queue, and its audio goes to the batcher as background items
+(batches form around live requests first, so a live request waits behind at most the batch already running), reads the
+job's audio file and sends it through the one request lifecycle (`Worker.request`, the same decode, batching, long-audio
+chunks, key phrases and diarization as `POST /transcribe`), renews its lease while it runs, and stores the outcome
+(parakeet.jobs.outcomes; the API renders it when read). Each finished long-audio chunk is saved as it ends, so a job
+whose worker died (claimed again once its lease expires) or was stopped (handed back: queued again) resumes from its
+last finished chunk. Refusals that pass (queue full, memory budget, shutting down) hand the job back too; the request's
+own errors (bad audio, limits) fail it with the one error shape."""
 
 from __future__ import annotations
 
@@ -19,19 +18,18 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from standardwebhooks.webhooks import Webhook
-
 from parakeet.core import errors, metrics
 from parakeet.core.keywords import KeyPhrases
+from parakeet.core.settings import Settings
 from parakeet.core.transcripts import Transcript, transcript_of, transcript_record
-from parakeet.pipeline.fetch import UrlPolicy, post_json
-from parakeet.pipeline.job_store import Job, JobStore
+from parakeet.core.tuning import Tuning
+from parakeet.jobs.outcomes import outcome_record
+from parakeet.jobs.store import Job, JobStore
+from parakeet.jobs.webhooks import WebhookSender
 from parakeet.pipeline.long_audio import Chunk
 from parakeet.pipeline.requests import Outcome, TranscribeOptions
 from parakeet.pipeline.transcriber import ChunkCheckpoint
@@ -59,47 +57,33 @@ def options_of(record: dict[str, Any]) -> TranscribeOptions:
                              keywords=keywords, diarize=bool(record.get("diarize")))  # fmt: skip
 
 
-BUSY_WAIT_S = 0.02  # how soon a worker whose GPU queue had waiting requests looks again
-PUBLISH_EVERY_S = 5.0  # how often a worker refreshes the parakeet_jobs gauge from the database
-
-Render = Callable[[Outcome, dict[str, Any]], dict[str, str]]  # (outcome, the job's options) -> format -> body
-
-
 @dataclass(frozen=True)
 class RunnerConfig:
-    """lease_s: a claimed job's lease (renewed every third of it); poll_s: how often an idle worker looks for
-    work; jobs_at_once: jobs one worker runs together (small ones then share batches); retention_s: how long ended
-    jobs and their audio are kept (PARAKEET_JOBS_RETENTION_S); webhook_backoff_s: the waits between a webhook's
-    attempts (Tuning); url_policy: the address rules webhook URLs obey (those of `audio_url`); signer: Standard
-    Webhooks' `Webhook` over PARAKEET_JOBS_WEBHOOK_SECRET (None: no webhooks)."""
+    """What a runner needs of the settings and `Tuning` (parakeet/core/tuning.py gives each its reason): lease_s
+    (`jobs_lease_s`, renewed every third of it), poll_s (`jobs_poll_s`, how often an idle worker looks for work),
+    busy_wait_s (`jobs_busy_wait_s`, how soon a worker whose GPU queue had waiting requests looks again),
+    publish_every_s (`jobs_gauge_refresh_s`), jobs_at_once, retention_s (PARAKEET_JOBS_RETENTION_S)."""
 
-    lease_s: float = 30.0
-    poll_s: float = 0.5
-    jobs_at_once: int = 4
-    retention_s: float = 86_400.0
-    webhook_backoff_s: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-    url_policy: UrlPolicy | None = None
-    signer: Webhook | None = None
+    lease_s: float
+    poll_s: float
+    busy_wait_s: float
+    publish_every_s: float
+    jobs_at_once: int
+    retention_s: float
 
-
-def webhook_payload(job: Job, results: dict[str, str] | None) -> dict[str, Any]:
-    """The body of a job's webhook (Standard Webhooks' `{type, timestamp, data}`): the job's id, status, metadata,
-    times, error, the transcript's text when it succeeded, and where to fetch the full result."""
-    return {
-        "type": f"transcription_job.{job.status}",
-        "timestamp": datetime.fromtimestamp(job.finished_at or time.time(), UTC).isoformat(),
-        "data": {"id": job.id, "status": job.status, "metadata": job.metadata, "created_at": job.created_at,
-                 "finished_at": job.finished_at, "duration_s": job.duration_s, "error": job.error,
-                 "text": results["text"].rstrip("\n") if results else None,
-                 "result_url": f"/v1/jobs/{job.id}/result"},
-    }  # fmt: skip
+    @classmethod
+    def from_settings(cls, settings: Settings, tuning: Tuning) -> RunnerConfig:
+        return cls(lease_s=tuning.jobs_lease_s, poll_s=tuning.jobs_poll_s, busy_wait_s=tuning.jobs_busy_wait_s,
+                   publish_every_s=tuning.jobs_gauge_refresh_s, jobs_at_once=tuning.jobs_at_once,
+                   retention_s=settings.jobs_retention_s)  # fmt: skip
 
 
 class JobRunner:
-    """Create, `start()` on the event loop once the worker exists, `stop()` before the worker closes."""
+    """Create, `start()` on the event loop once the worker exists, `stop()` before the worker closes; `webhooks`
+    (a `WebhookSender`) runs beside it on the same schedule."""
 
-    def __init__(self, store: JobStore, worker: Worker, render: Render, config: RunnerConfig) -> None:
-        self.store, self.worker, self.render, self.config = store, worker, render, config
+    def __init__(self, store: JobStore, worker: Worker, config: RunnerConfig, webhooks: WebhookSender) -> None:
+        self.store, self.worker, self.config, self.webhooks = store, worker, config, webhooks
         self.owner = f"{uuid.uuid4().hex[:12]}-gpu{worker.gpu_id if worker.gpu_id is not None else 'cpu'}"
         self._task: asyncio.Task[None] | None = None
         self._webhooks: asyncio.Task[None] | None = None
@@ -107,7 +91,7 @@ class JobRunner:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._loop(), name="job-runner")
-        self._webhooks = loop.create_task(self._deliver_loop(), name="job-webhooks")
+        self._webhooks = loop.create_task(self.webhooks.run(), name="job-webhooks")
 
     async def stop(self) -> None:
         """Stop taking jobs; a running one is stopped and handed back to the queue (another worker, or this one
@@ -118,49 +102,6 @@ class JobRunner:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-    async def _deliver_loop(self) -> None:
-        """Send the webhooks that are due, one at a time, from any worker (a claim holds one for a lease)."""
-        while True:
-            try:
-                job = await asyncio.to_thread(self.store.claim_webhook, now=time.time(), lease_s=self.config.lease_s)
-                if job is None:
-                    await asyncio.sleep(self.config.poll_s)
-                    continue
-                await self._deliver(job)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("webhook delivery failed")
-                await asyncio.sleep(self.config.poll_s)
-
-    async def _deliver(self, job: Job) -> None:
-        """One attempt at `job`'s webhook: signed, POSTed under the URL rules, recorded; then due again after the
-        next backoff wait, or given up when the waits are spent."""
-        results = await asyncio.to_thread(self.store.result, job.id) if job.status == "succeeded" else None
-        body = json.dumps(webhook_payload(job, results)).encode()
-        status, error = None, None
-        if self.config.signer is None or self.config.url_policy is None or job.webhook_url is None:
-            error = "this server has no PARAKEET_JOBS_WEBHOOK_SECRET"
-        else:
-            msg_id, at = f"{job.id}.{job.status}", datetime.now(UTC)
-            headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
-                       "webhook-signature": self.config.signer.sign(msg_id, at, body)}  # fmt: skip
-            try:
-                status = await post_json(job.webhook_url, self.config.url_policy, body, headers, "webhook_url")
-            except errors.ParakeetError as exc:
-                error = exc.message
-        delivered = status is not None and 200 <= status < 300
-        waits = self.config.webhook_backoff_s
-        spent = delivered or job.webhook_attempts >= len(waits)
-        next_at = None if spent else time.time() + waits[job.webhook_attempts]
-        outcome = "delivered" if delivered else "retry" if next_at is not None else "gave_up"
-        metrics.WEBHOOK_ATTEMPTS.labels(outcome=outcome).inc()
-        why = error if error else None if delivered else f"HTTP {status}"
-        await asyncio.to_thread(
-            self.store.record_webhook_attempt, job.id, at=time.time(), status_code=status, error=why, next_at=next_at
-        )
-        log.info("job %s webhook attempt %d: %s", job.id, job.webhook_attempts + 1, outcome)
 
     def _has_room(self) -> bool:
         batcher = self.worker.batcher
@@ -175,14 +116,14 @@ class JobRunner:
                 if time.time() - last_expiry > min(60.0, self.config.retention_s / 2):
                     last_expiry = time.time()
                     await self._expire()
-                if time.time() - last_publish > PUBLISH_EVERY_S:  # busy or idle: the gauge stays current
+                if time.time() - last_publish > self.config.publish_every_s:  # busy or idle: the gauge stays current
                     last_publish = time.time()
                     await self._publish()
                 if len(running) >= self.config.jobs_at_once:  # full: the next claim when one of them ends
                     await asyncio.wait(running, timeout=self.config.poll_s, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 if not self._has_room():  # live requests are waiting: they go first
-                    await asyncio.sleep(BUSY_WAIT_S)
+                    await asyncio.sleep(self.config.busy_wait_s)
                     continue
                 job = await asyncio.to_thread(
                     self.store.claim, self.owner, now=time.time(), lease_s=self.config.lease_s
@@ -237,7 +178,7 @@ class JobRunner:
             return
         finally:
             keep.cancel()
-        result = self.render(outcome, job.options)
+        result = outcome_record(outcome, self.worker.gpu_id)  # rendered when it is read (parakeet.api.formats)
         now = time.time()
         finished = await asyncio.to_thread(
             self.store.finish, job.id, self.owner, now=now, result=result, duration_s=outcome.audio.duration_s

@@ -1,14 +1,12 @@
-"""Transcription jobs that survive restarts: their rows in a database (parakeet.pipeline.job_databases: SQLite in
+"""Transcription jobs that survive restarts: their rows in a database (parakeet.jobs.databases: SQLite in
 PARAKEET_DATA_DIR by default, PostgreSQL for many hosts), their audio in files under PARAKEET_DATA_DIR.
 
-A job is `queued` until a worker claims it with a lease (`claim`: the oldest queued job, or a `running` one whose
-lease expired because its worker died); the worker renews the lease while it runs the job and ends it `succeeded`
-(the rendered results stored), `failed` (the error in the one error shape) or, when asked, `cancelled`. A worker
-that stops cleanly hands its job back (`release`: queued again). Every change is one transaction that takes its
-write lock first (SQLite's BEGIN IMMEDIATE; PostgreSQL's row locks, claims with FOR UPDATE SKIP LOCKED), so two
-workers, or two hosts, never claim one job. Calls block: the async server runs them in a thread
-(`asyncio.to_thread`).
-"""
+A job is `queued` until a worker claims it with a lease (`claim`: the oldest queued job, or a `running` one whose lease
+expired because its worker died); the worker renews the lease while it runs the job and ends it `succeeded` (its outcome
+stored, rendered when read), `failed` (the error in the one error shape) or, when asked, `cancelled`. A worker that
+stops cleanly hands its job back (`release`: queued again). Every change is one transaction that takes its write lock
+first (SQLite's BEGIN IMMEDIATE; PostgreSQL's row locks, claims with FOR UPDATE SKIP LOCKED), so two workers, or two
+hosts, never claim one job. Calls block: the async server runs them in a thread (`asyncio.to_thread`)."""
 
 from __future__ import annotations
 
@@ -20,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from parakeet.core import errors
-from parakeet.pipeline.job_databases import Database
+from parakeet.jobs.databases import Database
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -176,8 +174,8 @@ class JobStore:
         with self._read() as db:
             return self._get(db, job_id)
 
-    def result(self, job_id: str) -> dict[str, str]:
-        """A succeeded job's rendered results, format -> body.
+    def result(self, job_id: str) -> dict[str, Any]:
+        """A succeeded job's stored outcome (parakeet.jobs.outcomes.outcome_record; rendered when read).
 
         Raises:
             JobNotFound. JobNotFinished: it has not succeeded (yet).
@@ -265,7 +263,7 @@ class JobStore:
             )
 
     def finish(
-        self, job_id: str, owner: str, *, now: float, result: dict[str, str] | None = None,
+        self, job_id: str, owner: str, *, now: float, result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None, duration_s: float | None = None,
     ) -> bool:  # fmt: skip
         """End `owner`'s run: `succeeded` with `result` (and the audio's `duration_s`), or `failed` with `error`; its
