@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create ./.venv and install a pinned requirements file into it (default requirements.txt).
+# Create ./.venv, install a pinned requirements file into it (default requirements.txt) and the project (editable).
 # Idempotent: a second run with unchanged requirements installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +12,10 @@ if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stam
   echo "setup: installing $req into .venv (first time: a few minutes)" >&2
   .venv/bin/python -m pip install --disable-pip-version-check -q -r "$req"
   touch "$stamp"
+fi
+# The project itself, editable (pyproject.toml): `server`, `inference`, `parakeet` and `bench` import from anywhere.
+# (Absent in the Dockerfile's first, dependencies-only layer.)
+if [ -f pyproject.toml ] && { [ ! -f .venv/.installed-project ] || [ pyproject.toml -nt .venv/.installed-project ]; }; then
+  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
+  touch .venv/.installed-project
 fi

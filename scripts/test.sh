@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything the tests need and run them: espeak-ng, haproxy, chromium, chromium-driver, postgresql (Debian),
-# .venv with requirements-dev.txt, the test models (built by scripts/build_test_models.py when missing).
+# .venv with requirements-dev.txt, the test models (built by tests/support/build_test_models.py when missing).
 # First the static checks (scripts/check.sh: ruff, mypy --strict, the import contracts), then pytest in two
 # processes (pytest-xdist, a test file per process at a time). Extra arguments go to pytest (`-n 0`: one process;
 # `-m "not e2e and not browser"`: the fast loop).

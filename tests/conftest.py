@@ -5,7 +5,7 @@ Levels, by folder (each test gets the folder's marker): `unit` (a module or two,
 in-process: httpx's ASGITransport, Starlette's TestClient), `e2e` (real uvicorn processes on loopback, where the
 subject is a process, a socket, a signal or HAProxy) and `browser` (the web page in Debian's chromium).
 `pytest -m "not e2e and not browser"` is the fast loop. Nothing here downloads anything: the tiny model is built
-from a config, the digits model is the committed models/digits_tdt.nemo (rebuilt by scripts/build_test_models.py
+from a config, the digits model is the committed models/digits_tdt.nemo (rebuilt by tests/support/build_test_models.py
 when missing), speech comes from espeak-ng.
 """
 
@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
+# Every app a test builds keeps its jobs database in a temporary directory, never the checkout's data/.
+from tests.support import speech
+
+from helpers import LiveServer, Serve, ServerProcess, cpu_settings, digits_app, live_digits_server, start_server
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(TESTS)]
-# Every app a test builds keeps its jobs database in a temporary directory, never the checkout's data/.
 os.environ.setdefault("PARAKEET_DATA_DIR", tempfile.mkdtemp(prefix="parakeet-test-data-"))
-
-import speech  # noqa: E402
-from helpers import LiveServer, Serve, ServerProcess, cpu_settings, digits_app, live_digits_server, start_server  # noqa: E402
 
 MODELS = ROOT / "models"
 TINY_MODEL = MODELS / "tiny_tdt.nemo"
@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _build(kind: str, out: Path, *extra: str) -> Path:
     if not out.exists():
         subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "build_test_models.py"), kind, "--out", str(out), *extra],
+            [sys.executable, "-m", "tests.support.build_test_models", kind, "--out", str(out), *extra],
             check=True,
             cwd=ROOT,
         )

@@ -9,8 +9,6 @@ import asyncio
 import inspect
 import io
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from fastapi import FastAPI
 
 from parakeet.core.settings import Settings
 from parakeet.core.tuning import Tuning
+from tests.support.servers import ServerProcess, free_port, launch_uvicorn
 
 from fakes import FakeEngine, FixedDiarizerFactory, FixedEngineFactory, NoVad, SharedVad, tagged_wave
 
@@ -248,12 +247,6 @@ def nemo_reference_texts(model_path: Path, waveforms: list[np.ndarray], tmp_path
 # --- real servers on loopback -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class Serve:
     """How conftest's `server` fixture starts a real uvicorn server (its indirect parameter): the fake engine
@@ -266,53 +259,6 @@ class Serve:
     ready: bool = True
     healthcheck_timeout_s: int = 60
     multiprocess_metrics: bool = False  # PROMETHEUS_MULTIPROC_DIR in a new empty folder, as serve.sh sets it
-
-
-@dataclass
-class ServerProcess:
-    """A real `uvicorn server:app` on 127.0.0.1, its output captured to `log_path`."""
-
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout_s: float = 120.0, workers: int = 1, path: str = "/health") -> None:
-        """Wait until `workers` distinct worker pids have answered `path` with 200 (`/health`: ready to serve;
-        `/health/live`: the event loop answers, the model may still be loading)."""
-        ready_pids: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            try:
-                r = httpx.get(f"{self.url}{path}", timeout=2.0)
-                if r.status_code == 200:
-                    ready_pids.add(r.json()["worker_pid"])
-                    if len(ready_pids) >= workers:
-                        return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        lines = [line for line in self.log().splitlines() if '"GET /health' not in line]  # the polling itself
-        tail = "\n".join(lines[-60:])
-        raise TimeoutError(f"server not ready after {timeout_s} s (log without the /health polls):\n{tail}")
-
-    def fake_batches(self) -> list[list[int]]:
-        """The batches (tags) the fake engine ran, from the fake app's test-only route (fakes.py)."""
-        return [list(b) for b in httpx.get(f"{self.url}/_fake/batches", timeout=10).json()]
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 def start_server(
@@ -345,22 +291,17 @@ def start_server(
         (tmp_dir / "prom").mkdir(exist_ok=True)
         base_env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_dir / "prom")
     base_env.update(env)
-    log_path = tmp_dir / f"server-{port}.log"
     if fake:
         base_env["FAKE_APP"] = "1"
     app = ["fakes:app", "--app-dir", str(ROOT / "tests")] if fake else ["server:app"]
-    cmd = [sys.executable, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--workers", str(workers), "--timeout-worker-healthcheck", str(healthcheck_timeout_s)]
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=base_env, stdout=log_file, stderr=subprocess.STDOUT)
-    return ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    return launch_uvicorn(app, base_env, tmp_dir / f"server-{port}.log", port=port, workers=workers,
+                          healthcheck_timeout_s=healthcheck_timeout_s)  # fmt: skip
 
 
 # --- processes -------------------------------------------------------------------------------------------
 
 HOLDER = """
 import sys, time
-sys.path.insert(0, {root!r})
 import gpu_lock
 try:
     claim = gpu_lock.claim_gpu(__import__("pathlib").Path({lock_dir!r}), {count}, {slots})
@@ -434,8 +375,7 @@ def hard_utterance(digits_engine: Any, min_digits: int) -> tuple[bytes, str, str
     the model gets wrong unboosted but right when its digits are boosted: (wav, spoken text, unboosted text)."""
     from parakeet.core.keywords import KeyPhrases
     from parakeet.pipeline.audio import decode_audio
-
-    import speech
+    from tests.support import speech
 
     for seed in range(71_000, 71_400):
         u = speech.random_utterance(seed, voices=speech.HELD_OUT_VOICES)

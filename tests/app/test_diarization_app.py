@@ -26,8 +26,8 @@ from parakeet.core.speakers import speakers_of
 from parakeet.core.transcripts import TimedSpan
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.audio import decode_audio
+from tests.support import speech
 
-import speech
 from helpers import cpu_settings, digits_app
 
 
@@ -194,7 +194,7 @@ def test_with_the_trained_diarizer_each_word_gets_the_voice_that_spoke_it(
     """Two held-out voices taking turns (no overlap): `A` is the first voice, `B` the second, and a word's speaker
     is the voice of the turn it lies in (against the generated reference; at least 90% of the words, the rest at
     turn boundaries)."""
-    from build_test_models import two_voice_conversation
+    from tests.support.build_test_models import two_voice_conversation
 
     path = str(two_speaker_sortformer_path)
     engine = build_engine(cpu_settings(digits_model_path), torch.device("cpu"))

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import speech
+from tests.support import speech
+
 from fakes import FakeEngine, tag_of
 from helpers import DIGITS_APP_SETTINGS, app_client, run
 from media import wav_bytes

@@ -19,8 +19,8 @@ import soundfile as sf
 
 from parakeet.jobs.databases import SqliteDatabase
 from parakeet.jobs.store import JobStore
+from tests.support import speech
 
-import speech
 from helpers import DIGITS_APP_TUNING, digits_app, wait_until
 
 

@@ -137,7 +137,7 @@ def test_base64_gives_the_upload_text_on_real_speech(digits_client: httpx.Client
     import numpy as np
     import soundfile as sf
 
-    import speech
+    from tests.support import speech
 
     buf = io.BytesIO()
     sf.write(buf, np.concatenate([speech.speak("four two seven one nine")]), 16000, format="WAV", subtype="PCM_16")

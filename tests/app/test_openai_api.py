@@ -19,7 +19,8 @@ import soundfile as sf
 import srt
 import webvtt
 
-import speech
+from tests.support import speech
+
 from fakes import FakeEngine
 from helpers import app_client, post_wav, run, wav_of
 

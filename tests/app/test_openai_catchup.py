@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from openai.types.audio import TranscriptionTextDeltaEvent, TranscriptionTextDoneEvent
 
-import speech
+from tests.support import speech
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ import soundfile as sf
 import soxr
 from starlette.testclient import TestClient
 
-import speech
+from tests.support import speech
+
 from streams import pcm16, realtime_event, receive, to_24k, transcribe
 
 URL = "/v1/realtime?intent=transcription"

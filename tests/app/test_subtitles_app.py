@@ -14,8 +14,8 @@ import srt
 import webvtt
 
 from parakeet.api.subtitles import CueLimits
+from tests.support import speech
 
-import speech
 from helpers import digits_app
 
 

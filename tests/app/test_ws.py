@@ -18,7 +18,8 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-import speech
+from tests.support import speech
+
 from helpers import DIGITS_APP_SETTINGS, digits_app, wait_until
 from streams import FRAME_20MS, pcm16, receive, send_frames, transcribe, until_closed, until_type
 

@@ -25,7 +25,8 @@ from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
 
-import speech
+from tests.support import speech
+
 from helpers import digits_app, free_port, hard_utterance, run, until
 
 MAX_UPLOAD = 1024 * 1024

@@ -39,7 +39,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-import speech
+from tests.support import speech
+
 from helpers import LiveServer, Serve, ServerProcess, free_port, live_digits_server, run, wait_until, wav_of
 
 pytestmark = pytest.mark.timeout(600)

@@ -18,8 +18,8 @@ import pytest
 import soundfile as sf
 
 from parakeet.pipeline.long_audio import plan_chunks
+from tests.support import speech
 
-import speech
 from helpers import Serve, ServerProcess, wait_until
 from media import wav_bytes
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 
-import speech
+from tests.support import speech
+
 from helpers import Serve, ServerProcess
 from media import wav_bytes
 

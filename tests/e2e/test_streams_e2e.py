@@ -20,7 +20,8 @@ import soundfile as sf
 import websockets
 from openai import AsyncOpenAI
 
-import speech
+from tests.support import speech
+
 from helpers import LiveServer, Serve, ServerProcess, run
 from streams import pcm16, to_24k, wav
 

@@ -25,8 +25,8 @@ from parakeet.core.errors import (
 )
 from parakeet.pipeline.audio import AudioHeader, DecodedAudio, decode_audio, iter_audio
 from parakeet.pipeline.decoder_pool import AudioDecoderPool
+from tests.support import speech
 
-import speech
 from media import ENCODINGS, Encoding, encode, misbehaving_decode, unknown_length_decode, wav_bytes
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
-"""scripts/bench_gpu.sh on a machine without a GPU: one line saying so, exit 2, nothing measured; and its summary
+"""bench/gpu.sh on a machine without a GPU: one line saying so, exit 2, nothing measured; and its summary
 from the steps' outputs (the tables and ratios the GPU run reports). The whole pipeline on the CPU:
-`scripts/bench_gpu.sh --dry-run` (BENCHMARKS.md "GPU serving")."""
+`bench/gpu.sh --dry-run` (BENCHMARKS.md "GPU serving")."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import json
 import subprocess
 from pathlib import Path
 
-import bench_gpu
+from bench import gpu as bench_gpu
+
 from helpers import ROOT
 
 
 def test_bench_gpu_without_a_gpu_says_so_in_one_line_and_measures_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = subprocess.run(
-        ["bash", "scripts/bench_gpu.sh", str(tmp_path / "prepared"), str(out)], cwd=ROOT, capture_output=True, text=True
+        ["bash", "bench/gpu.sh", str(tmp_path / "prepared"), str(out)], cwd=ROOT, capture_output=True, text=True
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [

@@ -17,8 +17,8 @@ import torch
 
 from inference import SortformerDiarizer, load_diarization_model, mel_features
 from parakeet.core.errors import ModelLoadError
+from tests.support import speech
 
-import speech
 from helpers import offline_hub
 
 DER_BOUND = 0.10  # the trained two-speaker model: 0.002 on held-out voices, shuffled speakers 0.28 (BENCHMARKS)
@@ -78,7 +78,7 @@ def test_the_streaming_sortformer_batch_equals_each_file_alone_and_nemo() -> Non
     a batch of mixed lengths gives each file what it gets alone; it takes any length (no offline limit)."""
     from nemo.collections.asr.models import SortformerEncLabelModel
 
-    from build_test_models import sortformer_config
+    from tests.support.build_test_models import sortformer_config
 
     torch.manual_seed(0)
     model = SortformerEncLabelModel(sortformer_config(2, 64, 80, streaming=True)).eval()
@@ -104,7 +104,7 @@ def test_the_streaming_sortformer_batch_equals_each_file_alone_and_nemo() -> Non
 def test_bf16_precision_keeps_the_trained_diarizers_speakers(two_speaker_sortformer_path: Path) -> None:
     """precision=bf16 (the GPU default) runs the encoders under autocast; on the trained model its speaker
     probabilities stay close to float32's and its segments name the same speakers."""
-    from build_test_models import two_voice_conversation
+    from tests.support.build_test_models import two_voice_conversation
 
     model = load_diarization_model(str(two_speaker_sortformer_path), torch.device("cpu"))
     fp32 = SortformerDiarizer(model, torch.device("cpu"), model_name="fp32", precision="fp32")
@@ -150,7 +150,7 @@ def test_the_trained_two_speaker_diarizer_meets_a_der_bound_on_held_out_voices(
 ) -> None:
     """The two-speaker Sortformer trained here (build_test_models.py diarizer) on conversations of voices it never
     heard: its DER is under the bound, and the same segments with shuffled speakers are far over it."""
-    from build_test_models import two_voice_conversation
+    from tests.support.build_test_models import two_voice_conversation
 
     model = load_diarization_model(str(two_speaker_sortformer_path), torch.device("cpu"))
     diarizer = SortformerDiarizer(model, torch.device("cpu"), model_name="two-speaker")

@@ -1,7 +1,7 @@
 """Property tests of audio decoding through the worker's own decoder pool (subprocesses): any bytes, and random
 mutations of valid WAV, FLAC, OGG/Vorbis and MP3 files, give either a waveform within the limits or one of the error
 table's audio errors — never another exception, never a dead pool. Hypothesis (https://hypothesis.readthedocs.io),
-derandomized and bounded so CI runs the same examples every time; scripts/fuzz_decoder.py runs longer by hand."""
+derandomized and bounded so CI runs the same examples every time; bench/fuzz_decoder.py runs longer by hand."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ import torch
 
 from inference import ParakeetEngine, build_engine, load_asr_model
 from parakeet.core.errors import ModelLoadError
+from tests.support import speech
 
-import speech
 from helpers import cpu_settings, nemo_reference_texts, offline_hub
 
 

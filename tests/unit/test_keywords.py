@@ -11,13 +11,12 @@ from typing import Any
 import jiwer
 import numpy as np
 import pytest
-from check_keywords_parity import nemo_boosted_texts
 
+from bench.check_keywords_parity import nemo_boosted_texts
 from inference import ParakeetEngine
 from parakeet.core.errors import BadRequest
 from parakeet.core.keywords import MAX_PHRASE_CHARS, MAX_PHRASES, KeyPhrases, parse_key_phrases
-
-import speech
+from tests.support import speech
 
 
 def noisy(utterances: list[Any], level: float) -> list[np.ndarray]:

@@ -162,7 +162,7 @@ def test_layers_no_import_cycle_anywhere() -> None:
 def project_sources() -> list[Path]:
     """Every Python file of the project outside tests/: the package, the root modules, scripts (not virtual
     environments, hidden folders or caches)."""
-    skip = {"tests", "scripts", "node_modules", "__pycache__"}  # scripts/: until the benchmarks are a package
+    skip = {"tests", "node_modules", "__pycache__"}
     return sorted(
         p for p in ROOT.rglob("*.py")
         if not any(part in skip or part.startswith(".") for part in p.relative_to(ROOT).parts[:-1])

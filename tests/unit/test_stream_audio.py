@@ -15,8 +15,7 @@ import soxr
 from parakeet.core.errors import InvalidAudio
 from parakeet.pipeline.audio import decode_audio
 from parakeet.pipeline.stream_audio import ALAW, ULAW, PcmRecording, StreamAudio
-
-import speech
+from tests.support import speech
 
 
 @pytest.fixture(scope="module")

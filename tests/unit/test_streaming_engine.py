@@ -13,8 +13,7 @@ import torch
 from inference import ParakeetEngine, SileroVad
 from parakeet.core.engine import StepRequest
 from parakeet.pipeline.vad import VAD_FRAME_SAMPLES, VadParams, VadSegmenter
-
-import speech
+from tests.support import speech
 
 CHUNK, RIGHT, LEFT = 6, 6, 50  # the balanced preset in encoder frames (80 ms each)
 

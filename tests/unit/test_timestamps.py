@@ -21,8 +21,8 @@ from nemo.collections.asr.parts.utils.timestamp_utils import process_timestamp_o
 from inference import ParakeetEngine, build_engine, token_table
 from parakeet.core.timestamps import HypothesisTimestamps, TokenTable, tdt_timestamps
 from parakeet.engine.hypotheses import nemo_spans
+from tests.support.build_test_models import train_tokenizer
 
-from build_test_models import train_tokenizer
 from helpers import cpu_settings
 
 SENTENCES = [

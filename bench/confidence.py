@@ -2,8 +2,8 @@
 with and without it, same batches, alternating runs. Prints the median ms of decoding, timestamps and records
 (`BatchResult.stages_ms`) and of the whole batch, and checks the texts are identical. A timing, not an assertion.
 
-    .venv/bin/python scripts/bench_confidence.py --model models/digits_tdt.nemo --batch-sizes 1,8,32
-    .venv/bin/python scripts/bench_confidence.py --model models/parakeet_arch_random.nemo --batch-sizes 1,4
+    .venv/bin/python -m bench confidence --model models/digits_tdt.nemo --batch-sizes 1,8,32
+    .venv/bin/python -m bench confidence --model models/parakeet_arch_random.nemo --batch-sizes 1,4
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from bench.engine import clips
 
-from bench_engine import clips  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""The prepared GPU benchmark (scripts/bench_gpu.sh runs it): one command, at most ~8 minutes on one H100/H200.
+"""The prepared GPU benchmark (bench/gpu.sh runs it): one command, at most ~8 minutes on one H100/H200.
 
 `prepare DIR` (on a CPU machine with espeak-ng, before the GPU run): records every espeak-ng waveform the GPU run
 needs into DIR/speech.npz (a bare GPU machine has no espeak-ng: speech.py's SPEECH_CACHE replays it), writes the
@@ -7,11 +7,11 @@ tokenizer into DIR (they live outside the repository, which is all that travels 
 
 `run DIR OUT` (on the GPU machine), each step with its own time limit, its log and JSON in OUT:
   1. build the full-size random-weight model (Parakeet-TDT-0.6B-v3's architecture, BENCHMARKS.md "Machine");
-  2. the engine alone, bf16, batch 64 and 256, CUDA graphs off and on (scripts/bench_engine.py);
-  3. graphs forced on against off, token for token (scripts/check_cuda_graphs.py);
+  2. the engine alone, bf16, batch 64 and 256, CUDA graphs off and on (bench/engine.py);
+  3. graphs forced on against off, token for token (bench/check_cuda_graphs.py);
   4. the server through HTTP with k = 1 and k = 2 workers on the GPU, `json` and `verbose_json` with word
-     timestamps, open-loop ramp to p95 <= 300 ms (scripts/bench_served.py);
-  5. live streams held at real time (scripts/bench_streams.py);
+     timestamps, open-loop ramp to p95 <= 300 ms (bench/served.py);
+  5. live streams held at real time (bench/streams.py);
 then OUT/summary.md: the tables, served / engine at the same clip length, verbose_json / json, and k = 2 / k = 1.
 A step that fails or runs out of time is reported as such in the summary; the others still run.
 """
@@ -39,15 +39,12 @@ STREAM_UTTERANCES = 24
 def prepare(dest: Path, arch: Path, tokenizer_dir: Path) -> int:
     """Record the speech and write the clips (needs SPEECH_RECORD=dest/speech.npz set before speech.py is imported:
     bench_gpu.sh does it)."""
-    sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-    import bench_engine
-    from bench_served import make_clips
-
-    import build_test_models
-    import speech
+    from bench import engine as bench_engine
+    from bench.served import make_clips
+    from tests.support import build_test_models, speech
 
     if os.environ.get("SPEECH_RECORD") != str(dest / "speech.npz"):
-        raise SystemExit(f"prepare needs SPEECH_RECORD={dest / 'speech.npz'} (scripts/bench_gpu.sh --prepare sets it)")
+        raise SystemExit(f"prepare needs SPEECH_RECORD={dest / 'speech.npz'} (bench/gpu.sh --prepare sets it)")
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(arch, dest / "arch.yaml")
     (dest / "tokenizer").mkdir(exist_ok=True)
@@ -95,13 +92,11 @@ def run(prepared: Path, out: Path, dry_run: bool = False) -> int:
     )
     if dry_run:
         model, device, batches, rates, streams_n = ROOT / "models" / "digits_tdt.nemo", "cpu", "2,4", "2,4", "1,2"
-        code = (
-            "import sys; sys.path[:0] = ['scripts']; import build_test_models; build_test_models.calibration_speech(0)"
-        )
+        code = "from tests.support import build_test_models; build_test_models.calibration_speech(0)"
         steps = [step("build", [PY, "-c", code], out, 60, env)]  # the build's speech only
     else:
         steps = [
-            step("build", [PY, "scripts/build_test_models.py", "fullsize", "--out", str(model), "--seed", "0",
+            step("build", [PY, "-m", "tests.support.build_test_models", "fullsize", "--out", str(model), "--seed", "0",
                            "--arch", str(prepared / "arch.yaml"), "--tokenizer-dir", str(prepared / "tokenizer")],
                  out, 150, env),
         ]  # fmt: skip
@@ -109,27 +104,27 @@ def run(prepared: Path, out: Path, dry_run: bool = False) -> int:
         return summarize(out, steps)
     for graphs in (False, True):
         name = f"engine_graphs_{'on' if graphs else 'off'}"
-        cmd = [PY, "scripts/bench_engine.py", "--model", str(model), "--device", device, "--precision", "bf16",
+        cmd = [PY, "-m", "bench", "engine", "--model", str(model), "--device", device, "--precision", "bf16",
                "--batch-sizes", batches, "--min-seconds", "4", "--out", str(out / f"{name}.json")]  # fmt: skip
         steps.append(step(name, [*cmd, "--cuda-graphs"] if graphs else cmd, out, 75, env))
     if not dry_run:  # needs CUDA
-        check = [PY, "scripts/check_cuda_graphs.py", "--model", str(model)]
+        check = [PY, "-m", "bench", "check_cuda_graphs", "--model", str(model)]
         steps.append(step("check_cuda_graphs", check, out, 60, env))
-    served = [PY, "scripts/bench_served.py", "--model", str(model), "--workers-per-gpu", ks,
+    served = [PY, "-m", "bench", "served", "--model", str(model), "--workers-per-gpu", ks,
               "--formats", "json,verbose_json+words", "--rates", rates,
               "--duration-s", "5", "--sequential", "10", "--slo-p95-ms", "300",
               "--clips-dir", str(prepared / "clips"), "--out-dir", str(out / "served")]  # fmt: skip
     steps.append(step("served", served, out, 240, env))
     sizes = ["--batch", "2", "--clip-s", "3"] if dry_run else ["--batch", "16", "--clip-s", "15", "--precision", "bf16"]
-    keywords = [PY, "scripts/bench_keywords.py", "--model", str(model), "--device", device, *sizes,
+    keywords = [PY, "-m", "bench", "keywords", "--model", str(model), "--device", device, *sizes,
                 "--repeats", "5", "--weight", "0.001", "--out", str(out / "keywords.json")]  # fmt: skip
     steps.append(step("keywords", keywords, out, 60, env))
-    streams = [PY, "scripts/bench_streams.py", "--model", str(model), "--streams", streams_n, "--stage-s", "8",
+    streams = [PY, "-m", "bench", "streams", "--model", str(model), "--streams", streams_n, "--stage-s", "8",
                "--utterances", str(STREAM_UTTERANCES), "--out", str(out / "streams.json")]  # fmt: skip
     steps.append(step("streams", streams, out, 90, env))
     # last: the step most likely to be cut if the run is long (the hour is diarized twice, in fresh processes)
     diar = ["--models", "tiny", "--repeats", "1"] if dry_run else ["--models", "full", "--precision", "bf16"]
-    diarization = [PY, "scripts/bench_diarization.py", *diar, "--device", device,
+    diarization = [PY, "-m", "bench", "diarization", *diar, "--device", device,
                    "--out", str(out / "diarization.json")]  # fmt: skip
     steps.append(step("diarization", diarization, out, 90, env))
     return summarize(out, steps)
@@ -147,7 +142,7 @@ def _load(path: Path) -> Any:
 
 
 def _diarization_lines(out: Path) -> list[str]:
-    """The summary's lines for the diarization step (scripts/bench_diarization.py's JSON), or none."""
+    """The summary's lines for the diarization step (bench/diarization.py's JSON), or none."""
     data = _load(out / "diarization.json")
     if not data:
         return []
@@ -165,7 +160,7 @@ def _diarization_lines(out: Path) -> list[str]:
 
 def summarize(out: Path, steps: list[dict[str, Any]]) -> int:
     """OUT/summary.md and OUT/summary.json from what the steps wrote."""
-    lines = ["# GPU benchmark (scripts/bench_gpu.sh)", "", "| step | status | seconds |", "|---|---|---|"]
+    lines = ["# GPU benchmark (bench/gpu.sh)", "", "| step | status | seconds |", "|---|---|---|"]
     lines += [f"| {s['step']} | {s['status']} | {s['seconds']:.0f} |" for s in steps]
     engine: dict[str, dict[int, float]] = {}
     for graphs in ("off", "on"):

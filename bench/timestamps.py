@@ -7,8 +7,8 @@ each hypothesis per run: NeMo rewrites it in place) and `tdt_timestamps` over th
 both give the same words, segments and tokens, and prints ms per item. A timing, never an assertion; the equality
 check exits 1 if they differ.
 
-    .venv/bin/python scripts/bench_timestamps.py --model models/parakeet_arch_random.nemo
-    .venv/bin/python scripts/bench_timestamps.py --model models/digits_tdt.nemo --encoder real
+    .venv/bin/python -m bench timestamps --model models/parakeet_arch_random.nemo
+    .venv/bin/python -m bench timestamps --model models/digits_tdt.nemo --encoder real
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=str(ROOT / "models" / "digits_tdt.nemo"))
     p.add_argument("--encoder", default="random", choices=["random", "real"])
@@ -34,7 +33,11 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=32, help="hypotheses decoded (one batch)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, help="write the numbers as JSON here")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
 
     import numpy as np
     import torch
@@ -49,7 +52,7 @@ def main() -> int:
         enc = torch.randn(args.batch, d_model, frames, generator=torch.Generator().manual_seed(0))
         lens = torch.full((args.batch,), frames, dtype=torch.int64)
     else:
-        from bench_engine import clips
+        from bench.engine import clips
 
         waves = clips(args.batch, args.clip_s, 900)
         with torch.inference_mode():

@@ -3,16 +3,16 @@
 On a GPU the encoder is a few kernels, but what follows (NeMo's TDT greedy decoding loop bookkeeping,
 timestamps, building the transcript records) runs Python on the worker's GPU thread and holds the GIL
 against the event loop. This measures `ParakeetEngine.decode_encoded` per batch size: "decoding",
-"timestamps" (only for requests that ask: `parakeet.core.timestamps`; scripts/bench_timestamps.py compares
+"timestamps" (only for requests that ask: `parakeet.core.timestamps`; bench/timestamps.py compares
 it with NeMo's) and "records". `--encoder random` feeds random encoder output of the clip's length (no encoder
 cost, so the full-size model runs on a CPU too; with random weights the decoder emits random tokens, so token counts
 are not speech-like: the table reports them); `--encoder real` runs the whole pipeline on espeak-ng speech.
 A timing, never an assertion.
 
-    .venv/bin/python scripts/build_test_models.py fullsize --out models/parakeet_arch_random.nemo \\
+    .venv/bin/python -m tests.support.build_test_models fullsize --out models/parakeet_arch_random.nemo \\
         --arch ../shared/parakeet_tdt_0.6b_v3_arch.yaml --tokenizer-dir ../shared/tokenizers/bpe_8192_random
-    .venv/bin/python scripts/bench_gpu_thread.py --model models/parakeet_arch_random.nemo --batch-sizes 1,8,32
-    .venv/bin/python scripts/bench_gpu_thread.py --model models/digits_tdt.nemo --encoder real
+    .venv/bin/python -m bench gpu_thread --model models/parakeet_arch_random.nemo --batch-sizes 1,8,32
+    .venv/bin/python -m bench gpu_thread --model models/digits_tdt.nemo --encoder real
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=str(ROOT / "models" / "digits_tdt.nemo"))
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -37,7 +36,11 @@ def main() -> int:
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
 
     import numpy as np
     import torch
@@ -55,7 +58,7 @@ def main() -> int:
     d_model = int(engine.model.cfg.encoder.d_model)
     waves: list[np.ndarray] = []
     if args.encoder == "real":
-        import speech
+        from tests.support import speech
 
         parts, n, i = [], 0, 0
         while n < args.clip_s * 16000:

@@ -8,8 +8,8 @@ broke it (the knee), the mean batch size, and the ratios verbose_json / json and
 only: no timestamps computed), `verbose_json` (segments, and with `+words` word timestamps too:
 `timestamp_granularities[]=word`). A timing, never an assertion.
 
-    .venv/bin/python scripts/bench_served.py --model models/digits_tdt.nemo --rates 2,4,6,8 --clip-s 15
-    .venv/bin/python scripts/bench_served.py --model /tmp/p.nemo --workers-per-gpu 1,2 --rates 100,200,400,600 \\
+    .venv/bin/python -m bench served --model models/digits_tdt.nemo --rates 2,4,6,8 --clip-s 15
+    .venv/bin/python -m bench served --model /tmp/p.nemo --workers-per-gpu 1,2 --rates 100,200,400,600 \\
         --formats json,verbose_json+words --clips-dir clips/ --out-dir /tmp/served     # on a GPU box
 """
 
@@ -25,20 +25,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import loadtest
+from loadtest_report import RunResult
+from tests.support.servers import start_uvicorn
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-from bench_servers import start_uvicorn  # noqa: E402
-
-import loadtest  # noqa: E402
-from loadtest_report import RunResult  # noqa: E402
 
 
 def make_clips(out_dir: Path, clip_s: float, count: int) -> list[Path]:
     """`count` WAV clips (16 kHz PCM16 mono) of `clip_s` seconds of espeak-ng digit speech with pauses
     (`bench_engine.clips`, seed 5000; `SPEECH_CACHE` replays a recording where espeak-ng is missing)."""
     import soundfile as sf
-    from bench_engine import clips
+
+    from bench.engine import clips
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -190,7 +189,7 @@ def closed_markdown(rows: list[dict[str, Any]], concurrency: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=str(ROOT / "models" / "digits_tdt.nemo"))
     p.add_argument("--workers-per-gpu", default="1", help="comma-separated k values")
@@ -211,7 +210,11 @@ def main() -> int:
     )  # fmt: skip
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3, help="--closed-loop rounds per format")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     args.rate_list = [float(r) for r in args.rates.split(",")]
     gpus = visible_gpus()
     rows: list[dict[str, Any]] = []

@@ -18,7 +18,7 @@ Per stage it reports:
 A stage "holds real time" when p95 partial lag <= chunk + right + 0.5 s, the backlog does not grow (< 1 s
 between the first and the last third), nothing is refused and no error occurs.
 
-    .venv/bin/python scripts/bench_streams.py --streams 1,2,4,8,16,32 --stage-s 30 --out bench/streams_digits_cpu.json
+    .venv/bin/python -m bench streams --streams 1,2,4,8,16,32 --stage-s 30 --out bench/results/streams_digits_cpu.json
 """
 
 from __future__ import annotations
@@ -41,14 +41,11 @@ import soundfile as sf
 import websockets
 from tqdm import tqdm
 
+from parakeet.pipeline.stream_config import PRESETS_MS
+from tests.support import speech
+from tests.support.servers import start_uvicorn
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-from bench_servers import start_uvicorn  # noqa: E402
-
-from parakeet.pipeline.stream_config import PRESETS_MS  # noqa: E402
-
-import speech  # noqa: E402
 
 FRAME_BYTES = 640  # 20 ms of PCM16 at 16 kHz
 

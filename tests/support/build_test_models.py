@@ -16,12 +16,12 @@ calibrated so that each speaker is on and off in runs).
 All are seeded; the same command gives the same model on the same library versions.
 
 Usage:
-    python3 scripts/build_test_models.py tiny --out models/tiny_tdt.nemo
-    python3 scripts/build_test_models.py digits --out models/digits_tdt.nemo [--steps 1800]
-    python3 scripts/build_test_models.py tiny_diarizer --out models/tiny_sortformer.nemo
-    python3 scripts/build_test_models.py diarizer --out models/two_speaker_sortformer.nemo --steps 1600 \
+    python3 -m tests.support.build_test_models tiny --out models/tiny_tdt.nemo
+    python3 -m tests.support.build_test_models digits --out models/digits_tdt.nemo [--steps 1800]
+    python3 -m tests.support.build_test_models tiny_diarizer --out models/tiny_sortformer.nemo
+    python3 -m tests.support.build_test_models diarizer --out models/two_speaker_sortformer.nemo --steps 1600 \
         --utterances 1000  (conversations)
-    python3 scripts/build_test_models.py fullsize --out models/parakeet_arch_random.nemo \
+    python3 -m tests.support.build_test_models fullsize --out models/parakeet_arch_random.nemo \
         --arch parakeet_tdt_0.6b_v3_arch.yaml --tokenizer-dir tokenizers/bpe_8192_random  (an 8192-piece BPE)
 """
 
@@ -32,15 +32,12 @@ import logging
 import math
 import os
 import random
-import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import speech
+from tests.support import speech
 
 log = logging.getLogger("build_test_models")
 
@@ -378,7 +375,7 @@ def build_diarizer(out: Path, seed: int, steps: int, n_conversations: int) -> No
 
 def calibration_speech(seed: int) -> Any:
     """The speech `calibrate_emission_rate` decodes: five seeded 5-digit utterances (espeak-ng en-us, 150 wpm),
-    float32 16 kHz [T]; scripts/bench_gpu.py records it for a GPU machine without espeak-ng."""
+    float32 16 kHz [T]; bench/gpu.py records it for a GPU machine without espeak-ng."""
     import numpy as np
 
     rng = random.Random(seed)

@@ -9,7 +9,7 @@ libsndfile or FFmpeg is a finding too: the server survives those (its decoders a
 report upstream.
 
     .venv/bin/pip install atheris==3.0.0
-    .venv/bin/python scripts/fuzz_decoder.py -atheris_runs=100000 -max_len=8192 /tmp/fuzz_corpus
+    .venv/bin/python -m bench fuzz_decoder -atheris_runs=100000 -max_len=8192 /tmp/fuzz_corpus
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import io
 import sys
 from pathlib import Path
 
+import atheris
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
-
-import atheris  # noqa: E402
 
 with atheris.instrument_imports():
     import soundfile as sf

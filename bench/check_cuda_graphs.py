@@ -2,7 +2,7 @@
 batches of mixed lengths, and the committed tokens of every step of 8 streams of mixed lengths (streams finish at
 different steps, so the step batch shrinks). Exit 1 on any difference. Recorded run: BENCHMARKS.md "GPU".
 
-    python3 scripts/check_cuda_graphs.py --model models/parakeet_arch_random.nemo --precision bf16
+    python3 -m bench check_cuda_graphs --model models/parakeet_arch_random.nemo --precision bf16
 """
 
 import argparse
@@ -13,15 +13,13 @@ from typing import Any
 
 import torch
 
+from bench.engine import clips
+from inference import build_engine
+from parakeet.core.engine import StepRequest
+from parakeet.core.settings import Settings
+from parakeet.pipeline.stream_config import PRESETS_MS
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-from bench_engine import clips  # noqa: E402
-
-from inference import build_engine  # noqa: E402
-from parakeet.core.engine import StepRequest  # noqa: E402
-from parakeet.core.settings import Settings  # noqa: E402
-from parakeet.pipeline.stream_config import PRESETS_MS  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--model", required=True)

@@ -5,8 +5,8 @@ audio's), sends N concurrent uploads of a PCM16 WAV of the given size, samples t
 its decoder subprocesses every 20 ms, and prints the statuses, the tree's growth and the budget. `--root` runs the
 same against another checkout (e.g. an older commit, for a before/after in one run).
 
-    .venv/bin/python scripts/bench_memory.py                      # issue 19's case: 12 x 200 MB against 1 GiB
-    .venv/bin/python scripts/bench_memory.py --root /tmp/old-checkout
+    .venv/bin/python -m bench memory                      # issue 19's case: 12 x 200 MB against 1 GiB
+    .venv/bin/python -m bench memory --root /tmp/old-checkout
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import collections
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,13 +28,9 @@ import httpx
 import numpy as np
 import soundfile as sf
 
+from tests.support.servers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tree_rss_bytes(pid: int) -> int:

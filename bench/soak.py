@@ -8,7 +8,7 @@ half-way (the client closes the socket mid-body). Every `--window-s` it samples 
 and status counts of the requests that finished in the window. At the end it prints the table, writes JSON and a
 PNG plot, and says whether anything grew after warm-up (the first `--warmup-windows` windows).
 
-    .venv/bin/python scripts/soak.py --minutes 30 --rate 20 --out bench/soak_digits_cpu.json
+    .venv/bin/python -m bench soak --minutes 30 --rate 20 --out bench/results/soak_digits_cpu.json
 
 A measurement, not a test: its numbers go to BENCHMARKS.md.
 """
@@ -32,12 +32,10 @@ import httpx
 import numpy as np
 import soundfile as sf
 
+from tests.support import speech
+from tests.support.servers import start_uvicorn
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-from bench_servers import start_uvicorn  # noqa: E402
-
-import speech  # noqa: E402
 
 
 @dataclass
@@ -112,14 +110,19 @@ async def cancelled_upload(url: str, body: bytes) -> None:
     writer.close()
 
 
-async def run(args: argparse.Namespace, url: str, worker_pid: int) -> list[dict[str, Any]]:
-    rng = random.Random(7)
+def load_mix(long_s: float) -> tuple[list[bytes], bytes, list[bytes]]:
+    """The soak's files: 24 short utterances, one `long_s` file of utterances and pauses, three hostile bodies."""
     shorts = [wav(speech.random_utterance(5_000_000 + i).waveform) for i in range(24)]
     long_parts = [speech.random_utterance(5_100_000 + i).waveform for i in range(20)]
     long_wave = np.concatenate([np.concatenate([w, np.zeros(4000, np.float32)]) for w in long_parts])
-    reps = int(np.ceil(args.long_s * 16000 / len(long_wave)))
-    long_file = wav(np.tile(long_wave, reps)[: int(args.long_s * 16000)])
-    hostile = [os.urandom(20_000), shorts[0][:30], b""]
+    reps = int(np.ceil(long_s * 16000 / len(long_wave)))
+    long_file = wav(np.tile(long_wave, reps)[: int(long_s * 16000)])
+    return shorts, long_file, [os.urandom(20_000), shorts[0][:30], b""]
+
+
+async def run(args: argparse.Namespace, url: str, worker_pid: int) -> list[dict[str, Any]]:
+    rng = random.Random(7)
+    shorts, long_file, hostile = load_mix(args.long_s)
     windows: list[Window] = [Window()]
     rows: list[dict[str, Any]] = []
     pending: set[asyncio.Task[None]] = set()
@@ -203,7 +206,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("minutes")
-    fig.suptitle("soak: mixed load on one worker (scripts/soak.py)")
+    fig.suptitle("soak: mixed load on one worker (bench/soak.py)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 

@@ -6,8 +6,8 @@ per step, compute seconds per second of streamed audio per stream (= step second
 projected streams per worker at real time (its inverse, steps alone, no finals), and the encoder amplification
 (window / chunk). For reference it also times the offline pass of the same audio. A timing, not an assertion.
 
-    .venv/bin/python scripts/bench_stream_step.py --model models/parakeet_arch_random.nemo --batch-sizes 1,8
-    python3 scripts/bench_stream_step.py --model models/parakeet_arch_random.nemo --device cuda \\
+    .venv/bin/python -m bench stream_step --model models/parakeet_arch_random.nemo --batch-sizes 1,8
+    python3 -m bench stream_step --model models/parakeet_arch_random.nemo --device cuda \\
         --precision bf16 --batch-sizes 1,16,64,256            # on a GPU machine
 """
 
@@ -22,16 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from bench.engine import clips
+from parakeet.core.engine import StepRequest
+from parakeet.pipeline.stream_config import PRESETS_MS
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-from bench_engine import clips  # noqa: E402
-
-from parakeet.core.engine import StepRequest  # noqa: E402
-from parakeet.pipeline.stream_config import PRESETS_MS  # noqa: E402
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "models" / "digits_tdt.nemo"))
     ap.add_argument("--device", default="cpu")
@@ -43,7 +41,11 @@ def main() -> int:
     ap.add_argument("--n-clips", type=int, default=16, help="distinct 12 s clips, cycled over the streams")
     ap.add_argument("--torch-threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
 
     import torch
 

@@ -6,9 +6,9 @@ and measures the bare engine's throughput at batch 1 and at the batched server's
 same clips. Prints each design's table, the throughput ratio at the p95 SLO, and served/engine. A timing,
 never an assertion: numbers hold only for this machine and run.
 
-    .venv/bin/python scripts/bench_batching.py --model models/digits_tdt.nemo --clips digits \\
+    .venv/bin/python -m bench batching --model models/digits_tdt.nemo --clips digits \\
         --rates 10,20,40,60,80,120,160,240 --duration-s 10 --slo-p95-ms 200
-    .venv/bin/python scripts/bench_batching.py --model models/parakeet_arch_random.nemo --clips long \\
+    .venv/bin/python -m bench batching --model models/parakeet_arch_random.nemo --clips long \\
         --rates 0.2,0.3,0.4,0.5,0.6,0.8 --duration-s 60 --slo-p95-ms 8000
 """
 
@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -29,15 +28,12 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+import loadtest
+import loadtest_report
+from tests.support import speech
+from tests.support.servers import start_uvicorn
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-
-from bench_servers import start_uvicorn  # noqa: E402
-
-import loadtest  # noqa: E402
-import loadtest_report  # noqa: E402
-
-import speech  # noqa: E402
 
 
 def make_clips(kind: str, n: int, folder: Path, seed: int) -> list[Path]:
@@ -130,7 +126,7 @@ def best_under_slo(result: loadtest_report.RunResult) -> loadtest_report.StageSu
     return max(ok, key=lambda s: s.achieved_rps) if ok else None
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--clips", choices=["digits", "long"], default="digits")
@@ -146,7 +142,11 @@ def main() -> None:
     p.add_argument("--engine-seconds", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write all results as JSON")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     args.rate_list = [float(r) for r in args.rates.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp_name:

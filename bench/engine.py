@@ -4,9 +4,9 @@ Runs inference.ParakeetEngine (the server's own pipeline) on seeded synthetic sp
 length, for each batch size, and prints a table: batch size, requests/s, RTFx (audio seconds per wall
 second), ms per batch, peak device memory. A timing, not an assertion: it holds for this machine and run.
 
-    .venv/bin/python scripts/bench_engine.py --model models/parakeet_arch_random.nemo --clip-s 15 \\
+    .venv/bin/python -m bench engine --model models/parakeet_arch_random.nemo --clip-s 15 \\
         --batch-sizes 1,2,4,8 --device cpu
-    python3 scripts/bench_engine.py --model models/parakeet_arch_random.nemo --clip-s 15 \\
+    python3 -m bench engine --model models/parakeet_arch_random.nemo --clip-s 15 \\
         --batch-sizes 1,16,64,128 --device cuda --precision bf16          # on a GPU machine
 """
 
@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from tests.support import speech
 
-import speech  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def clips(n: int, clip_s: float, seed: int) -> list[np.ndarray]:
@@ -41,7 +39,7 @@ def clips(n: int, clip_s: float, seed: int) -> list[np.ndarray]:
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -55,7 +53,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     import torch
 

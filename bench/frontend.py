@@ -10,10 +10,10 @@ sequential latency, then a closed loop of --concurrency clients for --duration-s
 ratios (2)/(1) and (3)/(engine alone), and where the time of a request goes (read, decode, queue, compute,
 respond). A timing, never an assertion: numbers hold for this machine and run only (BENCHMARKS.md).
 
-    .venv/bin/python scripts/bench_frontend.py                      # ~3 minutes on 2 cores
-    .venv/bin/python scripts/bench_frontend.py --servers bare,noop --clips wav --duration-s 5 --out run.json
-    .venv/bin/python scripts/bench_frontend.py --servers noop,noop@2 --clips wav,mp3   # k = 1 vs 2 workers
-    .venv/bin/python scripts/bench_frontend.py --servers noop+d1,noop+d2,noop+d4 --clips mp3  # decoder pool sizes
+    .venv/bin/python -m bench frontend                      # ~3 minutes on 2 cores
+    .venv/bin/python -m bench frontend --servers bare,noop --clips wav --duration-s 5 --out run.json
+    .venv/bin/python -m bench frontend --servers noop,noop@2 --clips wav,mp3   # k = 1 vs 2 workers
+    .venv/bin/python -m bench frontend --servers noop+d1,noop+d2,noop+d4 --clips mp3  # decoder pool sizes
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ from typing import Any
 from fastapi import FastAPI, Request  # the bare app's route annotations are resolved from module globals
 from fastapi.responses import JSONResponse
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from tests.support.servers import start_uvicorn
 
-from bench_servers import start_uvicorn  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CLIP_S = 15.0
 
@@ -123,7 +122,7 @@ def make_clips(seed: int) -> dict[str, bytes]:
     import soundfile as sf
     import soxr
 
-    import speech
+    from tests.support import speech
 
     parts, n, i = [], 0, 0
     while n < CLIP_S * 16000:
@@ -190,9 +189,9 @@ def start(spec: str, args: argparse.Namespace, tmp: Path) -> Server:
     if decoders is not None:
         env["PARAKEET_DECODE_WORKERS"] = str(decoders)
     if name == "bare":
-        app = ["bench_frontend:bare_app", "--app-dir", str(ROOT / "scripts")]
+        app = ["bench.frontend:bare_app"]
     elif name == "noop":
-        app = ["bench_frontend:noop_app", "--app-dir", str(ROOT / "scripts")]
+        app = ["bench.frontend:noop_app"]
     else:
         app = ["server:app"]
         env["PARAKEET_MODEL"] = args.model

@@ -9,8 +9,8 @@ diarizing a 1-hour file (`--hour`; the offline model refuses past 90 s, so only 
 features computed a minute at a time (the server) and the whole hour at once (NeMo's way). Speech: espeak-ng digits
 with pauses (bench_engine.clips). A timing, never an assertion.
 
-    .venv/bin/python scripts/bench_diarization.py --out bench/diarization_cpu.json
-    python scripts/bench_diarization.py --models full --device cuda --precision bf16   # a GPU (scripts/bench_gpu.sh)
+    .venv/bin/python -m bench diarization --out bench/results/diarization_cpu.json
+    python -m bench diarization --models full --device cuda --precision bf16   # a GPU (bench/gpu.sh)
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 
 def load(name: str, feature_chunk_s: float = 60.0, device: str = "cpu", precision: str = "auto") -> Any:
@@ -38,7 +37,7 @@ def load(name: str, feature_chunk_s: float = 60.0, device: str = "cpu", precisio
     else:
         from nemo.collections.asr.models import SortformerEncLabelModel
 
-        from build_test_models import full_size_sortformer_config
+        from tests.support.build_test_models import full_size_sortformer_config
 
         torch.manual_seed(0)
         model = SortformerEncLabelModel(full_size_sortformer_config()).to(device)
@@ -59,7 +58,8 @@ def hour(name: str, feature_chunk_s: float, device: str, precision: str) -> dict
     On a CUDA device also the peak device memory over the loaded model."""
     import numpy as np
     import torch
-    from bench_engine import clips
+
+    from bench.engine import clips
 
     diarizer = load(name, feature_chunk_s, device, precision)
     minute = np.concatenate(clips(4, 15.0, 1))
@@ -81,7 +81,8 @@ def hour(name: str, feature_chunk_s: float, device: str, precision: str) -> dict
 def timings(name: str, repeats: int, device: str, precision: str) -> dict[str, Any]:
     import numpy as np
     import torch
-    from bench_engine import clips
+
+    from bench.engine import clips
 
     diarizer = load(name, device=device, precision=precision)
     params = sum(p.numel() for p in diarizer.model.parameters())

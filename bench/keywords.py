@@ -7,10 +7,10 @@ tree cached), each run right after a batch without phrases (the baseline of its 
 `--weight 0.001` measures the cost without the effect (the same text; a decoder that emits other tokens does other
 work). A timing, never an assertion.
 
-    .venv/bin/python scripts/bench_keywords.py --model models/digits_tdt.nemo
-    .venv/bin/python scripts/bench_keywords.py --model models/parakeet_arch_random.nemo --batch 4 --clip-s 10 \
+    .venv/bin/python -m bench keywords --model models/digits_tdt.nemo
+    .venv/bin/python -m bench keywords --model models/parakeet_arch_random.nemo --batch 4 --clip-s 10 \
         --repeats 5 --weight 0.001
-    (on a GPU: --device cuda --precision bf16; scripts/bench_gpu.sh runs it)
+    (on a GPU: --device cuda --precision bf16; bench/gpu.sh runs it)
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=str(ROOT / "models" / "digits_tdt.nemo"))
     p.add_argument("--batch", type=int, default=16)
@@ -39,11 +38,15 @@ def main() -> int:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--weight", type=float, default=1.0, help="the lists' weight (0.001: cost without effect)")
     p.add_argument("--out", type=Path)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
 
     import torch
-    from bench_engine import clips
 
+    from bench.engine import clips
     from inference import build_engine
     from parakeet.core.keywords import KeyPhrases
     from parakeet.core.settings import Settings

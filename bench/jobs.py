@@ -7,7 +7,7 @@ keeps sending the interactive requests at the same rate; it reports the interact
 backlog, the submit rate, and the drain time and rate (jobs per second until none is queued or running). A timing,
 never an assertion (BENCHMARKS.md "Jobs").
 
-    .venv/bin/python scripts/bench_jobs.py --model models/digits_tdt.nemo --jobs 1000 --out bench/jobs_cpu.json
+    .venv/bin/python -m bench jobs --model models/digits_tdt.nemo --jobs 1000 --out bench/results/jobs_cpu.json
 """
 
 from __future__ import annotations
@@ -19,23 +19,21 @@ import json
 import os
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from tests.support.servers import start_uvicorn
 
-from bench_servers import start_uvicorn  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def clips(count: int) -> list[bytes]:
     """`count` short WAV clips (espeak-ng digits, held-out voices; 16 kHz PCM16)."""
     import soundfile as sf
 
-    import speech
+    from tests.support import speech
 
     out = []
     for i in range(count):

@@ -8,26 +8,24 @@ item's `BiasingRequestItemConfig` (NeMo's word-boosting guide,
 https://docs.nvidia.com/nemo-framework/user-guide/latest/nemotoolkit/asr/asr_customization/word_boosting.html).
 Prints one line per item and how many lists changed the text; exit 1 on any difference.
 
-    .venv/bin/python scripts/check_keywords_parity.py --model models/digits_tdt.nemo
-    .venv/bin/python scripts/build_test_models.py fullsize --out /tmp/full.nemo \\
+    .venv/bin/python -m bench check_keywords_parity --model models/digits_tdt.nemo
+    .venv/bin/python -m tests.support.build_test_models fullsize --out /tmp/full.nemo \\
         --tokenizer-dir ../shared/tokenizers/bpe_1024_random
-    .venv/bin/python scripts/check_keywords_parity.py --model /tmp/full.nemo --items 8 --clip-s 6
+    .venv/bin/python -m bench check_keywords_parity --model /tmp/full.nemo --items 8 --clip-s 6
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from parakeet.core.keywords import KeyPhrases
 
-from parakeet.core.keywords import KeyPhrases  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def nemo_boosted_texts(
@@ -95,8 +93,8 @@ def main() -> int:
     args = p.parse_args()
 
     import torch
-    from bench_engine import clips
 
+    from bench.engine import clips
     from inference import build_engine
     from parakeet.core.settings import Settings
 
