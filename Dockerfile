@@ -11,7 +11,6 @@ ENV DEBIAN_FRONTEND=noninteractive \
     HF_HOME=/data/hf \
     PARAKEET_DATA_DIR=/data/jobs \
     PARAKEET_HOST=0.0.0.0 \
-    PARAKEET_PORT=8000 \
     PARAKEET_LOG_FORMAT=json \
     PROMETHEUS_MULTIPROC_DIR=/tmp/parakeet_metrics
 

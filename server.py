@@ -131,7 +131,9 @@ def _chain_shutdown_signals(worker: Worker) -> Callable[[], None]:
     return restore
 
 
-def _claim_device(settings: Settings, factory: EngineFactory, on_fatal: Callable[[str], None]) -> GpuClaim | None:
+def _claim_device(
+    settings: Settings, tuning: Tuning, factory: EngineFactory, on_fatal: Callable[[str], None]
+) -> GpuClaim | None:
     """The GPU lock this worker holds for its life, or None to run on the CPU."""
     gpu_count = 0 if settings.device == "cpu" else factory.visible_gpus()
     if settings.device == "cuda" and gpu_count == 0:
@@ -140,7 +142,7 @@ def _claim_device(settings: Settings, factory: EngineFactory, on_fatal: Callable
         log.info("no CUDA device: running on the CPU")
         return None
     try:
-        claim = claim_gpu(settings.gpu_lock_dir, gpu_count, settings.workers_per_gpu)
+        claim = claim_gpu(Path(tuning.gpu_lock_dir), gpu_count, settings.workers_per_gpu)
     except NoFreeGpuError as exc:
         on_fatal(str(exc))
         raise
@@ -208,7 +210,7 @@ def _lifespan(
 ) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        claim = _claim_device(settings, factories.engine, on_fatal)
+        claim = _claim_device(settings, tuning, factories.engine, on_fatal)
         try:
             worker = Worker(
                 settings, tuning, gpu_id=claim.gpu_id if claim else None, gpu_slot=claim.slot if claim else None
@@ -314,7 +316,7 @@ def _add_middleware(app: FastAPI, settings: Settings, tuning: Tuning, on_fatal: 
     app.add_middleware(
         UploadLimitMiddleware,
         max_upload_bytes=settings.max_upload_bytes,
-        body_idle_timeout_s=settings.body_idle_timeout_s,
+        body_idle_timeout_s=tuning.body_idle_timeout_s,
         body_min_rate_bytes_s=tuning.body_min_rate_bytes_s,
         body_grace_s=tuning.body_grace_s,
     )

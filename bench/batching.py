@@ -66,11 +66,8 @@ def serve_and_load(
             "PARAKEET_MODEL": model,
             "PARAKEET_MAX_BATCH_SIZE": str(max_batch_size),
             "PARAKEET_MAX_WAIT_MS": str(args.max_wait_ms),
-            "PARAKEET_TORCH_THREADS": str(args.threads),
-            "PARAKEET_DECODE_WORKERS": "1",
+            "OMP_NUM_THREADS": str(args.threads),
             "PARAKEET_MAX_QUEUE_REQUESTS": "1024",
-            "PARAKEET_REQUEST_TIMEOUT_S": "600",
-            "PARAKEET_GPU_LOCK_DIR": str(log_path.parent / "locks"),
         }
     )
     proc, url = start_uvicorn(["server:app"], env, log_path)
@@ -103,7 +100,9 @@ def engine_throughput(
     from inference import build_engine
     from parakeet.core.settings import Settings
 
-    settings = Settings(model=model, device="cpu", precision="fp32", cuda_graphs=False, torch_threads=args.threads)
+    if args.threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
+        torch.set_num_threads(args.threads)
+    settings = Settings(model=model, device="cpu", precision="fp32", cuda_graphs=False)
     engine = build_engine(settings, torch.device("cpu"))
     waves = [sf.read(p, dtype="float32")[0] for p in clips]
     random.Random(args.seed).shuffle(waves)

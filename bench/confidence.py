@@ -35,7 +35,9 @@ def main() -> int:
     from inference import build_engine
     from parakeet.core.settings import Settings
 
-    engine = build_engine(Settings(model=args.model, torch_threads=args.threads), torch.device(args.device))
+    if args.threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
+        torch.set_num_threads(args.threads)
+    engine = build_engine(Settings(model=args.model), torch.device(args.device))
     waves = clips(max(int(b) for b in args.batch_sizes.split(",")), args.clip_s, seed=3)
     print(f"{args.model} on {args.device}, {args.clip_s:g} s clips, torch threads {torch.get_num_threads()}")
     print(

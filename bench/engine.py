@@ -66,9 +66,9 @@ def main() -> None:
     device = torch.device(args.device)
     from parakeet.core.settings import Settings
 
-    settings = Settings(
-        model=args.model, precision=args.precision, cuda_graphs=args.cuda_graphs, torch_threads=args.threads
-    )
+    if args.threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
+        torch.set_num_threads(args.threads)
+    settings = Settings(model=args.model, precision=args.precision, cuda_graphs=args.cuda_graphs)
     engine = build_engine(settings, device)
     engine.sync_stages = True  # stage split (features+encoder / decoding / timestamps+records) is device time
     waves = clips(args.n_clips, args.clip_s, args.seed)

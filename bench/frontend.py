@@ -107,9 +107,13 @@ def __getattr__(name: str) -> Any:  # `uvicorn bench_frontend:bare_app` / `:noop
     if name == "bare_app":
         return _bare_app()
     if name == "noop_app":
+        from parakeet.core.tuning import Tuning
         from server import create_app
 
-        return create_app(engine_factory=NoopFactory())
+        decoders = os.environ.get("BENCH_DECODE_WORKERS")
+        return create_app(
+            engine_factory=NoopFactory(), tuning=Tuning(decode_workers=int(decoders) if decoders else None)
+        )
     raise AttributeError(name)
 
 
@@ -178,16 +182,17 @@ def start(spec: str, args: argparse.Namespace, tmp: Path) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
     env.update(
         {
-            "PARAKEET_GPU_LOCK_DIR": str(tmp / "locks"),
-            "PARAKEET_TORCH_THREADS": str(args.threads),
+            "OMP_NUM_THREADS": str(args.threads),
             "PARAKEET_MAX_QUEUE_REQUESTS": str(max(128, 4 * args.concurrency)),
             "HF_HUB_OFFLINE": "1",
         }
     )
     env.update(dict(kv.split("=", 1) for kv in args.env))
-    env["PARAKEET_WORKERS"] = str(workers)  # as serve.sh exports it: the decoder pools follow the cores per worker
+    env["WEB_CONCURRENCY"] = str(workers)  # as serve.sh exports it: the decoder pools follow the cores per worker
     if decoders is not None:
-        env["PARAKEET_DECODE_WORKERS"] = str(decoders)
+        if name == "model":
+            raise SystemExit("+d<decoders> takes the bare and noop servers (the model server's pool is its default)")
+        env["BENCH_DECODE_WORKERS"] = str(decoders)  # read by noop_app (Tuning.decode_workers)
     if name == "bare":
         app = ["bench.frontend:bare_app"]
     elif name == "noop":
@@ -279,9 +284,9 @@ def engine_alone(model: str, clips: dict[str, bytes], batch_sizes: dict[str, flo
     from parakeet.core.settings import Settings
     from parakeet.pipeline.audio import decode_audio
 
-    engine = build_engine(
-        Settings(model=model, device="cpu", precision="fp32", torch_threads=threads), torch.device("cpu")
-    )
+    if threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
+        torch.set_num_threads(threads)
+    engine = build_engine(Settings(model=model, device="cpu", precision="fp32"), torch.device("cpu"))
     out = {}
     for name, data in clips.items():
         wave = decode_audio(data, max_duration_s=60).waveform

@@ -49,9 +49,9 @@ def main() -> int:
     from parakeet.core.settings import Settings
 
     device = torch.device(args.device)
-    settings = Settings(
-        model=args.model, precision=args.precision, cuda_graphs=args.cuda_graphs, torch_threads=args.threads
-    )
+    if args.threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
+        torch.set_num_threads(args.threads)
+    settings = Settings(model=args.model, precision=args.precision, cuda_graphs=args.cuda_graphs)
     engine = build_engine(settings, device)
     engine.sync_stages = True
     frames = int(args.clip_s / (engine.window_stride_s * engine.subsampling_factor))

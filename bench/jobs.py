@@ -115,8 +115,7 @@ def main() -> int:
     wavs = clips(20)
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
-        env |= {"PARAKEET_MODEL": args.model, "PARAKEET_DATA_DIR": f"{tmp}/data", "HF_HUB_OFFLINE": "1",
-                "PARAKEET_GPU_LOCK_DIR": f"{tmp}/locks"}  # fmt: skip
+        env |= {"PARAKEET_MODEL": args.model, "PARAKEET_DATA_DIR": f"{tmp}/data", "HF_HUB_OFFLINE": "1"}
         proc, url = start_uvicorn(["server:app"], env, Path(tmp) / "server.log")
         try:
             result = asyncio.run(run(url, Path(tmp) / "data" / "jobs.sqlite3", wavs, args))

@@ -51,7 +51,9 @@ def main() -> int:
     from parakeet.core.keywords import KeyPhrases
     from parakeet.core.settings import Settings
 
-    settings = Settings(model=args.model, device=args.device, precision=args.precision, torch_threads=args.threads)
+    if args.threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
+        torch.set_num_threads(args.threads)
+    settings = Settings(model=args.model, device=args.device, precision=args.precision)
     engine = build_engine(settings, torch.device(args.device))
     waves = clips(args.batch, args.clip_s, 0)
     flags = [False] * len(waves)

@@ -63,8 +63,8 @@ def start(root: Path, budget: int, decoders: int, log: Path) -> tuple[subprocess
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
     env |= {"FAKE_APP": "1", "FAKE_DELAY_S": "0.5", "PARAKEET_MAX_INFLIGHT_AUDIO_BYTES": str(budget),
-            "PARAKEET_DECODE_WORKERS": str(decoders), "PARAKEET_GPU_LOCK_DIR": str(log.parent / "locks"),
-            "PARAKEET_TORCH_THREADS": "1"}  # fmt: skip
+            "FAKE_TUNING": json.dumps({"decode_workers": decoders, "gpu_lock_dir": str(log.parent / "locks")}),
+            "OMP_NUM_THREADS": "1"}  # fmt: skip
     cmd = [sys.executable, "-m", "uvicorn", "fakes:app", "--app-dir", str(root / "tests"), "--port", str(port)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -87,7 +87,7 @@ def main() -> int:
     p.add_argument("--uploads", type=int, default=12)
     p.add_argument("--upload-mb", type=float, default=200.0, help="size of each upload, MB (10^6 bytes)")
     p.add_argument("--budget-mib", type=float, default=1024.0, help="PARAKEET_MAX_INFLIGHT_AUDIO_BYTES, MiB")
-    p.add_argument("--decoders", type=int, default=2, help="PARAKEET_DECODE_WORKERS")
+    p.add_argument("--decoders", type=int, default=2, help="decoder subprocesses (Tuning.decode_workers)")
     p.add_argument("--out", type=Path, help="write the numbers as JSON here")
     args = p.parse_args()
     budget = int(args.budget_mib * 2**20)

@@ -227,12 +227,12 @@ def main() -> int:
             workers = max(gpus, 1) * k
             env = {key: v for key, v in os.environ.items() if not key.startswith("PARAKEET_")}
             env.update({
-                "PARAKEET_MODEL": args.model, "PARAKEET_WORKERS_PER_GPU": str(k), "PARAKEET_WORKERS": str(workers),
-                "PARAKEET_GPU_LOCK_DIR": str(tmp / f"locks{k}"), "PARAKEET_MAX_QUEUE_REQUESTS": "1024",
+                "PARAKEET_MODEL": args.model, "PARAKEET_WORKERS_PER_GPU": str(k), "WEB_CONCURRENCY": str(workers),
+                "PARAKEET_MAX_QUEUE_REQUESTS": "1024",
                 "HF_HUB_OFFLINE": "1",
             })  # fmt: skip
             if gpus == 0:
-                env["PARAKEET_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
             env.update(dict(kv.split("=", 1) for kv in args.env))
             log_path = tmp / f"server_k{k}.log"
             proc, url = start_uvicorn(["server:app", "--no-access-log"], env, log_path, timeout_s=600, workers=workers)

@@ -223,8 +223,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="JSON; the plot goes beside it (.png)")
     args = ap.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
-    env.update({"PARAKEET_MODEL": args.model, "PARAKEET_TORCH_THREADS": str(args.torch_threads), "HF_HUB_OFFLINE": "1",
-                "PARAKEET_GPU_LOCK_DIR": "/tmp/parakeet_soak_locks"})  # fmt: skip
+    env.update({"PARAKEET_MODEL": args.model, "OMP_NUM_THREADS": str(args.torch_threads), "HF_HUB_OFFLINE": "1"})
     proc, url = start_uvicorn(["server:app", "--workers", "1"], env, Path("/tmp/soak_server.log"))
     try:
         print(f"soak: {args.minutes:g} min at {args.rate:g} req/s against {url} ({args.model}), worker pid {proc.pid}")

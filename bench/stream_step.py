@@ -52,9 +52,9 @@ def main() -> int:
     from inference import build_engine
     from parakeet.core.settings import Settings
 
-    settings = Settings(
-        model=args.model, precision=args.precision, torch_threads=args.torch_threads, cuda_graphs=args.cuda_graphs
-    )
+    if args.torch_threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
+        torch.set_num_threads(args.torch_threads)
+    settings = Settings(model=args.model, precision=args.precision, cuda_graphs=args.cuda_graphs)
     engine = build_engine(settings, torch.device(args.device))
     frame = engine.encoder_frame_samples
     sizes = [int(b) for b in args.batch_sizes.split(",")]

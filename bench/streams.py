@@ -283,10 +283,9 @@ def main() -> int:
         "PARAKEET_STREAM_PRESET": args.preset,
         "PARAKEET_STREAM_MAX_STREAMS": "1024",
         "HF_HUB_OFFLINE": "1",
-        "PARAKEET_GPU_LOCK_DIR": "/tmp/parakeet_bench_streams_locks",
     })  # fmt: skip
     if args.torch_threads:
-        env["PARAKEET_TORCH_THREADS"] = str(args.torch_threads)
+        env["OMP_NUM_THREADS"] = str(args.torch_threads)
     log_path = Path("/tmp/bench_streams_server.log")
     proc, base = start_uvicorn(["server:app", "--workers", "1"], env, log_path)
     try:

@@ -6,8 +6,10 @@ inspection. Fixtures that use them are in conftest.py; the fake engine is fakes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import io
+import json
 import os
 import subprocess
 import sys
@@ -40,7 +42,7 @@ def cpu_settings(model_path: Path, **overrides: Any) -> Settings:
     """Settings for an fp32 CPU engine on `model_path` (explicit values: the environment cannot change them; CUDA
     graphs `auto`, the default, which on a CPU means off)."""
     values: dict[str, Any] = {
-        "model": str(model_path), "device": "cpu", "precision": "fp32", "cuda_graphs": "auto", "torch_threads": None,
+        "model": str(model_path), "device": "cpu", "precision": "fp32", "cuda_graphs": "auto",
     }  # fmt: skip
     return Settings(**{**values, **overrides})
 
@@ -95,17 +97,17 @@ async def running_app(
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """`server.create_app` serving `engine` (a FakeEngine) in this process with its lifespan running
     (decoder subprocesses, GPU thread, batcher), and an httpx client on it (ASGITransport: no socket, for
-    behaviour whose subject is not a socket or a process); `settings` are Settings fields. Waits for /health
-    200 unless `wait_ready` is False."""
+    behaviour whose subject is not a socket or a process); `settings` are Settings or Tuning fields
+    (`split_overrides`). Waits for /health 200 unless `wait_ready` is False."""
     from server import create_app
 
     def fatal(message: str) -> None:
         raise AssertionError(f"worker would exit: {message}")
 
-    values: dict[str, Any] = {"decode_workers": 1, "device": "cpu", "model": "fake", **settings}
+    values, tuned = split_overrides({"device": "cpu", "model": "fake", "decode_workers": 1, **settings})
     app = create_app(
         Settings(**values), engine_factory=FixedEngineFactory(engine or FakeEngine(), load_delay_s), on_fatal=fatal,
-        vad_factory=NoVad(), tuning=tuning,
+        vad_factory=NoVad(), tuning=dataclasses.replace(tuning or Tuning(), **tuned),
     )  # fmt: skip
     async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -147,9 +149,17 @@ async def post_wav(client: httpx.AsyncClient, tag: int, duration_s: float = 1.0,
 DIGITS_APP_SETTINGS: dict[str, Any] = {
     "data_dir": Path(tempfile.mkdtemp(prefix="parakeet-jobs-")),  # jobs: never the checkout's data/
     "max_upload_bytes": 8 * 1024 * 1024, "max_audio_duration_s": 60, "stream_max_streams": 8,
-    "stream_idle_timeout_s": 3, "decode_workers": 2,
 }  # fmt: skip
-DIGITS_APP_TUNING = Tuning(stream_max_frame_bytes=256 * 1024, stream_max_lag_s=2.0)
+DIGITS_APP_TUNING = Tuning(stream_max_frame_bytes=256 * 1024, stream_max_lag_s=2.0, stream_idle_timeout_s=3,
+                           decode_workers=2)  # fmt: skip
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A test's app overrides split into Settings fields and Tuning fields (the internal constants, e.g.
+    `long_audio_threshold_s`, `request_timeout_s`, `stream_max_session_s`), by name."""
+    tuning_names = {f.name for f in dataclasses.fields(Tuning)}
+    tuned = {k: v for k, v in overrides.items() if k in tuning_names}
+    return {k: v for k, v in overrides.items() if k not in tuning_names}, tuned
 
 
 def _digits_app(
@@ -160,10 +170,10 @@ def _digits_app(
     def fatal(message: str) -> None:
         raise AssertionError(f"worker would exit: {message}")
 
-    values = {"model": str(model_path), "device": "cpu", **DIGITS_APP_SETTINGS, **settings}
+    values, tuned = split_overrides({"model": str(model_path), "device": "cpu", **DIGITS_APP_SETTINGS, **settings})
     return create_app(Settings(**values), engine_factory=FixedEngineFactory(engine), on_fatal=fatal,
                       vad_factory=SharedVad(vad), diarizer_factory=FixedDiarizerFactory(diarizer),
-                      tuning=tuning or DIGITS_APP_TUNING)  # fmt: skip
+                      tuning=dataclasses.replace(tuning or DIGITS_APP_TUNING, **tuned))  # fmt: skip
 
 
 @contextmanager
@@ -271,17 +281,17 @@ def start_server(
     multiprocess_metrics: bool = False,
 ) -> ServerProcess:
     """Start uvicorn with `env` added to a clean PARAKEET_* environment; does not wait for readiness.
-    `fake`: serve tests/fakes.py's FakeEngine (FAKE_* variables) instead of a NeMo model.
+    `fake`: serve tests/fakes.py's FakeEngine (FAKE_* variables; FAKE_TUNING, JSON, sets Tuning fields, with its
+    own GPU lock folder and one decoder by default) instead of a NeMo model (default Tuning: it claims no GPU lock
+    on a CPU).
     `healthcheck_timeout_s`: uvicorn's --timeout-worker-healthcheck (as serve.sh: 60)."""
     port = port or free_port()
     tmp_dir.mkdir(parents=True, exist_ok=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
     base_env.update(
         {
-            "PARAKEET_GPU_LOCK_DIR": str(tmp_dir / "locks"),
             "PARAKEET_DATA_DIR": str(tmp_dir / "data"),  # the jobs database: never the checkout's data/
-            "PARAKEET_TORCH_THREADS": "1",
-            "PARAKEET_DECODE_WORKERS": "1",
+            "OMP_NUM_THREADS": "1",  # torch's threads per worker
             "HF_HUB_OFFLINE": "1",
             "HF_HOME": str(tmp_dir / "hf"),  # an empty Hugging Face cache: nothing from the user's
             "PYTHONUNBUFFERED": "1",
@@ -291,8 +301,13 @@ def start_server(
         (tmp_dir / "prom").mkdir(exist_ok=True)
         base_env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_dir / "prom")
     base_env.update(env)
-    if fake:
-        base_env["FAKE_APP"] = "1"
+    if fake:  # the fake app's internal constants: its own GPU locks, one decoder, and what the test asks
+        tuned = {
+            "gpu_lock_dir": str(tmp_dir / "locks"),
+            "decode_workers": 1,
+            **json.loads(env.get("FAKE_TUNING", "{}")),
+        }
+        base_env |= {"FAKE_APP": "1", "FAKE_TUNING": json.dumps(tuned)}
     app = ["fakes:app", "--app-dir", str(ROOT / "tests")] if fake else ["server:app"]
     return launch_uvicorn(app, base_env, tmp_dir / f"server-{port}.log", port=port, workers=workers,
                           healthcheck_timeout_s=healthcheck_timeout_s)  # fmt: skip

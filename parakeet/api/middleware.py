@@ -123,7 +123,7 @@ class UploadLimitMiddleware:
                 message = await asyncio.wait_for(receive(), self.idle_s)
             except TimeoutError:
                 raise errors.BodyTimeout(
-                    f"the request body sent nothing for {self.idle_s:g} s (limit PARAKEET_BODY_IDLE_TIMEOUT_S) "
+                    f"the request body sent nothing for {self.idle_s:g} s (the limit for a stalled body) "
                     f"after {received} bytes"
                 ) from None
             received += len(message.get("body", b""))

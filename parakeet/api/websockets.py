@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from parakeet.api.middleware import WS_KEY_PROTOCOL
 from parakeet.core import errors
-from parakeet.core.settings import Settings
+from parakeet.core.tuning import Tuning
 from parakeet.pipeline.stream_session import StreamSession
 
 log = logging.getLogger("parakeet.streams")
@@ -114,12 +114,10 @@ class StreamReader:
     """Reads one socket within the stream limits: backpressure (`max_lag_s`), idle timeout, session length,
     message size, shutdown."""
 
-    def __init__(
-        self, websocket: WebSocket, settings: Settings, max_frame_bytes: int, session: StreamSession, outbox: Outbox
-    ) -> None:
-        self.websocket, self.settings, self.session, self.outbox = websocket, settings, session, outbox
-        self.max_frame_bytes = max_frame_bytes
-        self.deadline = time.monotonic() + settings.stream_max_session_s
+    def __init__(self, websocket: WebSocket, tuning: Tuning, session: StreamSession, outbox: Outbox) -> None:
+        self.websocket, self.tuning, self.session, self.outbox = websocket, tuning, session, outbox
+        self.max_frame_bytes = tuning.stream_max_frame_bytes
+        self.deadline = time.monotonic() + tuning.stream_max_session_s
         self.bad_messages = 0
 
     async def receive(self) -> bytes | str:
@@ -129,7 +127,7 @@ class StreamReader:
             WebSocketDisconnect: the client went away.
             StreamClosing: a limit was hit, or the worker is shutting down (finalize, then close).
         """
-        s, closing = self.settings, self.session.closing
+        t, closing = self.tuning, self.session.closing
         if self.outbox.unsent > MAX_UNSENT_MESSAGES:  # the client sends but does not read: its backlog would grow
             why = f"{self.outbox.unsent} messages wait for the client to read them, the limit is {MAX_UNSENT_MESSAGES}"
             raise StreamClosing(POLICY, _error("client_not_reading", why), flush=False)
@@ -141,7 +139,7 @@ class StreamReader:
         if left <= 0:
             raise self._too_long()
         receive = asyncio.ensure_future(self.websocket.receive())
-        await _first(receive, closing.wait(), timeout=min(s.stream_idle_timeout_s, left))
+        await _first(receive, closing.wait(), timeout=min(t.stream_idle_timeout_s, left))
         if not receive.done():
             receive.cancel()
             if closing.is_set():
@@ -149,13 +147,11 @@ class StreamReader:
             # Which limit ran out is the one waited for. uvloop (uvicorn's loop) times on libuv's millisecond
             # clock and can wake up to ~1 ms before time.monotonic() reaches the deadline (measured: 6 of 300
             # waits, by up to 0.8 ms), so "now >= deadline" was sometimes false at the session limit.
-            if left <= s.stream_idle_timeout_s:
+            if left <= t.stream_idle_timeout_s:
                 raise self._too_long()
             raise StreamClosing(
                 POLICY,
-                _error(
-                    "idle_timeout", f"no message for {s.stream_idle_timeout_s:g} s (PARAKEET_STREAM_IDLE_TIMEOUT_S)"
-                ),
+                _error("idle_timeout", f"no message for {t.stream_idle_timeout_s:g} s (the limit for a silent stream)"),
                 finalize=True,
             )
         message = receive.result()
@@ -173,10 +169,8 @@ class StreamReader:
         return payload
 
     def _too_long(self) -> StreamClosing:
-        limit = self.settings.stream_max_session_s
-        message = _error(
-            "session_too_long", f"the stream reached the limit of {limit:g} s (PARAKEET_STREAM_MAX_SESSION_S)"
-        )
+        limit = self.tuning.stream_max_session_s
+        message = _error("session_too_long", f"the stream reached the limit of {limit:g} s (the longest stream)")
         return StreamClosing(POLICY, message, finalize=True)
 
     def bad_message(self) -> None:

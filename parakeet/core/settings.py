@@ -29,12 +29,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    # --- server (host/port/workers: scripts/serve.sh starts uvicorn with them) ---
+    # --- server (scripts/serve.sh starts uvicorn with the host; its port and workers are uvicorn's own options) ---
     host: str = Field("0.0.0.0", description="Address to listen on (HTTP, and Wyoming when it is on).")
-    port: int = Field(8000, ge=1, le=65535, description="HTTP port (scripts/serve.sh).")
-    workers: int | None = Field(
-        None, ge=1, description="uvicorn workers on this host (scripts/serve.sh; default: GPUs x workers per GPU)."
-    )
     workers_per_gpu: int = Field(
         1, ge=1, le=8, description="Workers sharing each GPU, each claiming one of its slots (scripts/serve.sh)."
     )
@@ -52,10 +48,6 @@ class Settings(BaseSettings):
         description="NeMo's CUDA-graph TDT decoder. auto: on a GPU, on if a start-up self-check finds it gives the "
         "same tokens, timestamps and stream steps as without; true/false force it (GPU only).",
     )
-    torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op CPU threads per worker (default: torch's own choice)."
-    )
-    gpu_lock_dir: Path = Field(Path("/tmp/parakeet_gpu_assignments"), description="Folder of the gpu<i>.lock files.")
 
     # --- limits ---
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest request body, bytes.")
@@ -65,12 +57,6 @@ class Settings(BaseSettings):
         ge=1024 * 1024,
         description="Memory budget per worker for request audio held at once, decoder subprocesses included: "
         "upload bytes (their Content-Length before the body is read), then the decoded float32 waveform; past it 429.",
-    )
-    body_idle_timeout_s: float = Field(
-        30.0, gt=0, description="A request body that sends nothing for this long is cut off with 408, s."
-    )
-    decode_workers: int | None = Field(
-        None, ge=1, le=64, description="Audio decoder subprocesses per worker (default: from the cores, see README)."
     )
     shutdown_drain_s: float = Field(
         30.0, ge=0, description="On shutdown, how long admitted requests and open streams may take to finish, s."
@@ -87,12 +73,6 @@ class Settings(BaseSettings):
     max_queue_requests: int = Field(
         128, ge=1, description="Admitted, unanswered requests per worker; past it new ones get 429."
     )
-    request_timeout_s: float = Field(
-        30.0, gt=0, description="Longest a request may wait in the queue before a 503, seconds."
-    )
-    long_audio_threshold_s: float = Field(
-        180.0, gt=0, description="Audio longer than this is transcribed in chunks, never with full attention."
-    )
 
     # --- live streams: WebSocket /ws and /v1/realtime (parakeet/pipeline/stream_scheduler.py) ---
     stream_preset: Literal["low-latency", "balanced", "accurate"] = Field(
@@ -101,8 +81,6 @@ class Settings(BaseSettings):
         "balanced 480/480/4000 ms, accurate 800/1600/9600 ms (NVIDIA's streaming config for this model).",
     )
     stream_max_streams: int = Field(64, ge=0, description="Open streams per worker; the next is refused (1013).")
-    stream_idle_timeout_s: float = Field(60.0, gt=0, description="A stream silent this long is closed (1008), s.")
-    stream_max_session_s: float = Field(10800.0, gt=0, description="Longest stream, s; then closed (1008).")
 
     # --- audio by URL (JSON `audio_url`; parakeet/pipeline/fetch.py) ---
     url_input: bool = Field(False, description="Accept `audio_url` in JSON requests (the server fetches it).")
@@ -228,19 +206,40 @@ class Settings(BaseSettings):
         return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
 
-def decoder_pool_size(settings: Settings, cores: int) -> int:
-    """Decoder subprocesses per worker: `PARAKEET_DECODE_WORKERS` if set, else the host's cores per worker less
-    one (the worker's own event loop and GPU thread), between 2 and 8:
-    `clamp(cores // workers - 1, 2, 8)`, with `workers` = `PARAKEET_WORKERS` (serve.sh exports it), or 1.
+def host_workers(environ: Mapping[str, str] | None = None) -> int:
+    """uvicorn workers on this host: `WEB_CONCURRENCY`, uvicorn's own variable for `--workers`
+    (https://www.uvicorn.org/settings/#production; scripts/serve.sh exports it), or 1."""
+    value = (os.environ if environ is None else environ).get("WEB_CONCURRENCY", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def decoder_pool_size(explicit: int | None, cores: int, workers: int) -> int:
+    """Decoder subprocesses per worker: `explicit` (Tuning.decode_workers) if set, else the host's cores per worker
+    less one (the worker's own event loop and GPU thread), between 2 and 8: `clamp(cores // workers - 1, 2, 8)`,
+    `workers` from `host_workers()`.
 
     Two is the floor so that one slow upload never holds the only decoder; eight the cap because past it a
     worker's event loop, not decoding, bounds its upload rate (BENCHMARKS.md "Front end"). Examples: 2 cores and
     1 worker -> 2; 16 cores and 2 workers -> 7; 64 cores and 8 workers -> 7; 64 cores and 1 worker -> 8.
     """
-    if settings.decode_workers is not None:
-        return settings.decode_workers
-    workers = settings.workers or 1
+    if explicit is not None:
+        return explicit
     return max(2, min(8, cores // workers - 1))
+
+
+# Settings an earlier version read, and what replaced each (an unknown name is fatal: these say where it went).
+RETIRED = {
+    "PARAKEET_PORT": "the port is uvicorn's own option: scripts/serve.sh --port 9000",
+    "PARAKEET_WORKERS": "uvicorn's own WEB_CONCURRENCY (scripts/serve.sh exports it; or --workers)",
+    "PARAKEET_TORCH_THREADS": "OMP_NUM_THREADS, which torch reads itself (scripts/serve.sh sets it on a CPU)",
+    "PARAKEET_GPU_LOCK_DIR": "a fixed folder, /tmp/parakeet_gpu_assignments (README 'How it works')",
+    "PARAKEET_DECODE_WORKERS": "derived from the cores per worker (README 'Settings')",
+    "PARAKEET_BODY_IDLE_TIMEOUT_S": "a constant, 30 s, beside the body's other limits (parakeet/core/tuning.py)",
+    "PARAKEET_REQUEST_TIMEOUT_S": "a constant, 30 s (parakeet/core/tuning.py)",
+    "PARAKEET_LONG_AUDIO_THRESHOLD_S": "a constant, 180 s (parakeet/core/tuning.py)",
+    "PARAKEET_STREAM_IDLE_TIMEOUT_S": "a constant, 60 s (parakeet/core/tuning.py)",
+    "PARAKEET_STREAM_MAX_SESSION_S": "a constant, 3 hours (parakeet/core/tuning.py)",
+}
 
 
 def variable_names() -> list[str]:
@@ -259,6 +258,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
             continue
         close = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), suffixes, n=1)
         hint = f"did you mean {ENV_PREFIX}{close[0]}?" if close else "README 'Settings' lists the valid names"
+        if name.upper() in RETIRED:
+            hint = f"no longer a setting: {RETIRED[name.upper()]}"
         clauses.append(f"unknown setting {name} ({hint})")
     return clauses
 

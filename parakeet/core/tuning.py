@@ -28,7 +28,19 @@ class Tuning:
         decode_timeout_s: per-file limit on a decoder subprocess; decoding a 3-hour MP3 takes ~60 s on one core.
         decode_memory_limit_bytes: address-space cap (RLIMIT_AS) of each decoder subprocess: the worst legitimate
             file (3 h at 96 kHz in 8 channels, decoded block by block) stays far below it; None for no cap.
+    server.py (the GPU lock)
+        gpu_lock_dir: the folder of the `gpu<i>.lock` files: one per host, in /tmp so that every checkout and
+            container on the host (with /tmp shared) claims GPUs from the same locks.
+    parakeet/pipeline/decoder_pool.py (how many)
+        decode_workers: decoder subprocesses per worker; None: from the cores per worker
+            (`parakeet.core.settings.decoder_pool_size`), which no deployment measured here needed to change.
+    parakeet/pipeline/batching.py
+        request_timeout_s: longest a request (or one chunk of a long file) may wait in the GPU queue before a 503
+            with Retry-After: a client that waited 30 s for its turn is better told to come back (the queue's room,
+            PARAKEET_MAX_QUEUE_REQUESTS, is what an operator sizes).
     parakeet/api/middleware.py
+        body_idle_timeout_s: a request body that sends nothing for this long is cut off with 408 (a slow-loris
+            defence, beside the minimum rate below).
         body_grace_s: how long a request body may take before the minimum rate applies (TCP slow start, a phone
             on a bad link).
         body_min_rate_bytes_s: the slowest average body rate accepted after the grace period (408 below it): 1 KiB/s
@@ -37,6 +49,9 @@ class Tuning:
         url_connect_timeout_s, url_timeout_s: limits on fetching an `audio_url` (connect per hop; the whole fetch).
         url_max_redirects: redirects an `audio_url` may take (pre-signed object-store URLs take at most one).
     parakeet/pipeline/transcriber.py (long audio)
+        long_audio_threshold_s: audio longer than this is transcribed in chunks, never with full attention (3
+            minutes: full attention's memory grows with the square of the length; NeMo's own long-audio guidance
+            for FastConformer switches to local attention past a few minutes: docs/nemo.md).
         long_audio_chunk_s: longest stretch between two cuts of a long file: short enough for full attention to
             stay cheap, long enough that the 2 s of context on each side is a small overhead.
         long_audio_context_s: audio each chunk also hears beyond each of its cuts.
@@ -48,6 +63,10 @@ class Tuning:
             padded audio, under one offline batch's budget).
         stream_max_catchup_chunks: a stream behind real time commits up to this many chunks in one step.
         stream_max_lag_s: unprocessed audio per stream before the server stops reading its socket (backpressure).
+        stream_idle_timeout_s: a stream that sends no message this long is closed (1008): a microphone sends
+            every 20-100 ms, even in silence.
+        stream_max_session_s: the longest stream (1008 after its open utterance's final): 3 hours, as the longest
+            file (PARAKEET_MAX_AUDIO_DURATION_S's default).
         stream_max_frame_bytes: largest WebSocket message (4 MiB: two minutes of 16 kHz PCM16).
         stream_max_utterance_s: an utterance with no end this long is finalized as if it had ended (the final is
             an offline transcription: full attention over at most this much audio).
@@ -106,6 +125,13 @@ class Tuning:
     stream_max_lag_s: float = 10.0
     stream_max_frame_bytes: int = 4 * 1024 * 1024
     stream_max_utterance_s: float = 180.0
+    stream_idle_timeout_s: float = 60.0
+    stream_max_session_s: float = 10800.0
+    gpu_lock_dir: str = "/tmp/parakeet_gpu_assignments"
+    decode_workers: int | None = None
+    request_timeout_s: float = 30.0
+    body_idle_timeout_s: float = 30.0
+    long_audio_threshold_s: float = 180.0
 
     def __post_init__(self) -> None:
         """Raises: ValueError: the quiet-point search window is not shorter than a chunk (the search runs inside

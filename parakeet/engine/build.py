@@ -22,15 +22,13 @@ def build_engine(settings: Settings, device: torch.device, tuning: Tuning | None
     """Load `settings.model` onto `device` and wrap it for serving (`load_asr_model`, `ParakeetEngine`), with the
     torch encoder and NeMo's CUDA-graph decoder as `PARAKEET_CUDA_GRAPHS` and its self-check decide.
 
-    Uses the settings `model`, `precision`, `cuda_graphs` and `torch_threads` (README, "Settings") and
-    `tuning.max_symbols_per_step`.
+    Uses the settings `model`, `precision` and `cuda_graphs` (README, "Settings") and `tuning.max_symbols_per_step`;
+    torch's CPU threads are its own (OMP_NUM_THREADS: scripts/serve.sh shares the cores between CPU workers).
 
     Raises:
         ModelLoadError: the model could not be loaded.
     """
     configure_logging(settings.log_format, settings.log_level)  # again: importing NeMo added its own handler
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
     device = pinned_cuda_device(device)
     t0 = time.perf_counter()
     model = load_asr_model(settings.model, device)

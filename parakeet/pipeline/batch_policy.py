@@ -27,15 +27,15 @@ class BatcherConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, tuning: Tuning) -> BatcherConfig:
-        """The batching limits of `settings` (PARAKEET_MAX_BATCH_SIZE ... PARAKEET_REQUEST_TIMEOUT_S); the queue's
-        audio limit is `tuning.queue_audio_batches` full batches."""
+        """The batching limits of `settings` (PARAKEET_MAX_BATCH_SIZE ... PARAKEET_MAX_QUEUE_REQUESTS); the queue's
+        audio limit is `tuning.queue_audio_batches` full batches, its deadline `tuning.request_timeout_s`."""
         return cls(
             max_batch_size=settings.max_batch_size,
             max_batch_audio_s=settings.max_batch_audio_s,
             max_wait_ms=settings.max_wait_ms,
             max_queue_requests=settings.max_queue_requests,
             max_queue_audio_s=tuning.queue_audio_batches * settings.max_batch_audio_s,
-            request_timeout_s=settings.request_timeout_s,
+            request_timeout_s=tuning.request_timeout_s,
         )
 
 

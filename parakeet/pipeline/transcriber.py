@@ -25,7 +25,7 @@ WordsCallback = Callable[[Sequence[TimedSpan]], None]
 
 @dataclass(frozen=True)
 class LongAudioConfig:
-    """README "Long audio": `threshold_s` from the settings, the cut plan from `Tuning`."""
+    """README "Long audio": the threshold and the cut plan, from `Tuning`."""
 
     threshold_s: float
     chunk_s: float
@@ -36,7 +36,7 @@ class LongAudioConfig:
     @classmethod
     def from_settings(cls, s: Settings, tuning: Tuning) -> LongAudioConfig:
         return cls(
-            s.long_audio_threshold_s,
+            tuning.long_audio_threshold_s,
             tuning.long_audio_chunk_s,
             tuning.long_audio_context_s,
             tuning.long_audio_search_s,

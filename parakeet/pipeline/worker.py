@@ -32,7 +32,7 @@ from parakeet.core.engine import (
     Waveform,
 )
 from parakeet.core.keywords import KeyPhrases, check_spelling, merge_key_phrases
-from parakeet.core.settings import Settings, decoder_pool_size
+from parakeet.core.settings import Settings, decoder_pool_size, host_workers
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.batch_policy import BatcherConfig
 from parakeet.pipeline.batching import Batcher
@@ -113,7 +113,8 @@ class Worker:
         self.device_info: DeviceInfo | None = None
         self.requests_served = 0
         self.gpu = GpuArbiter()
-        self.decoder = AudioDecoderPool(decoder_pool_size(settings, available_cores()), tuning.decode_timeout_s,
+        pool = decoder_pool_size(tuning.decode_workers, available_cores(), host_workers())
+        self.decoder = AudioDecoderPool(pool, tuning.decode_timeout_s,
                                         tuning.decode_memory_limit_bytes)  # fmt: skip
         self.memory = MemoryBudget(settings.max_inflight_audio_bytes, self._retry_after_s)
         self.phrases = ServerPhrases(settings.keywords_file)  # raises InvalidSettings on a bad file

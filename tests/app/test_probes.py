@@ -84,7 +84,7 @@ def test_probes_when_the_model_failed_to_load() -> None:
             raise ModelLoadError("model file not found: /nowhere.nemo")
 
     fatal: list[str] = []
-    app = create_app(Settings(device="cpu", decode_workers=1), engine_factory=Failing(), on_fatal=fatal.append)
+    app = create_app(Settings(device="cpu"), engine_factory=Failing(), on_fatal=fatal.append)
 
     async def main() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         async with LifespanManager(app) as manager:

@@ -117,7 +117,7 @@ def test_a_bad_phrase_file_stops_the_worker_with_one_line(tmp_path: Path) -> Non
     from parakeet.core.settings import Settings
 
     app = create_app(
-        Settings(device="cpu", decode_workers=1, model="fake", keywords_file=f),
+        Settings(device="cpu", model="fake", keywords_file=f),
         engine_factory=FixedEngineFactory(FakeEngine()), on_fatal=fatal.append, vad_factory=NoVad(),
     )  # fmt: skip
     from asgi_lifespan import LifespanManager
@@ -151,7 +151,7 @@ def test_a_phrase_the_model_cannot_spell_stops_the_worker_or_is_refused_at_reloa
     write(f, "Łódź\n")
     fatal: list[str] = []
     app = create_app(
-        Settings(device="cpu", decode_workers=1, model="fake", keywords_file=f),
+        Settings(device="cpu", model="fake", keywords_file=f),
         engine_factory=FixedEngineFactory(FakeEngine(cannot_spell="Łź")), on_fatal=fatal.append, vad_factory=NoVad(),
     )  # fmt: skip
 

@@ -251,7 +251,8 @@ def keyed_client(digits_engine: Any, silero_vad: Any, digits_model_path: Path) -
 
 def test_session_length_limit_and_api_keys(keyed_client: TestClient, utterances: list[bytes]) -> None:
     """With API keys a socket needs the key (refused before the handshake: HTTP 403 on a real socket, tested in
-    tests/browser); a stream past PARAKEET_STREAM_MAX_SESSION_S gets the final of its open utterance, then 1008."""
+    tests/browser); a stream past its longest session (Tuning.stream_max_session_s) gets the final of its open
+    utterance, then 1008."""
     with pytest.raises(WebSocketDisconnect) as refused, keyed_client.websocket_connect("/ws"):
         pass
     assert refused.value.code == 1008

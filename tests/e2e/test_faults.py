@@ -121,7 +121,7 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-@pytest.mark.parametrize("server", [Serve({"PARAKEET_DECODE_WORKERS": "1"})], indirect=True)
+@pytest.mark.parametrize("server", [Serve({"FAKE_TUNING": '{"decode_workers": 1}'})], indirect=True)
 def test_a_decoder_killed_mid_file_is_retried_and_the_request_succeeds(server: ServerProcess) -> None:
     """SIGKILL the decoder subprocess while it decodes an upload (found by its CPU time rising): the request is
     retried once in a fresh subprocess and answered 200; the log says the decoder crashed and was replaced."""

@@ -40,7 +40,7 @@ async def open_upload(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWri
 
 
 # Default queue (128) and upload pool (512); body limits long enough that trickles stay open during the test.
-PATIENT = Serve({"PARAKEET_BODY_IDLE_TIMEOUT_S": "60", "FAKE_TUNING": json.dumps({"body_grace_s": 60})})
+PATIENT = Serve({"FAKE_TUNING": json.dumps({"body_grace_s": 60, "body_idle_timeout_s": 60})})
 
 
 @pytest.mark.parametrize("server", [PATIENT], indirect=True)
@@ -72,7 +72,7 @@ def test_140_trickling_uploads_do_not_lock_out_a_normal_request(server: ServerPr
 # Body limits of 1 s and 500 bytes/s, and 3 uploads in progress at most (the tests below share the server).
 STRICT_TUNING = {"body_grace_s": 1, "body_min_rate_bytes_s": 500, "uploads_per_queue_place": 1}
 SERVE = Serve(
-    {"PARAKEET_BODY_IDLE_TIMEOUT_S": "1", "PARAKEET_MAX_QUEUE_REQUESTS": "3", "FAKE_TUNING": json.dumps(STRICT_TUNING)}
+    {"PARAKEET_MAX_QUEUE_REQUESTS": "3", "FAKE_TUNING": json.dumps({**STRICT_TUNING, "body_idle_timeout_s": 1})}
 )
 
 
@@ -163,7 +163,7 @@ def test_a_declared_body_over_the_cap_is_413_before_the_body(module_server: Serv
 # the budget plus half of it (the criterion's 0.5 GiB of transients at full size).
 BURST_BUDGET = 1024**3 // 10
 BURST = Serve({"PARAKEET_MAX_INFLIGHT_AUDIO_BYTES": str(BURST_BUDGET), "FAKE_DELAY_S": "0.5",
-               "PARAKEET_DECODE_WORKERS": "2"})  # fmt: skip
+               "FAKE_TUNING": json.dumps({"decode_workers": 2})})  # fmt: skip
 
 
 @pytest.mark.parametrize("server", [BURST], indirect=True)

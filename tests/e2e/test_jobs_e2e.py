@@ -24,10 +24,9 @@ from helpers import start_server, wait_until
 pytestmark = pytest.mark.e2e
 
 ENV = {
-    "PARAKEET_LONG_AUDIO_THRESHOLD_S": "3",
     "FAKE_DELAY_S": "0.3",
-    "FAKE_TUNING": '{"jobs_lease_s": 2.0, "long_audio_chunk_s": 2.0, "long_audio_search_s": 0.5, '
-    '"long_audio_chunks_in_flight": 1}',
+    "FAKE_TUNING": '{"long_audio_threshold_s": 3, "jobs_lease_s": 2.0, "long_audio_chunk_s": 2.0, '
+    '"long_audio_search_s": 0.5, "long_audio_chunks_in_flight": 1}',
 }
 
 

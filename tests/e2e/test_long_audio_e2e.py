@@ -46,7 +46,7 @@ def vm_hwm_mib(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
-@pytest.mark.parametrize("server", [Serve({"PARAKEET_TORCH_THREADS": "2"}, fake=False)], indirect=True)
+@pytest.mark.parametrize("server", [Serve({"OMP_NUM_THREADS": "2"}, fake=False)], indirect=True)
 def test_long_audio_twenty_minutes_transcribes_completely_with_bounded_memory(server: ServerProcess) -> None:
     wav, reference = twenty_minutes()
     worker = server.proc.pid  # one worker: uvicorn runs it in its own process

@@ -29,7 +29,7 @@ def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **l
     return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == want for k, want in labels.items()))
 
 
-MULTIPROCESS = Serve({"FAKE_DELAY_S": "0.02", "PARAKEET_DECODE_WORKERS": "1"}, workers=2, multiprocess_metrics=True)
+MULTIPROCESS = Serve({"FAKE_DELAY_S": "0.02"}, workers=2, multiprocess_metrics=True)
 
 
 @pytest.mark.parametrize("server", [MULTIPROCESS], indirect=True)

@@ -93,9 +93,9 @@ def _long_file(seconds: float) -> bytes:
 
 # A 40 s file in ~6 s chunks, one chunk on the GPU at a time, 0.5 s per batch.
 CHUNKED = Serve({
-    "PARAKEET_LONG_AUDIO_THRESHOLD_S": "10", "FAKE_DELAY_S": "0.5",
-    "FAKE_TUNING": json.dumps({"long_audio_chunk_s": 6, "long_audio_search_s": 2, "long_audio_context_s": 0.5,
-                               "long_audio_chunks_in_flight": 1}),
+    "FAKE_DELAY_S": "0.5",
+    "FAKE_TUNING": json.dumps({"long_audio_threshold_s": 10, "long_audio_chunk_s": 6, "long_audio_search_s": 2,
+                               "long_audio_context_s": 0.5, "long_audio_chunks_in_flight": 1}),
 })  # fmt: skip
 
 

@@ -78,7 +78,7 @@ def test_deploy_pod_matches_the_server() -> None:
         assert container[probe]["httpGet"]["path"] in paths
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert {"name": "PARAKEET_WORKERS", "value": "1"} in container["env"]
+    assert {"name": "WEB_CONCURRENCY", "value": "1"} in container["env"]
     assert pod["terminationGracePeriodSeconds"] > UVICORN_GRACEFUL_S + Settings().shutdown_drain_s
     (hpa,) = docs(ROOT / "deploy" / "kubernetes" / "hpa.yaml")
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == metrics.BACKLOG._name

@@ -194,16 +194,15 @@ def test_layers_no_module_reads_another_objects_private_attributes() -> None:
     assert not offences, offences
 
 
-def test_importing_server_is_cheap_and_side_effect_free(tmp_path: Path) -> None:
+def test_importing_server_is_cheap_and_side_effect_free() -> None:
+    """No torch or NeMo, and no GPU claimed (a claim at import would end the process with its own code)."""
     code = (
-        "import sys, time; t=time.perf_counter(); import server; "
-        "assert 'torch' not in sys.modules and 'nemo' not in sys.modules, 'heavy import'; "
-        "print(round(time.perf_counter()-t, 2))"
+        "import sys, gpu_lock; gpu_lock.claim_gpu = lambda *a, **k: sys.exit(7); import server; "
+        "assert 'torch' not in sys.modules and 'nemo' not in sys.modules, 'heavy import'"
     )
-    env = {**os.environ, "PARAKEET_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARAKEET_")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert not (tmp_path / "locks").exists()  # no GPU claimed at import
 
 
 def test_layers_no_function_over_60_lines_and_no_module_over_450() -> None:

@@ -12,14 +12,21 @@ from pathlib import Path
 import pytest
 
 from parakeet.core.errors import InvalidSettings
-from parakeet.core.settings import Settings, decoder_pool_size, load_settings, unknown_variables, variable_names
+from parakeet.core.settings import (
+    Settings,
+    decoder_pool_size,
+    host_workers,
+    load_settings,
+    unknown_variables,
+    variable_names,
+)
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.batch_policy import BatcherConfig
 from parakeet.pipeline.stream_config import PRESETS_MS, StreamConfig
 
 from helpers import ROOT
 
-MAX_USER_FACING_VARIABLES = 42  # issue 19's settings diet (34), plus what issues 20-23 asked for by name
+MAX_USER_FACING_VARIABLES = 32  # issue 28: what a user sets; internal constants are in parakeet/core/tuning.py
 
 
 def test_settings_defaults_load_and_feed_the_batcher(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,6 +78,13 @@ def test_settings_unknown_variable_names_the_closest_valid_one(monkeypatch: pyte
     assert clauses[0] == "unknown setting PARAKEET_STREAM_CHUNK_MS (did you mean PARAKEET_STREAM_MAX_STREAMS?)"
     assert clauses[1] == "unknown setting PARAKEET_ZZZ (README 'Settings' lists the valid names)"
     assert len(clauses) == 2
+    retired = unknown_variables({"PARAKEET_PORT": "9000", "PARAKEET_WORKERS": "2"})
+    assert retired == [
+        "unknown setting PARAKEET_PORT (no longer a setting: the port is uvicorn's own option: scripts/serve.sh "
+        "--port 9000)",
+        "unknown setting PARAKEET_WORKERS (no longer a setting: uvicorn's own WEB_CONCURRENCY (scripts/serve.sh "
+        "exports it; or --workers))",
+    ]
 
 
 def test_settings_command_prints_values_or_the_problem() -> None:
@@ -87,7 +101,7 @@ def test_settings_tuning_refuses_a_search_window_past_the_chunk() -> None:
         Tuning(long_audio_chunk_s=6, long_audio_search_s=6)
 
 
-def test_settings_every_variable_is_in_the_readme_table_and_there_are_at_most_35() -> None:
+def test_settings_every_variable_is_in_the_readme_table_and_there_are_at_most_32() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme[readme.index("## Settings") : readme.index("## How it works")]
     rows = [line for line in table.splitlines() if line.startswith("| `PARAKEET_")]
@@ -111,7 +125,8 @@ def test_settings_cuda_graphs_is_auto_by_default_and_takes_the_usual_boolean_spe
 
 
 def test_settings_decoder_pool_follows_the_cores_per_worker_unless_set() -> None:
-    cases = [(2, None, 2), (16, 2, 7), (64, 8, 7), (64, None, 8), (8, 8, 2), (4, None, 3)]
-    for cores, workers, expected in cases:
-        assert decoder_pool_size(Settings(workers=workers), cores) == expected, (cores, workers)
-    assert decoder_pool_size(Settings(decode_workers=5, workers=8), 2) == 5  # an explicit value wins
+    cases = [(2, None, 2), (16, "2", 7), (64, "8", 7), (64, None, 8), (8, "8", 2), (4, None, 3), (4, "x", 3)]
+    for cores, concurrency, expected in cases:
+        environ = {"WEB_CONCURRENCY": concurrency} if concurrency is not None else {}
+        assert decoder_pool_size(None, cores, host_workers(environ)) == expected, (cores, concurrency)
+    assert decoder_pool_size(5, 2, 8) == 5  # an explicit value (Tuning.decode_workers) wins

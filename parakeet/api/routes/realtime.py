@@ -112,8 +112,7 @@ class RealtimeConnection:
         session = self.worker.open_stream(self.on_event, vad=vad, keywords=_keywords(self.config))
         self._session = session
         if self.reader is None:
-            max_frame = self.worker.tuning.stream_max_frame_bytes
-            self.reader = wsx.StreamReader(self.websocket, self.worker.settings, max_frame, session, self.outbox)
+            self.reader = wsx.StreamReader(self.websocket, self.worker.tuning, session, self.outbox)
         self.reader.session = session
         self.audio = _stream_audio(self.config.audio.input.format)
 

@@ -81,8 +81,7 @@ class WsStream:
     def open(self, vad: VadParams | None, keywords: KeyPhrases | None = None) -> None:
         """Raises: ShuttingDown, NotReady, TooManyStreams, BadRequest (see `Worker.open_stream`)."""
         self._session = self.worker.open_stream(self.on_event, vad=vad, timestamps=self.timestamps, keywords=keywords)
-        max_frame = self.worker.tuning.stream_max_frame_bytes
-        self.reader = wsx.StreamReader(self.websocket, self.worker.settings, max_frame, self._session, self.outbox)
+        self.reader = wsx.StreamReader(self.websocket, self.worker.tuning, self._session, self.outbox)
 
     def on_event(self, event: StreamEvent) -> None:
         if isinstance(event, Partial):

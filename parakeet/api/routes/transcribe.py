@@ -38,7 +38,7 @@ _MULTIPART_BODY = {
                         "should_chunk": {
                             "type": "boolean",
                             "description": "accepted, ignored: long audio is "
-                            "always chunked past PARAKEET_LONG_AUDIO_THRESHOLD_S",
+                            'always chunked past 180 s (README "Long audio")',
                         },
                     },
                 }
