@@ -61,6 +61,11 @@ class DiarizationQueue:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="diarization-queue")
 
+    @property
+    def waiting_files(self) -> int:
+        """Files queued for a later batch (not the running one), their callers still waiting."""
+        return sum(not f.future.done() for f in self._waiting)
+
     async def diarize(self, waveform: Waveform) -> list[SpeakerSegment]:
         """The speaker segments of one 16 kHz mono float32 waveform [T], T >= 1 (`Diarizer.diarize`).
 

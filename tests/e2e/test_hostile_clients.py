@@ -122,8 +122,12 @@ def test_uploads_over_the_cap_get_429_before_their_bodies_are_read(module_server
 
 
 def test_upload_limits_do_not_touch_a_normal_upload(module_server: ServerProcess, tmp_path: Path) -> None:
+    """A 20 s upload under the strict body limits arrives whole: the fake engine saw every sample of it."""
     r = httpx.post(f"{module_server.url}/transcribe", files={"file": ("a.wav", wav_of(9, 20.0))}, timeout=30)
     assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["text"] == f"9 {20 * 16000}"  # the fake's text: the tag and the samples it was given
+    assert body["duration_sec"] == 20.0 and body["chunks"] == 1
 
 
 def tree_rss_bytes(pid: int) -> int:

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from fakes import tagged_wave
-from helpers import start_server, wait_until
+from helpers import ServerProcess, start_server, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +44,11 @@ def running(url: str, job_id: str, attempts: int) -> bool:
     return bool(view["status"] == "running" and view["attempts"] == attempts and view["progress"]["chunks_done"] >= 1)
 
 
+def fake_server(tmp_path: Path, name: str, env: dict[str, str]) -> ServerProcess:
+    """A real uvicorn with the fake engine, its own folder under `tmp_path` (the one place this module starts one)."""
+    return start_server(tmp_path / name, env, fake=True)
+
+
 def test_a_job_is_handed_back_on_sigterm_taken_over_after_sigkill_and_finished(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     env = {**ENV, "PARAKEET_DATA_DIR": str(data_dir)}
@@ -51,7 +56,7 @@ def test_a_job_is_handed_back_on_sigterm_taken_over_after_sigkill_and_finished(t
     sf.write(buf, np.concatenate([tagged_wave(7, 20.0)]), 16000, format="WAV", subtype="FLOAT")  # ~10 chunks
     wav = buf.getvalue()
 
-    first = start_server(tmp_path / "a", env, fake=True)
+    first = fake_server(tmp_path, "a", env)
     try:
         first.wait_ready()
         job_id = httpx.post(f"{first.url}/v1/jobs", files={"file": ("a.wav", wav)}, timeout=30).json()["id"]
@@ -61,7 +66,7 @@ def test_a_job_is_handed_back_on_sigterm_taken_over_after_sigkill_and_finished(t
         first.stop()
     assert job_row(data_dir, job_id) == ("queued", 1)  # handed back, not lost
 
-    second = start_server(tmp_path / "b", env, fake=True)
+    second = fake_server(tmp_path, "b", env)
     try:
         second.wait_ready()
         wait_until(lambda: running(second.url, job_id, 2), timeout_s=60, what="the job to run again")
@@ -71,7 +76,7 @@ def test_a_job_is_handed_back_on_sigterm_taken_over_after_sigkill_and_finished(t
         second.stop()
     assert job_row(data_dir, job_id) == ("running", 2)  # its worker died holding it
 
-    third = start_server(tmp_path / "c", env, fake=True)
+    third = fake_server(tmp_path, "c", env)
     try:
         third.wait_ready()
 
@@ -105,7 +110,7 @@ def test_two_servers_on_one_postgresql_split_the_jobs_and_never_run_one_twice(
         admin.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
     env = {"PARAKEET_DATA_DIR": str(tmp_path / "shared"), "FAKE_DELAY_S": "0.2",
            "PARAKEET_JOBS_DATABASE_URL": postgres_url.rsplit("/", 1)[0] + "/" + name}  # fmt: skip
-    servers = [start_server(tmp_path / n, env, fake=True) for n in ("a", "b")]
+    servers = [fake_server(tmp_path, n, env) for n in ("a", "b")]
     try:
         for s in servers:
             s.wait_ready()

@@ -47,7 +47,7 @@ def test_files_that_wait_while_the_diarizer_runs_share_one_batch_and_get_their_o
     async def body(queue: DiarizationQueue, gpu: GpuArbiter) -> list[Any]:
         first = await held(queue, gpu, diarizer)
         rest = [asyncio.ensure_future(queue.diarize(tagged_wave(tag, 1.0 + tag / 10))) for tag in (1, 2, 3, 5)]
-        await asyncio.sleep(0.05)
+        await until(lambda: queue.waiting_files == 4)
         assert diarizer.batches == []  # all held behind the first
         diarizer.gate.set()  # type: ignore[union-attr]
         return [await first, *[await r for r in rest]]
@@ -65,7 +65,7 @@ def test_batches_keep_the_count_and_padded_audio_caps_and_start_with_the_oldest(
         first = await held(queue, gpu, diarizer)
         lengths = {1: 10.0, 2: 2.0, 3: 9.0, 4: 2.5, 5: 3.0, 6: 10.5}  # arrival order = tag
         rest = [asyncio.ensure_future(queue.diarize(tagged_wave(t, s))) for t, s in lengths.items()]
-        await asyncio.sleep(0.05)
+        await until(lambda: queue.waiting_files == 6)
         diarizer.gate.set()  # type: ignore[union-attr]
         await asyncio.gather(first, *rest)
 
@@ -81,7 +81,7 @@ def test_a_batch_that_does_not_fit_is_split_and_a_single_file_that_does_not_fit_
     async def body(queue: DiarizationQueue, gpu: GpuArbiter) -> None:
         first = await held(queue, gpu, diarizer)
         rest = [asyncio.ensure_future(queue.diarize(tagged_wave(t))) for t in (1, 2, 3)]
-        await asyncio.sleep(0.05)
+        await until(lambda: queue.waiting_files == 3)
         diarizer.gate.set()  # type: ignore[union-attr]
         results = await asyncio.gather(first, *rest)
         assert [r[0].speaker for r in results] == [0, 1, 2, 3]
@@ -106,7 +106,7 @@ def test_a_failing_batch_fails_only_its_files_and_the_queue_keeps_serving() -> N
     async def body(queue: DiarizationQueue, gpu: GpuArbiter) -> None:
         first = await held(queue, gpu, diarizer)
         doomed = [asyncio.ensure_future(queue.diarize(tagged_wave(t))) for t in (1, 2)]
-        await asyncio.sleep(0.05)
+        await until(lambda: queue.waiting_files == 2)
         diarizer.gate.set()  # type: ignore[union-attr]
         assert (await first)[0].speaker == 0
         for d in doomed:
@@ -125,7 +125,7 @@ def test_a_caller_that_left_is_dropped_before_the_gpu() -> None:
         first = await held(queue, gpu, diarizer)
         gone = asyncio.ensure_future(queue.diarize(tagged_wave(1)))
         kept = asyncio.ensure_future(queue.diarize(tagged_wave(2)))
-        await asyncio.sleep(0.05)
+        await until(lambda: queue.waiting_files == 2)
         gone.cancel()
         diarizer.gate.set()  # type: ignore[union-attr]
         await first
@@ -142,7 +142,7 @@ def test_close_fails_the_running_and_the_waiting_files() -> None:
     async def body(queue: DiarizationQueue, gpu: GpuArbiter) -> None:
         first = await held(queue, gpu, diarizer)
         waiting = asyncio.ensure_future(queue.diarize(tagged_wave(1)))
-        await asyncio.sleep(0.05)
+        await until(lambda: queue.waiting_files == 1)
         await queue.close()
         diarizer.gate.set()  # type: ignore[union-attr]  # (lets the GPU thread finish the job it had started)
         for f in (first, waiting):

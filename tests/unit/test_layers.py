@@ -223,6 +223,22 @@ def test_layers_no_function_over_60_lines_and_no_module_over_450() -> None:
     assert not too_long, too_long
 
 
+def test_tests_start_uvicorn_in_at_most_8_places() -> None:
+    """Real servers are started through the one launcher (tests/support/servers.py): its call sites in tests/ (and
+    in-thread uvicorn servers) are at most 8, so a test that needs a socket reuses a fixture instead."""
+    sites = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if "support" in path.relative_to(ROOT).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+                if name in {"start_server", "launch_uvicorn", "start_uvicorn", "Server"}:
+                    sites.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}")
+    assert 0 < len(sites) <= 8, sites
+
+
 def test_layers_the_checks_run_in_the_test_command_and_in_pre_commit() -> None:
     """scripts/test.sh runs scripts/check.sh before pytest; the pre-commit hooks run the same commands."""
     import yaml
