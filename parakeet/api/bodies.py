@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import Request
 
 from parakeet.api.json_input import is_json, read_json_audio
-from parakeet.api.uploads import form_bool, form_file, form_keywords, form_text, multipart_form, read_file
+from parakeet.api.options import fields_of_form
+from parakeet.api.uploads import form_file, form_text, multipart_form, read_file
 from parakeet.pipeline.fetch import UrlPolicy
 from parakeet.pipeline.requests import TranscribeOptions
 
@@ -19,24 +20,9 @@ async def _read_multipart(
 ) -> tuple[bytes, TranscribeOptions, dict[str, Any]]:
     async with multipart_form(request) as form:
         part = form_file(form)
-        timestamps = form_bool(form, "timestamps") or form_bool(form, "include_timestamps")
-        confidence = form_bool(form, "confidence")
-        diarize = form_bool(form, "diarize")
-        form_bool(form, "should_chunk")  # accepted (checked), ignored: long audio is always chunked
-        keywords = form_keywords(form)
-        options = TranscribeOptions(timestamps=timestamps, confidence=confidence, keywords=keywords, diarize=diarize)
+        options = fields_of_form(form).options()
         extras = {name: value for name in extra_fields if (value := form_text(form, name)) is not None}
         return await read_file(part), options, extras
-
-
-async def _read_json(
-    request: Request, policy: UrlPolicy, max_bytes: int, extra_fields: tuple[str, ...]
-) -> tuple[bytes, TranscribeOptions, str, dict[str, Any]]:
-    data, body = await read_json_audio(request, policy, max_bytes, extra_fields)
-    options = TranscribeOptions(
-        timestamps=body.timestamps, confidence=body.confidence, keywords=body.keywords, diarize=body.diarize
-    )
-    return data, options, body.field, body.extras
 
 
 async def read_body_with(
@@ -47,7 +33,7 @@ async def read_body_with(
     `policy`. Raises: as the two readers (README
     "Errors")."""
     if is_json(request):
-        data, options, field, extras = await _read_json(request, policy, max_bytes, extra_fields)
+        data, field, options, extras = await read_json_audio(request, policy, max_bytes, extra_fields)
         return data, (options, field, extras)
     data, options, extras = await _read_multipart(request, extra_fields)
     return data, (options, "file", extras)

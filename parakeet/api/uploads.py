@@ -13,7 +13,6 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from parakeet.core import errors
-from parakeet.core.keywords import KeyPhrases, parse_key_phrases
 from parakeet.pipeline.requests import Outcome
 
 # Limits on the multipart form itself (python-multipart via Starlette): one file part, a few text fields,
@@ -88,28 +87,6 @@ def form_bool(form: FormData, name: str) -> bool:
     if raw not in _TRUE | _FALSE:
         raise errors.BadRequest(f"form field '{name}' must be true or false, got {raw[:40]!r}", param=name)
     return raw in _TRUE
-
-
-def form_keywords(form: FormData) -> KeyPhrases | None:
-    """The key phrases of a form: `keywords` (repeatable, each value may be a comma list; `keywords[]` as OpenAI's
-    SDK sends a list) and `keyword_weight` (a number; default 1).
-
-    Raises:
-        BadRequest: a file where text belongs, a weight that is not a number, or a limit of
-            `parakeet.core.keywords.parse_key_phrases` (naming the limit and the value).
-    """
-    values = []
-    for key in ("keywords", "keywords[]"):
-        for value in form.getlist(key):
-            if not isinstance(value, str):
-                raise errors.BadRequest("form field 'keywords' must be text, not a file", param="keywords")
-            values.append(value)
-    raw = (form_text(form, "keyword_weight") or "").strip()
-    try:
-        weight = float(raw) if raw else None
-    except ValueError:
-        raise errors.BadRequest(f"keyword_weight must be a number, got {raw[:40]!r}", param="keyword_weight") from None
-    return parse_key_phrases(values, weight)
 
 
 def declared_body_bytes(request: Request, cap: int) -> int:

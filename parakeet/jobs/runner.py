@@ -212,7 +212,7 @@ class JobRunner:
             log.info("job %s resumes with %d chunks an earlier run finished", job.id, len(done))
         async with self.worker.request(declared_bytes=len(data)) as request:
             await request.receive(body())
-            words = await request.transcribe_stream(options, audio_param="file", background=True,
+            words = await request.transcribe_stream(options, audio_param="file", lane="background",
                                                     checkpoint=ChunkCheckpoint(done, keep))  # fmt: skip
             try:
                 chunks, done_s = 0, 0.0

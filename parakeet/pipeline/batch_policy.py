@@ -8,9 +8,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
+from parakeet.core.keywords import KeyPhrases
 from parakeet.core.settings import Settings
 from parakeet.core.tuning import Tuning
+
+Lane = Literal["live", "final", "background"]
+
+
+@dataclass(frozen=True)
+class ItemOptions:
+    """What one waveform in the batcher asks of the engine (`Engine.transcribe`), and its lane.
+
+    Attributes:
+        timestamps: word/segment/char timestamps (they cost the GPU thread Python time).
+        confidence: word/token confidence and token log-probabilities (implies timestamps: they sit on the words).
+        keywords: phrases to boost in its decoding (custom vocabulary); None: none.
+        lane: "live", a request a client waits for; "final", a live stream's utterance (the next batch forms
+            around the oldest one, ahead of older live items: a speaker is waiting); "background", a stored job's
+            audio (batches form around the oldest item that is not: a live request waits behind at most the
+            batch already running, and background items fill batches' room).
+    """
+
+    timestamps: bool = True
+    confidence: bool = False
+    keywords: KeyPhrases | None = None
+    lane: Lane = "live"
+
+    @property
+    def word_times(self) -> bool:
+        return self.timestamps or self.confidence
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from parakeet.core.engine import SAMPLE_RATE_HZ, Engine, Waveform
 from parakeet.core.errors import DeadlineExceeded, DeviceOutOfMemory, InferenceError, Overloaded, ShuttingDown
 from parakeet.core.keywords import KeyPhrases
 from parakeet.core.transcripts import Transcript
-from parakeet.pipeline.batch_policy import BatcherConfig, nearest_in_length
+from parakeet.pipeline.batch_policy import BatcherConfig, ItemOptions, nearest_in_length
 from parakeet.pipeline.gpu import GpuArbiter
 
 log = logging.getLogger("parakeet.batching")
@@ -47,14 +47,10 @@ class ItemResult:
 class _Item:
     ticket: Ticket
     waveform: Waveform
-    timestamps: bool
+    options: ItemOptions
     enqueued_at: float
     deadline: float
     future: asyncio.Future[ItemResult]
-    priority: bool = False  # a live stream's final: its batch is formed around it before older offline items
-    background: bool = False  # a stored job's: batches form around live requests first; it rides along as fill
-    confidence: bool = False  # word/token confidence and log-probabilities wanted
-    keywords: KeyPhrases | None = None  # phrases to boost (custom vocabulary)
     started: bool = False  # taken into a batch: from then on it runs to completion, deadline or not
 
     @property
@@ -86,6 +82,9 @@ class BatcherStats:
         self.rtfx_ewma = rtfx if self.rtfx_ewma is None else 0.8 * self.rtfx_ewma + 0.2 * rtfx
         self.batch_sizes.append(batch_size)
         del self.batch_sizes[:-1000]
+
+
+LIVE = ItemOptions()  # a live request with timestamps: the default item
 
 
 class Batcher:
@@ -205,30 +204,13 @@ class Batcher:
 
     # --- submission ----------------------------------------------------------------------------------
 
-    async def submit(
-        self,
-        ticket: Ticket,
-        waveform: Waveform,
-        *,
-        timestamps: bool = True,
-        priority: bool = False,
-        confidence: bool = False,
-        keywords: KeyPhrases | None = None,
-        background: bool = False,
-    ) -> ItemResult:
+    async def submit(self, ticket: Ticket, waveform: Waveform, options: ItemOptions = LIVE) -> ItemResult:
         """Queue one decoded waveform and wait for its transcript.
 
         Args:
             ticket: from `admit()` (several submits may share one: the chunks of a long file).
             waveform: float32 mono 16 kHz, shape [T], T >= 1.
-            timestamps: whether its transcript needs word/segment/char timestamps (they cost the GPU thread
-                Python time; see `Engine.transcribe`).
-            priority: the next batch forms around the oldest priority item, ahead of older ordinary ones (a
-                live stream's final: a speaker waits for it).
-            confidence: whether its transcript needs word/token confidence (`Engine.transcribe`).
-            keywords: phrases to boost in its decoding (`Engine.transcribe`); batched with any other items.
-            background: a stored job's audio: the next batch forms around the oldest item that is not, so a live
-                request waits behind at most the batch already running; background items fill batches' room.
+            options: what it asks of the engine and its lane (`ItemOptions`; items of any options share batches).
 
         Raises:
             DeadlineExceeded: not started within `request_timeout_s` of queueing (dropped before the GPU).
@@ -239,10 +221,7 @@ class Batcher:
         now = self.clock()
         # The deadline bounds the wait in the queue, from this item's own arrival there (a long file's later
         # chunks arrive later; its upload and decoding do not count).
-        item = _Item(
-            ticket, waveform, timestamps, now, now + self.config.request_timeout_s, loop.create_future(), priority,
-            background, confidence, keywords,
-        )  # fmt: skip
+        item = _Item(ticket, waveform, options, now, now + self.config.request_timeout_s, loop.create_future())
         self._waiting.append(item)
         self._publish()
         self._wake.set()
@@ -357,9 +336,9 @@ class Batcher:
         self._purge()
         if not self._waiting:
             return []
-        anchor = next((n for n, i in enumerate(self._waiting) if i.priority), None)
+        anchor = next((n for n, i in enumerate(self._waiting) if i.options.lane == "final"), None)
         if anchor is None:  # the oldest live item, else the oldest job's
-            anchor = next((n for n, i in enumerate(self._waiting) if not i.background), 0)
+            anchor = next((n for n, i in enumerate(self._waiting) if i.options.lane != "background"), 0)
         lengths = [len(i.waveform) for i in self._waiting]
         cfg = self.config
         chosen = nearest_in_length(lengths, anchor, cfg.max_batch_size, int(cfg.max_batch_audio_s * SAMPLE_RATE_HZ))
@@ -380,9 +359,9 @@ class Batcher:
         self._running_items = len(batch)
         self._publish()
         try:
-            flags = [i.timestamps for i in batch]
-            conf = [i.confidence for i in batch]
-            phrases = [i.keywords for i in batch]
+            flags = [i.options.timestamps for i in batch]
+            conf = [i.options.confidence for i in batch]
+            phrases = [i.options.keywords for i in batch]
             transcripts, compute_ms = await self.gpu.run("batch", self._run_split, waveforms, flags, conf, phrases)
             if len(transcripts) != len(batch):
                 raise RuntimeError(f"the engine returned {len(transcripts)} transcripts for a batch of {len(batch)}")

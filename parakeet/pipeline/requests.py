@@ -29,6 +29,7 @@ from parakeet.core.keywords import KeyPhrases, merge_key_phrases
 from parakeet.core.speakers import Speakers, SpeakerSegment, no_diarizer, speakers_of
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.audio import DecodedAudio
+from parakeet.pipeline.batch_policy import ItemOptions, Lane
 from parakeet.pipeline.batching import Batcher
 from parakeet.pipeline.decoder_pool import AudioDecoderPool
 from parakeet.pipeline.memory import Reservation
@@ -220,15 +221,15 @@ class RequestJob:
 
     async def transcribe_stream(
         self, options: TranscribeOptions, *, audio_param: str = "file", checkpoint: ChunkCheckpoint | None = None,
-        background: bool = False,
+        lane: Lane = "live",
     ) -> WordStream:  # fmt: skip
         """Transcribe the received bytes, chunk by chunk: returns once the first chunk's words are ready (so a
         refusal is still an ordinary error), then yields each chunk's words in file order; the finished
         `Outcome` is the value of `WordStream.outcome()`. The stream takes over the job's resources until it is
         exhausted or closed (`aclose`: the client left, queued chunks are dropped).
 
-        `checkpoint`: chunks an earlier run finished, reused (a resumed job; `Transcriber.run`). `background`: a stored
-        job's audio, batched behind live requests (`Batcher.submit`).
+        `checkpoint`: chunks an earlier run finished, reused (a resumed job; `Transcriber.run`). `lane`: the batcher's
+        (`ItemOptions.lane`; a stored job's audio is "background", batched behind live requests).
 
         Raises:
             As `transcribe`, before the first words.
@@ -242,7 +243,7 @@ class RequestJob:
             if not first.done():
                 first.set_result(None)
 
-        task = asyncio.ensure_future(self._run(options, None, audio_param, on_words, checkpoint, background))
+        task = asyncio.ensure_future(self._run(options, None, audio_param, on_words, checkpoint, lane))
         await self._race(task, first)
         self._handed_off = True
         return WordStream(words, task, self._release)
@@ -278,7 +279,7 @@ class RequestJob:
         audio_param: str,
         on_words: Callable[[Sequence[TimedSpan]], None] | None,
         checkpoint: ChunkCheckpoint | None = None,
-        background: bool = False,
+        lane: Lane = "live",
     ) -> Outcome:
         s = self._serving
         s.check_key_phrases(options.keywords)
@@ -298,12 +299,11 @@ class RequestJob:
                 metrics.DECODE.observe(decode_ms / 1000)
             features = self._hold_diarization(decoded) if options.diarize else 0  # refused before any GPU time
             try:
-                done = await s.transcriber.run(
-                    ticket, decoded.waveform, timestamps=options.word_times,
-                    confidence=options.confidence, on_words=on_words,
-                    keywords=merge_key_phrases(options.keywords, s.server_phrases()), checkpoint=checkpoint,
-                    background=background,
+                item = ItemOptions(
+                    timestamps=options.word_times, confidence=options.confidence,
+                    keywords=merge_key_phrases(options.keywords, s.server_phrases()), lane=lane,
                 )  # fmt: skip
+                done = await s.transcriber.run(ticket, decoded.waveform, item, on_words=on_words, checkpoint=checkpoint)
                 speakers = None
                 if options.diarize and s.diarize is not None:
                     speakers = speakers_of(done.transcript.words, await s.diarize(decoded.waveform))

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from parakeet.core.engine import SAMPLE_RATE_HZ, Waveform
-from parakeet.core.keywords import KeyPhrases
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.core.tuning import Tuning
+from parakeet.pipeline.batch_policy import ItemOptions
 from parakeet.pipeline.batching import Batcher, ItemResult, Ticket
 from parakeet.pipeline.long_audio import Chunk, kept_spans, merge_transcripts, plan_chunks
 
@@ -86,27 +86,19 @@ class Transcriber:
         self,
         ticket: Ticket,
         waveform: Waveform,
+        options: ItemOptions,
         *,
-        timestamps: bool,
-        confidence: bool = False,
-        priority: bool = False,
         on_words: WordsCallback | None = None,
-        keywords: KeyPhrases | None = None,
         checkpoint: ChunkCheckpoint | None = None,
-        background: bool = False,
     ) -> Transcribed:
         """Transcribe `waveform` (float32 mono 16 kHz [T], T >= 1) under `ticket` (held by the caller).
 
         Args:
-            timestamps: word/segment/char timestamps wanted (long audio computes them anyway: its chunks are merged
-                by them).
-            confidence: word/token confidence and token log-probabilities (implies timestamps).
-            priority: the batcher forms its next batch around this one (a live stream's final).
+            options: what every chunk asks of the engine and its lane (`ItemOptions`); long audio computes
+                timestamps anyway (its chunks are merged by them).
             on_words: see `WordsCallback` (needs timestamps).
-            keywords: phrases to boost, in every chunk.
             checkpoint: chunks a previous run of the same audio finished (reused, not sent to the GPU: a resumed
                 job), and a callback for each chunk this run finishes.
-            background: a stored job's audio (`Batcher.submit`): batches form around live requests first.
 
         Raises:
             DeadlineExceeded, InferenceError, DeviceOutOfMemory: from the batcher; a failed chunk cancels the rest.
@@ -114,19 +106,12 @@ class Transcriber:
         """
         chunks = self.plan(waveform)
         slots = asyncio.Semaphore(self.config.chunks_in_flight)
-        with_times = timestamps or confidence or len(chunks) > 1  # merge_transcripts places words by time
+        # merge_transcripts places words by time
+        per_chunk = replace(options, timestamps=options.word_times or len(chunks) > 1)
 
         async def one(piece: Waveform) -> ItemResult:
             async with slots:
-                return await self.batcher.submit(
-                    ticket,
-                    piece,
-                    timestamps=with_times,
-                    priority=priority,
-                    confidence=confidence,
-                    keywords=keywords,
-                    background=background,
-                )
+                return await self.batcher.submit(ticket, piece, per_chunk)
 
         saved = checkpoint.reusable(chunks) if checkpoint is not None else {}
         tasks = [asyncio.ensure_future(_reused(saved[i]) if i in saved else one(waveform[c.start : c.end]))

@@ -34,7 +34,7 @@ from parakeet.core.engine import (
 from parakeet.core.keywords import KeyPhrases, check_spelling, merge_key_phrases
 from parakeet.core.settings import Settings, decoder_pool_size, host_workers
 from parakeet.core.tuning import Tuning
-from parakeet.pipeline.batch_policy import BatcherConfig
+from parakeet.pipeline.batch_policy import BatcherConfig, ItemOptions
 from parakeet.pipeline.batching import Batcher
 from parakeet.pipeline.decoder_pool import AudioDecoderPool
 from parakeet.pipeline.diarization import DiarizationConfig, DiarizationQueue
@@ -363,7 +363,8 @@ class Worker:
         s = self._serving
         ticket = s.batcher.admit(reserved=True)
         try:
-            done = await s.transcriber.run(ticket, waveform, timestamps=timestamps, priority=True, keywords=keywords)
+            options = ItemOptions(timestamps=timestamps, keywords=keywords, lane="final")
+            done = await s.transcriber.run(ticket, waveform, options)
         finally:
             s.batcher.release(ticket)
         audio = AudioSummary(len(waveform) / SAMPLE_RATE_HZ, SAMPLE_RATE_HZ, 1)

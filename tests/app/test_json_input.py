@@ -17,7 +17,7 @@ import pytest
 
 from parakeet.core.tuning import Tuning
 
-from helpers import app_client, run, wav_of
+from helpers import app_client, post_wav, run, wav_of
 
 WAV = wav_of(7, 1.5)
 
@@ -264,3 +264,33 @@ def test_private_addresses_are_refused_with_the_check_on(origin: str) -> None:
     _, (off_list,) = post_urls([f"{origin}/a.wav"], url_input=True, url_allowed_hosts="media.example.com",
                                url_allowed_networks="127.0.0.2/32")  # fmt: skip
     assert off_list.status_code == 400 and "allowed list" in off_list.json()["error"]["message"]
+
+
+def test_openapi_shows_every_transcribe_option_for_forms_and_json() -> None:
+    """/openapi.json (and so /docs) documents every option of POST /transcribe, from the one options model, for a
+    multipart form and a JSON body; the aliases are named."""
+    from parakeet.api.options import TIMESTAMP_ALIASES, TranscribeFields
+    from server import create_app
+
+    body = create_app(on_fatal=pytest.fail).openapi()["paths"]["/transcribe"]["post"]["requestBody"]["content"]
+    form = body["multipart/form-data"]["schema"]["properties"]
+    doc = body["application/json"]["schema"]["properties"]
+    options = set(TranscribeFields.model_fields)
+    assert {"timestamps", "confidence", "diarize", "keywords", "keyword_weight"} <= options
+    assert set(form) == options | {"file"} and set(doc) == options | {"audio_base64", "audio_url"}
+    assert all(alias in form["timestamps"]["description"] for alias in TIMESTAMP_ALIASES[1:])
+    assert all(form[name].get("description") for name in options)
+
+
+def test_every_timestamps_alias_means_the_same_in_a_form_and_in_json() -> None:
+    """One set of aliases (parakeet.api.options.TIMESTAMP_ALIASES) for both bodies."""
+
+    async def main() -> None:
+        async with app_client() as client:
+            for alias in ("timestamps", "timestamp", "include_timestamps"):
+                form = await post_wav(client, 3, **{alias: "true"})
+                doc = await client.post("/transcribe", json={"audio_base64": b64(WAV), alias: True})
+                assert form.status_code == doc.status_code == 200, (form.text, doc.text)
+                assert form.json()["timestamps"] is not None and doc.json()["timestamps"] is not None, alias
+
+    run(main())

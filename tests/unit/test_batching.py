@@ -17,6 +17,7 @@ from parakeet.core.errors import DeadlineExceeded, DeviceOutOfMemory, InferenceE
 from parakeet.core.settings import Settings
 from parakeet.core.tuning import Tuning
 from parakeet.pipeline.batch_policy import BatcherConfig as _Config
+from parakeet.pipeline.batch_policy import ItemOptions
 from parakeet.pipeline.batching import Batcher
 from parakeet.pipeline.gpu import GpuArbiter
 
@@ -385,7 +386,7 @@ def test_priority_item_jumps_older_waiting_items() -> None:
         ordinary = [asyncio.ensure_future(request(b, i)) for i in (1, 2)]
         await until(lambda: b.waiting_items == 2)
         ticket = b.admit(reserved=True)
-        final = asyncio.ensure_future(b.submit(ticket, tagged_wave(3, 1.0), priority=True))
+        final = asyncio.ensure_future(b.submit(ticket, tagged_wave(3, 1.0), ItemOptions(lane="final")))
         await until(lambda: b.waiting_items == 3)
         assert engine.gate is not None
         engine.gate.set()
@@ -405,7 +406,10 @@ def test_background_items_wait_behind_live_requests_and_fill_their_batches() -> 
         first = asyncio.ensure_future(request(b, 0))
         await until(lambda: engine.timestamps_asked)  # batch [0] holds the GPU thread
         ticket = b.admit()
-        jobs = [asyncio.ensure_future(b.submit(ticket, tagged_wave(t, 1.0), background=True)) for t in (10, 11, 12)]
+        jobs = [
+            asyncio.ensure_future(b.submit(ticket, tagged_wave(t, 1.0), ItemOptions(lane="background")))
+            for t in (10, 11, 12)
+        ]
         await until(lambda: b.waiting_items == 3)
         live = asyncio.ensure_future(request(b, 5))
         await until(lambda: b.waiting_items == 4)

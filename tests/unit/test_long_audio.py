@@ -69,7 +69,7 @@ def test_a_checkpoint_reuses_the_chunks_an_earlier_run_finished_and_nothing_else
 
     from parakeet.core.settings import Settings
     from parakeet.core.tuning import Tuning
-    from parakeet.pipeline.batch_policy import BatcherConfig
+    from parakeet.pipeline.batch_policy import BatcherConfig, ItemOptions
     from parakeet.pipeline.batching import Batcher
     from parakeet.pipeline.gpu import GpuArbiter
     from parakeet.pipeline.transcriber import ChunkCheckpoint, LongAudioConfig, Transcriber
@@ -86,7 +86,7 @@ def test_a_checkpoint_reuses_the_chunks_an_earlier_run_finished_and_nothing_else
         batcher.start()
         ticket = batcher.admit()
         try:
-            return await Transcriber(batcher, config).run(ticket, wave, timestamps=True, checkpoint=checkpoint)
+            return await Transcriber(batcher, config).run(ticket, wave, ItemOptions(), checkpoint=checkpoint)
         finally:
             batcher.release(ticket)
             await batcher.drain(5)

@@ -23,13 +23,13 @@ from starlette.datastructures import FormData
 
 from parakeet.api.deps import WorkerDep
 from parakeet.api.formats import MEDIA_TYPES, TranscriptionForm, diarized_json, formatted, logprobs, usage
+from parakeet.api.options import form_key_phrases
 from parakeet.api.subtitles import CueLimits
 from parakeet.api.uploads import (
     declared_body_bytes,
     disconnect_watcher,
     form_bool,
     form_file,
-    form_keywords,
     form_text,
     multipart_form,
     read_file,
@@ -173,7 +173,7 @@ def parse_form(form: FormData, accepted_models: set[str], diarization: bool = Fa
         raise errors.BadRequest(
             f"stream is supported with response_format json, text or diarized_json, not {fmt!r}", param="stream"
         )
-    keywords = form_keywords(form)
+    keywords = form_key_phrases(form)
     diarize = _diarize(form, fmt, diarization)
     return TranscriptionForm(
         model, language, fmt, granularities, stream, logprobs, _cue_limits(form), keywords, diarize

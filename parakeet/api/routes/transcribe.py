@@ -11,6 +11,7 @@ from parakeet.api.bodies import read_body_with
 from parakeet.api.deps import UrlPolicyDep, WorkerDep
 from parakeet.api.errors import request_id
 from parakeet.api.formats import transcription_response
+from parakeet.api.options import openapi_request_body
 from parakeet.api.schemas import ErrorResponse, TranscriptionResponse
 from parakeet.api.uploads import (
     declared_body_bytes,
@@ -21,52 +22,12 @@ from parakeet.api.uploads import (
 
 router = APIRouter()
 
-_MULTIPART_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "timestamps": {"type": "boolean", "default": False},
-                        "include_timestamps": {"type": "boolean", "description": "alias of timestamps"},
-                        "confidence": {"type": "boolean", "description": "word/token confidence and logprobs"},
-                        "diarize": {"type": "boolean", "description": "speakers (PARAKEET_DIARIZATION_MODEL)"},
-                        "should_chunk": {
-                            "type": "boolean",
-                            "description": "accepted, ignored: long audio is "
-                            'always chunked past 180 s (README "Long audio")',
-                        },
-                    },
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "description": 'exactly one of audio_base64, audio_url; or the same wrapped as {"input": {...}}',
-                    "properties": {
-                        "audio_base64": {"type": "string", "description": "standard or URL-safe, data: prefix ok"},
-                        "audio_url": {"type": "string", "description": "http(s); needs PARAKEET_URL_INPUT=true"},
-                        "timestamps": {"type": "boolean", "default": False},
-                        "timestamp": {"type": "boolean", "description": "alias of timestamps"},
-                        "include_timestamps": {"type": "boolean", "description": "alias of timestamps"},
-                        "confidence": {"type": "boolean", "description": "word/token confidence and logprobs"},
-                    },
-                }
-            },
-        },
-    }
-}
-
 
 @router.post(
     "/transcribe",
     response_model=TranscriptionResponse,
     responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}},
-    openapi_extra=_MULTIPART_BODY,
+    openapi_extra=openapi_request_body(),
 )
 async def transcribe(
     request: Request, response: Response, worker: WorkerDep, policy: UrlPolicyDep
