@@ -35,7 +35,7 @@ from wyoming.server import AsyncEventHandler
 from parakeet import VERSION
 from parakeet.core import errors
 from parakeet.core.keywords import KeyPhrases, parse_key_phrases
-from parakeet.pipeline.requests import RequestJob, TranscribeOptions
+from parakeet.pipeline.requests import RequestLifecycle, TranscribeOptions
 from parakeet.pipeline.stream_audio import PcmRecording, StreamAudio
 from parakeet.pipeline.stream_session import Partial, StreamEvent, StreamSession, text_delta
 from parakeet.pipeline.worker import Worker
@@ -146,7 +146,7 @@ class _Utterance:
     ) -> None:
         self.worker, self.format, self.keywords, self.refusal = worker, fmt, keywords, refusal
         self.stack = contextlib.AsyncExitStack()
-        self.job: RequestJob | None = None
+        self.lifecycle: RequestLifecycle | None = None
         self.recording: PcmRecording | None = None
         self.live: _LiveTranscript | None = None
         self.received_bytes = 0
@@ -157,15 +157,15 @@ class _Utterance:
             return
         try:
             audio = StreamAudio("pcm", self.format.rate, width_bytes=self.format.width, channels=self.format.channels)
-            job = await self.stack.enter_async_context(self.worker.request(declared_bytes=0))
+            lifecycle = await self.stack.enter_async_context(self.worker.request(declared_bytes=0))
         except errors.ParakeetError as exc:
             self.refusal = exc
             return
         except ValueError as exc:
             self.refusal = errors.InvalidAudio(f"unsupported audio format: {exc}")
             return
-        self.job = job
-        self.recording = PcmRecording(audio, lambda nbytes: job.hold(nbytes, "the utterance's audio"))
+        self.lifecycle = lifecycle
+        self.recording = PcmRecording(audio, lambda nbytes: lifecycle.hold_memory(nbytes, "the utterance's audio"))
         live = _LiveTranscript(write)
         if live.open(self.worker, self.keywords):
             self.live = live
@@ -201,11 +201,11 @@ class _Utterance:
         try:
             if self.refusal is not None:
                 raise self.refusal
-            assert self.job is not None and self.recording is not None
+            assert self.lifecycle is not None and self.recording is not None
             audio = self.recording.finish()
             if audio.duration_s == 0:
                 return Transcript(text="")
-            outcome = await self.job.transcribe(TranscribeOptions(keywords=self.keywords), audio=audio)
+            outcome = await self.lifecycle.transcribe(TranscribeOptions(keywords=self.keywords), audio=audio)
         except errors.ParakeetError as exc:
             return Error(exc.message, code=exc.code)
         finally:

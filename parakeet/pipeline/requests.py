@@ -1,10 +1,10 @@
 """The one request lifecycle: what every transcription request holds from before its body is read until it is
-answered, and the order it takes things in. `Worker.request()` opens a `RequestJob`; every entry point
+answered, and the order it takes things in. `Worker.request()` opens a `RequestLifecycle`; every entry point
 (`/transcribe`, `/v1/audio/transcriptions` with or without SSE, Wyoming) goes through it and nothing else:
 
 1. at open: readiness (503), the memory budget for the declared body (429 `memory_full`), the GPU queue's room
    (429 `queue_full`), and a place in the upload pool (429 `uploads_full`), all before a byte of the body is read;
-2. `receive()`: the body, read while the upload place is held; the job keeps the audio bytes;
+2. `receive()`: the body, read while the upload place is held; the lifecycle keeps the audio bytes;
 3. `transcribe()` / `transcribe_stream()`: a GPU-queue ticket, decoding in a subprocess with the waveform's memory
    reserved before its samples exist, the batcher, and a race with the client's disconnect (the work of a client
    that left is dropped before the GPU);
@@ -21,17 +21,18 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from parakeet.core import errors, metrics
-from parakeet.core.engine import SAMPLE_RATE_HZ, Waveform
+from parakeet.core.engine import SAMPLE_RATE_HZ
 from parakeet.core.keywords import KeyPhrases, merge_key_phrases
-from parakeet.core.speakers import Speakers, SpeakerSegment, no_diarizer, speakers_of
+from parakeet.core.speakers import Speakers, no_diarizer, speakers_of
 from parakeet.core.transcripts import TimedSpan, Transcript
 from parakeet.pipeline.audio import DecodedAudio
 from parakeet.pipeline.batch_policy import ItemOptions, Lane
 from parakeet.pipeline.batching import Batcher
 from parakeet.pipeline.decoder_pool import AudioDecoderPool
+from parakeet.pipeline.diarization import DiarizationQueue
 from parakeet.pipeline.memory import Reservation
 from parakeet.pipeline.transcriber import ChunkCheckpoint, Transcriber
 
@@ -101,65 +102,71 @@ class Outcome:
     speakers: Speakers | None = None
 
 
-class Places:
-    """A counted pool of places (the upload pool), refused with `UploadsFull` when all are taken.
+@dataclass(frozen=True)
+class Capabilities:
+    """What a loaded worker can do, from the models it loaded (never from its settings): every entry point asks
+    this record (`Worker.capabilities`) before it accepts an option.
 
-    Args:
-        limit: places.
-        retry_after_s: seconds a refused client should wait.
-        source: how the limit is set, for the refusal's message.
+    Attributes:
+        model_name: the ASR model, as responses name it.
+        diarizer: the speaker diarizer's name; None: this worker has none (`diarize` is a 400).
+        diarizer_max_audio_s: the longest audio it takes (an offline Sortformer: 90 s); None: any length.
     """
 
-    def __init__(self, limit: int, retry_after_s: Callable[[], int], source: str) -> None:
-        self.limit, self.taken, self.source = limit, 0, source
-        self._retry_after_s = retry_after_s
+    model_name: str
+    diarizer: str | None = None
+    diarizer_max_audio_s: float | None = None
 
-    def take(self) -> Callable[[], None]:
-        """A place; call the returned function to give it back (once; later calls do nothing).
+    def require_speakers(self, param: str) -> None:
+        """Raises: BadRequest naming PARAKEET_DIARIZATION_MODEL (param `param`) when there is no diarizer."""
+        if self.diarizer is None:
+            raise no_diarizer(param)
 
-        Raises:
-            UploadsFull: `limit` places are taken (429 with Retry-After).
-        """
-        if self.taken >= self.limit:
-            raise errors.UploadsFull(
-                f"server busy: {self.taken} uploads in progress, the limit is {self.limit} ({self.source})",
-                retry_after_s=max(1, self._retry_after_s()),
-            )
-        self.taken += 1
-        held = True
 
-        def give_back() -> None:
-            nonlocal held
-            if held:
-                held = False
-                self.taken -= 1
+class WorkerHooks(Protocol):
+    """What a request tells and asks its worker (`Worker` implements it)."""
 
-        return give_back
+    def served(self, outcome: Outcome) -> None:
+        """A request was answered (the worker's counters and metrics)."""
+        ...
+
+    def server_phrases(self) -> KeyPhrases | None:
+        """The server-wide key phrases (PARAKEET_KEYWORDS_FILE, as it is now), merged into each request's."""
+        ...
+
+    def check_key_phrases(self, keywords: KeyPhrases | None) -> None:
+        """Raises: BadRequest for a phrase the loaded model cannot spell."""
+        ...
 
 
 @dataclass(frozen=True)
-class Serving:
-    """What a request needs of its worker (handed over by `Worker.request` once the worker is ready)."""
+class ServingPipeline:
+    """The worker's pipeline a request runs through (`Worker.request` hands it over once the worker is ready).
+
+    Attributes:
+        decoder, batcher, transcriber: decoding, the GPU queue, long audio.
+        capabilities: what the worker can do.
+        hooks: the worker's side (`WorkerHooks`).
+        max_audio_duration_s: the longest decoded audio (PARAKEET_MAX_AUDIO_DURATION_S).
+        diarization: the speakers' queue, when the worker has a diarizer.
+        diarization_bytes_per_s: memory a diarized request holds per second of audio (Tuning).
+    """
 
     decoder: AudioDecoderPool
     batcher: Batcher
     transcriber: Transcriber
-    model_name: str
+    capabilities: Capabilities
+    hooks: WorkerHooks
     max_audio_duration_s: float
-    on_served: Callable[[Outcome], None]
-    server_phrases: Callable[[], KeyPhrases | None] = lambda: None  # PARAKEET_KEYWORDS_FILE, merged into each request
-    check_key_phrases: Callable[[KeyPhrases | None], None] = lambda keywords: None  # Worker.check_key_phrases
-    # The diarizer on the GPU thread (waveform -> its speaker segments) and its audio limit; None: no diarizer.
-    diarize: Callable[[Waveform], Awaitable[list[SpeakerSegment]]] | None = None
-    diarize_max_s: float | None = None
-    diarize_bytes_per_s: int = 0  # held against the memory budget while a request is diarized (Tuning)
+    diarization: DiarizationQueue | None = None
+    diarization_bytes_per_s: int = 0
 
 
-class RequestJob:
+class RequestLifecycle:
     """One request inside `Worker.request()`; see the module docstring for the order of things.
 
     Args:
-        serving: the worker's pipeline.
+        serving: the worker's pipeline (`ServingPipeline`).
         reservation: the request's share of the memory budget (its declared body size so far).
         give_back_upload: returns the request's place in the upload pool.
         disconnected: returns when the client goes away (None: never watched).
@@ -167,7 +174,7 @@ class RequestJob:
 
     def __init__(
         self,
-        serving: Serving,
+        serving: ServingPipeline,
         reservation: Reservation,
         give_back_upload: Callable[[], None],
         disconnected: Callable[[], Awaitable[object]] | None,
@@ -179,7 +186,7 @@ class RequestJob:
 
     async def receive(self, body: Awaitable[tuple[bytes, T]]) -> T:
         """Read the body (`body` gives the audio bytes and whatever else the route parsed) while holding the upload
-        place. The job keeps the bytes, so that once decoding starts only the decoder holds them.
+        place. The lifecycle keeps the bytes, so that once decoding starts only the decoder holds them.
 
         Raises:
             Whatever `body` raises.
@@ -194,7 +201,7 @@ class RequestJob:
         """The body is in hand (or never will be): the upload place is free for another request."""
         self._give_back_upload()
 
-    def hold(self, nbytes: int, what: str) -> None:
+    def hold_memory(self, nbytes: int, what: str) -> None:
         """Hold `nbytes` of the memory budget in all (audio that arrives in pieces, as Wyoming's does).
 
         Raises:
@@ -225,7 +232,7 @@ class RequestJob:
     ) -> WordStream:  # fmt: skip
         """Transcribe the received bytes, chunk by chunk: returns once the first chunk's words are ready (so a
         refusal is still an ordinary error), then yields each chunk's words in file order; the finished
-        `Outcome` is the value of `WordStream.outcome()`. The stream takes over the job's resources until it is
+        `Outcome` is the value of `WordStream.outcome()`. The stream takes over the request's resources until it is
         exhausted or closed (`aclose`: the client left, queued chunks are dropped).
 
         `checkpoint`: chunks an earlier run finished, reused (a resumed job; `Transcriber.run`). `lane`: the batcher's
@@ -282,9 +289,9 @@ class RequestJob:
         lane: Lane = "live",
     ) -> Outcome:
         s = self._serving
-        s.check_key_phrases(options.keywords)
-        if options.diarize and s.diarize is None:
-            raise no_diarizer("diarize")
+        s.hooks.check_key_phrases(options.keywords)
+        if options.diarize:
+            s.capabilities.require_speakers("diarize")
         ticket = s.batcher.admit()  # the GPU queue: taken once the audio is in hand, before decoding
         try:
             t0 = time.perf_counter()
@@ -301,21 +308,21 @@ class RequestJob:
             try:
                 item = ItemOptions(
                     timestamps=options.word_times, confidence=options.confidence,
-                    keywords=merge_key_phrases(options.keywords, s.server_phrases()), lane=lane,
+                    keywords=merge_key_phrases(options.keywords, s.hooks.server_phrases()), lane=lane,
                 )  # fmt: skip
                 done = await s.transcriber.run(ticket, decoded.waveform, item, on_words=on_words, checkpoint=checkpoint)
                 speakers = None
-                if options.diarize and s.diarize is not None:
-                    speakers = speakers_of(done.transcript.words, await s.diarize(decoded.waveform))
+                if options.diarize and s.diarization is not None:
+                    speakers = speakers_of(done.transcript.words, await s.diarization.diarize(decoded.waveform))
             finally:
                 self._reservation.shrink_to(max(0, self._reservation.nbytes - features))
         finally:
             s.batcher.release(ticket)
         outcome = Outcome(
-            done.transcript, AudioSummary.of(decoded), s.model_name, decode_ms, done.queue_ms, done.compute_ms,
-            done.batch_size, done.chunks, speakers,
+            done.transcript, AudioSummary.of(decoded), s.capabilities.model_name, decode_ms, done.queue_ms,
+            done.compute_ms, done.batch_size, done.chunks, speakers,
         )  # fmt: skip
-        s.on_served(outcome)
+        s.hooks.served(outcome)
         return outcome
 
     def _hold_diarization(self, decoded: DecodedAudio) -> int:
@@ -328,7 +335,7 @@ class RequestJob:
             BadRequest: past the diarizer's length. MemoryBudgetFull: the features do not fit in the budget.
         """
         s = self._serving
-        limit = s.diarize_max_s
+        limit = s.capabilities.diarizer_max_audio_s
         if limit is not None and decoded.duration_s > limit:
             raise errors.BadRequest(
                 f"the audio is {decoded.duration_s:.1f} s long; this diarization model takes at most {limit:g} s "
@@ -336,7 +343,7 @@ class RequestJob:
                 "any length)",
                 param="diarize",
             )
-        features = int(decoded.duration_s * s.diarize_bytes_per_s)
+        features = int(decoded.duration_s * s.diarization_bytes_per_s)
         self._reservation.grow_to(self._reservation.nbytes + features, f"the diarizer's features ({features} bytes)")
         return features
 

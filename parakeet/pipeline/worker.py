@@ -41,11 +41,18 @@ from parakeet.pipeline.diarization import DiarizationConfig, DiarizationQueue
 from parakeet.pipeline.gpu import GpuArbiter
 from parakeet.pipeline.memory import MemoryBudget
 from parakeet.pipeline.phrase_file import ServerPhrases
-from parakeet.pipeline.requests import AudioSummary, Outcome, Places, RequestJob, Serving
+from parakeet.pipeline.requests import (
+    AudioSummary,
+    Capabilities,
+    Outcome,
+    RequestLifecycle,
+    ServingPipeline,
+)
 from parakeet.pipeline.stream_config import StreamConfig
 from parakeet.pipeline.stream_scheduler import StreamScheduler
 from parakeet.pipeline.stream_session import Listener, StreamSession
 from parakeet.pipeline.transcriber import LongAudioConfig, Transcriber
+from parakeet.pipeline.upload_pool import UploadPool
 from parakeet.pipeline.vad import VadParams
 
 log = logging.getLogger("parakeet.worker")
@@ -118,11 +125,12 @@ class Worker:
                                         tuning.decode_memory_limit_bytes)  # fmt: skip
         self.memory = MemoryBudget(settings.max_inflight_audio_bytes, self._retry_after_s)
         self.phrases = ServerPhrases(settings.keywords_file)  # raises InvalidSettings on a bad file
-        self.uploads = Places(
+        self.uploads = UploadPool(
             tuning.uploads_per_queue_place * settings.max_queue_requests, self._retry_after_s,
             f"{tuning.uploads_per_queue_place} x PARAKEET_MAX_QUEUE_REQUESTS",
         )  # fmt: skip
-        self._serving: Serving | None = None
+        self._serving: ServingPipeline | None = None
+        self.capabilities: Capabilities | None = None  # known once the models are loaded
         self._vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
         self._device_refresh: asyncio.Task[None] | None = None
 
@@ -227,11 +235,15 @@ class Worker:
                 diarizer, self.gpu, DiarizationConfig(t.diarization_max_batch, s.max_batch_audio_s)
             )
             self.diarization.start()
-        self._serving = Serving(
-            self.decoder, batcher, transcriber, engine.model_name, s.max_audio_duration_s, self._served,
-            self.phrases.current, self.check_key_phrases,
-            self.diarization.diarize if self.diarization is not None else None,
-            diarizer.max_audio_s if diarizer is not None else None, t.diarization_bytes_per_s,
+        self.capabilities = Capabilities(
+            model_name=engine.model_name,
+            diarizer=diarizer.model_name if diarizer is not None else None,
+            diarizer_max_audio_s=diarizer.max_audio_s if diarizer is not None else None,
+        )
+        self._serving = ServingPipeline(
+            decoder=self.decoder, batcher=batcher, transcriber=transcriber, capabilities=self.capabilities,
+            hooks=self, max_audio_duration_s=s.max_audio_duration_s, diarization=self.diarization,
+            diarization_bytes_per_s=t.diarization_bytes_per_s,
         )  # fmt: skip
 
     def _publish_device(self, info: DeviceInfo) -> None:
@@ -285,7 +297,7 @@ class Worker:
 
     # --- serving ---------------------------------------------------------------------------------------
 
-    def _check_serving(self, reconnect: str = "retry") -> Serving:
+    def _check_serving(self, reconnect: str = "retry") -> ServingPipeline:
         """The one readiness check of every entry point.
 
         Raises:
@@ -300,12 +312,12 @@ class Worker:
     @contextlib.asynccontextmanager
     async def request(
         self, *, declared_bytes: int, disconnected: Callable[[], Awaitable[object]] | None = None
-    ) -> AsyncIterator[RequestJob]:
+    ) -> AsyncIterator[RequestLifecycle]:
         """The lifecycle of one transcription request (parakeet.pipeline.requests): open it before the body is read.
 
         Args:
             declared_bytes: the body's Content-Length (the upload cap when none is sent; 0 for audio that arrives
-                in pieces and is held as it comes: `RequestJob.hold`).
+                in pieces and is held as it comes: `RequestLifecycle.hold_memory`).
             disconnected: returns when the client goes away.
 
         Raises:
@@ -319,11 +331,11 @@ class Worker:
         except BaseException:
             reservation.release()
             raise
-        job = RequestJob(serving, reservation, give_back, disconnected)
+        lifecycle = RequestLifecycle(serving, reservation, give_back, disconnected)
         try:
-            yield job
+            yield lifecycle
         finally:
-            job.close()
+            lifecycle.close()
 
     @contextlib.asynccontextmanager
     async def upload(self, *, declared_bytes: int) -> AsyncIterator[None]:
@@ -345,7 +357,8 @@ class Worker:
         finally:
             reservation.release()
 
-    def _served(self, outcome: Outcome) -> None:
+    def served(self, outcome: Outcome) -> None:
+        """A request was answered: the served count and the audio metrics (`WorkerHooks`)."""
         self.requests_served += 1
         metrics.AUDIO_DURATION.observe(outcome.audio.duration_s)
         metrics.AUDIO_PROCESSED.inc(outcome.audio.duration_s)
@@ -368,8 +381,8 @@ class Worker:
         finally:
             s.batcher.release(ticket)
         audio = AudioSummary(len(waveform) / SAMPLE_RATE_HZ, SAMPLE_RATE_HZ, 1)
-        return Outcome(done.transcript, audio, s.model_name, 0.0, done.queue_ms, done.compute_ms, done.batch_size,
-                       done.chunks)  # fmt: skip
+        return Outcome(done.transcript, audio, s.capabilities.model_name, 0.0, done.queue_ms, done.compute_ms,
+                       done.batch_size, done.chunks)  # fmt: skip
 
     def open_stream(
         self,
@@ -393,6 +406,10 @@ class Worker:
         phrases = merge_key_phrases(keywords, self.phrases.current())
         return self.streams.open(listener, vad=vad, timestamps=timestamps, keywords=phrases, finals=finals)
 
+    def server_phrases(self) -> KeyPhrases | None:
+        """The server-wide key phrases as they are now (PARAKEET_KEYWORDS_FILE; `WorkerHooks`)."""
+        return self.phrases.current()
+
     def check_key_phrases(self, keywords: KeyPhrases | None) -> None:
         """Refuse phrases the loaded model cannot spell (`check_spelling`; nothing to check before it is loaded).
 
@@ -407,7 +424,8 @@ class Worker:
         b, st = self.batcher, self.streams
         return WorkerSnapshot(
             phase=self.phase, ready=self.ready, detail=self.detail, model=self.settings.model, gpu_id=self.gpu_id,
-            gpu_slot=self.gpu_slot, diarization_model=self.settings.diarization_model,
+            gpu_slot=self.gpu_slot,
+            diarization_model=self.capabilities.diarizer if self.capabilities is not None else None,
             device=self.device_info, uptime_s=time.monotonic() - self.started_at,
             requests_served=self.requests_served,
             queued_requests=b.queued_requests if b else 0,

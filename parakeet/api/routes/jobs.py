@@ -24,7 +24,6 @@ from parakeet.api.deps import JobStoreDep, UrlPolicyDep, WebhookSignerDep, Worke
 from parakeet.api.formats import RESULT_FORMATS, result_body
 from parakeet.api.uploads import declared_body_bytes
 from parakeet.core import errors
-from parakeet.core.speakers import no_diarizer
 from parakeet.jobs.outcomes import outcome_of
 from parakeet.jobs.runner import options_of, options_record
 from parakeet.jobs.store import STATUSES, Job
@@ -115,8 +114,8 @@ async def submit_job(
     if not data:
         raise errors.EmptyAudio("the audio is empty (0 bytes)", param=field)
     worker.check_key_phrases(options.keywords)
-    if options.diarize and settings.diarization_model is None:
-        raise no_diarizer("diarize")
+    if options.diarize and worker.capabilities is not None:  # (while the model loads, the run checks it)
+        worker.capabilities.require_speakers("diarize")
     metadata = _metadata(extras.get("metadata"))
     if key is not None and (earlier := await asyncio.to_thread(store.by_idempotency_key, key)) is not None:
         return JSONResponse(job_view(earlier), status_code=200, headers={"Location": f"/v1/jobs/{earlier.id}"})

@@ -38,8 +38,7 @@ from parakeet.api.uploads import (
 )
 from parakeet.core import errors
 from parakeet.core.settings import Settings
-from parakeet.core.speakers import no_diarizer
-from parakeet.pipeline.requests import Outcome, WordStream
+from parakeet.pipeline.requests import Capabilities, Outcome, WordStream
 from parakeet.pipeline.worker import Worker
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -153,8 +152,8 @@ def _logprobs(form: FormData, fmt: str) -> bool:
     return bool(include)
 
 
-def parse_form(form: FormData, accepted_models: set[str], diarization: bool = False) -> TranscriptionForm:
-    """Validate the OpenAI transcription fields (all but `file`); `diarization`: the server has a diarization model.
+def parse_form(form: FormData, accepted_models: set[str], capabilities: Capabilities) -> TranscriptionForm:
+    """Validate the OpenAI transcription fields (all but `file`) against what the worker can do (`capabilities`).
 
     Raises:
         BadRequest: naming the field, the accepted values and the value sent.
@@ -174,13 +173,13 @@ def parse_form(form: FormData, accepted_models: set[str], diarization: bool = Fa
             f"stream is supported with response_format json, text or diarized_json, not {fmt!r}", param="stream"
         )
     keywords = form_key_phrases(form)
-    diarize = _diarize(form, fmt, diarization)
+    diarize = _diarize(form, fmt, capabilities)
     return TranscriptionForm(
         model, language, fmt, granularities, stream, logprobs, _cue_limits(form), keywords, diarize
     )
 
 
-def _diarize(form: FormData, fmt: str, diarization: bool) -> bool:
+def _diarize(form: FormData, fmt: str, capabilities: Capabilities) -> bool:
     """Whether the request wants speakers: `diarized_json`, or `diarize=true` (an extension) with srt, vtt or
     verbose_json.
 
@@ -195,8 +194,7 @@ def _diarize(form: FormData, fmt: str, diarization: bool) -> bool:
         )
     if not (asked or fmt == "diarized_json"):
         return False
-    if not diarization:
-        raise no_diarizer("diarize" if asked else "response_format")
+    capabilities.require_speakers("diarize" if asked else "response_format")
     _refuse_known_speakers(form)
     return True
 
@@ -257,17 +255,19 @@ def render(outcome: Outcome, form: TranscriptionForm, headers: dict[str, str]) -
     return Response(formatted(outcome, form), media_type=media, headers=headers)
 
 
-def accepted_models(settings: Settings) -> set[str]:
-    """The `model` values this server answers to: all run the one loaded model (the diarizing name only when a
-    diarization model runs beside it)."""
-    diarize = (DIARIZE_MODEL,) if settings.diarization_model else ()
+def accepted_models(settings: Settings, capabilities: Capabilities) -> set[str]:
+    """The `model` values this server answers to: all run the one loaded model (the diarizing name only when the
+    worker has a diarizer beside it)."""
+    diarize = (DIARIZE_MODEL,) if capabilities.diarizer is not None else ()
     return {served_model_id(settings.model), settings.model, *MODEL_ALIASES, *diarize}
 
 
-async def _read_form(request: Request, settings: Settings) -> tuple[bytes, TranscriptionForm]:
+async def _read_form(request: Request, worker: Worker) -> tuple[bytes, TranscriptionForm]:
+    caps = worker.capabilities
+    assert caps is not None  # inside worker.request(): the worker is ready
     async with multipart_form(request) as form:
         part = form_file(form)
-        fields = parse_form(form, accepted_models(settings), settings.diarization_model is not None)
+        fields = parse_form(form, accepted_models(worker.settings, caps), caps)
         return await read_file(part), fields
 
 
@@ -275,15 +275,15 @@ async def _read_form(request: Request, settings: Settings) -> tuple[bytes, Trans
 async def create_transcription(request: Request, worker: WorkerDep) -> Response:
     """OpenAI `audio.transcriptions.create`: multipart `file`, `model`, and the optional fields."""
     declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
-    async with worker.request(declared_bytes=declared, disconnected=disconnect_watcher(request)) as job:
-        fields = await job.receive(_read_form(request, worker.settings))
+    async with worker.request(declared_bytes=declared, disconnected=disconnect_watcher(request)) as lifecycle:
+        fields = await lifecycle.receive(_read_form(request, worker))
         if fields.stream and fields.response_format != "diarized_json":  # holds the resources until it ends
-            words = await job.transcribe_stream(fields.options)
+            words = await lifecycle.transcribe_stream(fields.options)
             headers = {"X-Gpu-Id": "cpu" if worker.gpu_id is None else str(worker.gpu_id)}
             return StreamingResponse(
                 _sse(request, worker, words, fields.logprobs), media_type="text/event-stream", headers=headers
             )
-        outcome = await job.transcribe(fields.options)
+        outcome = await lifecycle.transcribe(fields.options)
     record_outcome(request, outcome, worker.gpu_id)
     if fields.stream:
         headers = timing_headers(outcome, worker.gpu_id)

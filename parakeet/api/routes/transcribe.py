@@ -36,9 +36,11 @@ async def transcribe(
     `audio_base64` or `audio_url` (README "JSON and URL input")."""
     t0 = time.perf_counter()
     declared = declared_body_bytes(request, worker.settings.max_upload_bytes)
-    async with worker.request(declared_bytes=declared, disconnected=disconnect_watcher(request)) as job:
-        options, field, _ = await job.receive(read_body_with(request, policy, worker.settings.max_upload_bytes, ()))
-        outcome = await job.transcribe(options, audio_param=field)
+    async with worker.request(declared_bytes=declared, disconnected=disconnect_watcher(request)) as lifecycle:
+        options, field, _ = await lifecycle.receive(
+            read_body_with(request, policy, worker.settings.max_upload_bytes, ())
+        )
+        outcome = await lifecycle.transcribe(options, audio_param=field)
     record_outcome(request, outcome, worker.gpu_id)
     response.headers.update(timing_headers(outcome, worker.gpu_id))
     return transcription_response(
