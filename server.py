@@ -42,6 +42,7 @@ from parakeet.core.logs import configure_logging
 from parakeet.core.settings import Settings, load_settings
 from parakeet.core.tuning import Tuning
 from parakeet.engine.factories import ParakeetEngineFactory, SileroVadFactory, SortformerDiarizerFactory
+from parakeet.jobs.audio import job_audio_for
 from parakeet.jobs.databases import open_database
 from parakeet.jobs.runner import JobRunner, RunnerConfig
 from parakeet.jobs.store import JobStore
@@ -195,12 +196,13 @@ def _start_jobs(
         on_fatal(exc.message)
         raise
     app.state.job_store = store
+    app.state.job_audio = audio = job_audio_for(store, Path(settings.data_dir))
     secret = settings.jobs_webhook_secret
     signer = Webhook(secret.get_secret_value()) if secret is not None else None
     app.state.job_signer = signer
     webhooks = WebhookSender(store, WebhookConfig(signer, app.state.url_policy, tuning.webhook_backoff_s,
                                                   tuning.jobs_lease_s, tuning.jobs_poll_s))  # fmt: skip
-    runner = JobRunner(store, worker, RunnerConfig.from_settings(settings, tuning), webhooks)
+    runner = JobRunner(store, audio, worker, RunnerConfig.from_settings(settings, tuning), webhooks)
     runner.start()
     return runner
 

@@ -1,6 +1,6 @@
 """Typed access from a route to what the composition root (server.py) put on `app.state`, as FastAPI dependencies:
-`worker: WorkerDep`, `policy: UrlPolicyDep`, `store: JobStoreDep`, `signer: WebhookSignerDep`. Routes never read
-`app.state` themselves."""
+`worker: WorkerDep`, `policy: UrlPolicyDep`, `store: JobStoreDep`, `audio: JobAudioDep`, `signer: WebhookSignerDep`.
+Routes never read `app.state` themselves."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from standardwebhooks.webhooks import Webhook
 
 from parakeet.core import errors
+from parakeet.jobs.audio import JobAudio
 from parakeet.jobs.store import JobStore
 from parakeet.pipeline.fetch import UrlPolicy
 from parakeet.pipeline.worker import Worker
@@ -51,6 +52,18 @@ async def get_job_store(request: Request) -> JobStore:
     return store
 
 
+async def get_job_audio(request: Request) -> JobAudio:
+    """Where jobs' audio is kept (`app.state.job_audio`, beside the jobs database).
+
+    Raises:
+        NotReady: the jobs database is not open yet (503).
+    """
+    audio = getattr(request.app.state, "job_audio", None)
+    if audio is None:
+        raise errors.NotReady("the jobs database is not open yet; retry shortly")
+    return audio  # type: ignore[no-any-return]
+
+
 async def get_webhook_signer(request: Request) -> Webhook | None:
     """Standard Webhooks' signer over PARAKEET_JOBS_WEBHOOK_SECRET (`app.state.job_signer`), None without one."""
     signer = getattr(request.app.state, "job_signer", None)
@@ -60,4 +73,5 @@ async def get_webhook_signer(request: Request) -> Webhook | None:
 WorkerDep = Annotated[Worker, Depends(get_worker)]
 UrlPolicyDep = Annotated[UrlPolicy, Depends(get_url_policy)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+JobAudioDep = Annotated[JobAudio, Depends(get_job_audio)]
 WebhookSignerDep = Annotated[Webhook | None, Depends(get_webhook_signer)]

@@ -16,15 +16,18 @@ from typing import Any, Protocol
 from parakeet.core import errors
 
 SCHEMA_VERSION = 2
-# The statements that bring a database of the version before each key to that version. 2: `result` holds the job's
-# outcome, rendered when read (version 1 held rendered bodies); a job that succeeded under version 1 is queued again
-# (its audio is kept until its retention ends; the run gives the same transcript).
+# The statements that bring a database of the version before each key to that version ({real}, {int}, {blob}: the
+# dialect's types). 2: `result` holds the job's outcome, rendered when read (version 1 held rendered bodies), so a
+# job that succeeded under version 1 is queued again (its audio is kept until its retention ends; the run gives the
+# same transcript); the `job_audio` table (PostgreSQL keeps the audio itself: parakeet.jobs.audio).
 MIGRATIONS = {
     2: ["UPDATE jobs SET status = 'queued', result = NULL, finished_at = NULL, lease_owner = NULL, "
-        "lease_expires_at = NULL WHERE status = 'succeeded'"],
+        "lease_expires_at = NULL WHERE status = 'succeeded'",
+        "CREATE TABLE IF NOT EXISTS job_audio (job_id TEXT NOT NULL, seq {int} NOT NULL, data {blob} NOT NULL, "
+        "PRIMARY KEY (job_id, seq))"],
 }  # fmt: skip
 
-# {real} / {int}: the column types of each dialect.
+# {real} / {int} / {blob}: the column types of each dialect.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -61,6 +64,12 @@ CREATE TABLE IF NOT EXISTS job_chunks (
     transcript TEXT NOT NULL,
     PRIMARY KEY (job_id, idx)
 );
+CREATE TABLE IF NOT EXISTS job_audio (
+    job_id TEXT NOT NULL,
+    seq {int} NOT NULL,
+    data {blob} NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     job_id TEXT NOT NULL,
     attempt {int} NOT NULL,
@@ -81,6 +90,7 @@ class Database(Protocol):
     """
 
     name: str
+    kind: str  # "sqlite" or "postgresql"
     skip_locked: str
     driver_errors: tuple[type[Exception], ...]  # what its driver raises when the database fails
 
@@ -95,9 +105,10 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
-def migrations_after(version: int) -> list[str]:
-    """The statements that bring a database at `version` (>= 1) to SCHEMA_VERSION, in order."""
-    return [sql for v in range(version + 1, SCHEMA_VERSION + 1) for sql in MIGRATIONS.get(v, [])]
+def migrations_after(version: int, **types: str) -> list[str]:
+    """The statements that bring a database at `version` (>= 1) to SCHEMA_VERSION, in order, in the dialect of
+    `types` (real=, int=, blob=)."""
+    return [sql.format(**types) for v in range(version + 1, SCHEMA_VERSION + 1) for sql in MIGRATIONS.get(v, [])]
 
 
 def _check_version(version: int, name: str) -> None:
@@ -115,6 +126,8 @@ class SqliteDatabase:
         InvalidSettings: the file cannot be opened or created, or its schema is newer than this server's.
     """
 
+    kind = "sqlite"
+    TYPES = {"real": "REAL", "int": "INTEGER", "blob": "BLOB"}
     skip_locked = ""  # BEGIN IMMEDIATE already makes writers take turns
     driver_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
@@ -128,12 +141,12 @@ class SqliteDatabase:
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
             _check_version(version, self.name)
             if version == 0:  # (executescript commits by itself; IF NOT EXISTS makes two workers' race harmless)
-                ddl = SCHEMA.format(real="REAL", int="INTEGER")
+                ddl = SCHEMA.format(**self.TYPES)
                 self._db.executescript(ddl + f"PRAGMA user_version = {SCHEMA_VERSION};")
             elif version < SCHEMA_VERSION:
                 self._db.execute("BEGIN IMMEDIATE")
                 if int(self._db.execute("PRAGMA user_version").fetchone()[0]) < SCHEMA_VERSION:  # not another's
-                    for statement in migrations_after(version):
+                    for statement in migrations_after(version, **self.TYPES):
                         self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self._db.execute("COMMIT")
@@ -158,6 +171,8 @@ class PostgresDatabase:
         InvalidSettings: cannot connect, or the schema is newer than this server's.
     """
 
+    kind = "postgresql"
+    TYPES = {"real": "DOUBLE PRECISION", "int": "BIGINT", "blob": "BYTEA"}
     skip_locked = " FOR UPDATE SKIP LOCKED"
     _SCHEMA_LOCK = 0x7061726B  # pg_advisory_lock key ("park")
 
@@ -175,9 +190,9 @@ class PostgresDatabase:
                 version = int(row[0]) if row and row[0] is not None else 0
                 _check_version(version, self.name)
                 if version == 0:
-                    self._db.execute(SCHEMA.format(real="DOUBLE PRECISION", int="BIGINT"))
+                    self._db.execute(SCHEMA.format(**self.TYPES))
                 if version < SCHEMA_VERSION:  # (under the advisory lock: one server migrates)
-                    for statement in migrations_after(version) if version else ():
+                    for statement in migrations_after(version, **self.TYPES) if version else ():
                         self._db.execute(statement)
                     self._db.execute("INSERT INTO parakeet_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
             finally:

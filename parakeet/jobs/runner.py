@@ -19,7 +19,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from parakeet.core import errors, metrics
@@ -27,6 +26,7 @@ from parakeet.core.keywords import KeyPhrases
 from parakeet.core.settings import Settings
 from parakeet.core.transcripts import Transcript, transcript_of, transcript_record
 from parakeet.core.tuning import Tuning
+from parakeet.jobs.audio import JobAudio
 from parakeet.jobs.outcomes import outcome_record
 from parakeet.jobs.store import Job, JobStore
 from parakeet.jobs.webhooks import WebhookSender
@@ -82,8 +82,10 @@ class JobRunner:
     """Create, `start()` on the event loop once the worker exists, `stop()` before the worker closes; `webhooks`
     (a `WebhookSender`) runs beside it on the same schedule."""
 
-    def __init__(self, store: JobStore, worker: Worker, config: RunnerConfig, webhooks: WebhookSender) -> None:
-        self.store, self.worker, self.config, self.webhooks = store, worker, config, webhooks
+    def __init__(
+        self, store: JobStore, audio: JobAudio, worker: Worker, config: RunnerConfig, webhooks: WebhookSender
+    ) -> None:
+        self.store, self.audio, self.worker, self.config, self.webhooks = store, audio, worker, config, webhooks
         self.owner = f"{uuid.uuid4().hex[:12]}-gpu{worker.gpu_id if worker.gpu_id is not None else 'cpu'}"
         self._task: asyncio.Task[None] | None = None
         self._webhooks: asyncio.Task[None] | None = None
@@ -188,11 +190,11 @@ class JobRunner:
         log.info("job %s succeeded (%.1f s of audio)", job.id, outcome.audio.duration_s)
 
     async def _transcribe(self, job: Job) -> Outcome:
-        path = Path(job.audio_path)
         try:
-            data = await asyncio.to_thread(path.read_bytes)
+            data = await asyncio.to_thread(self.audio.read, job.audio_path)
         except OSError as exc:
-            raise errors.InvalidAudio(f"the job's stored audio is unreadable ({exc.strerror})", param="file") from exc
+            why = exc.strerror or str(exc)
+            raise errors.InvalidAudio(f"the job's stored audio is unreadable ({why})", param="file") from exc
         options = replace(options_of(job.options), timestamps=True)  # every format can be rendered from it
 
         async def body() -> tuple[bytes, None]:
@@ -242,10 +244,10 @@ class JobRunner:
             metrics.JOBS.labels(status=status).set(n)
 
     async def _expire(self) -> None:
-        """Remove ended jobs past their retention, and their audio files."""
+        """Remove ended jobs past their retention, and their audio (the database's goes with the rows)."""
         paths = await asyncio.to_thread(self.store.expire, finished_before=time.time() - self.config.retention_s)
         for p in paths:
             with contextlib.suppress(OSError):
-                Path(p).unlink()
+                await asyncio.to_thread(self.audio.delete, p)
         if paths:
             log.info("removed %d ended jobs past their retention", len(paths))

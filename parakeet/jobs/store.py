@@ -1,5 +1,6 @@
 """Transcription jobs that survive restarts: their rows in a database (parakeet.jobs.databases: SQLite in
-PARAKEET_DATA_DIR by default, PostgreSQL for many hosts), their audio in files under PARAKEET_DATA_DIR.
+PARAKEET_DATA_DIR by default, PostgreSQL for many hosts), their audio beside them (parakeet.jobs.audio: files under
+PARAKEET_DATA_DIR with SQLite, the `job_audio` table with PostgreSQL).
 
 A job is `queued` until a worker claims it with a lease (`claim`: the oldest queued job, or a `running` one whose lease
 expired because its worker died); the worker renews the lease while it runs the job and ends it `succeeded` (its outcome
@@ -87,6 +88,37 @@ class JobStore:
     @property
     def name(self) -> str:
         return self._db.name
+
+    @property
+    def kind(self) -> str:
+        """The database: "sqlite" or "postgresql"."""
+        return self._db.kind
+
+    # --- audio kept in the database (parakeet.jobs.audio.DatabaseJobAudio) ---
+
+    def put_audio_chunk(self, job_id: str, seq: int, data: bytes) -> None:
+        """Store piece `seq` (0, 1, ...) of a job's audio, in its own transaction."""
+        with self._write() as db:
+            db.execute("INSERT INTO job_audio (job_id, seq, data) VALUES (?, ?, ?)", (job_id, seq, data))
+
+    def audio_chunks(self, job_id: str) -> Iterator[bytes]:
+        """A job's audio pieces in order, one query each (at most one piece in hand at a time)."""
+        seq = 0
+        while True:
+            with self._read() as db:
+                row = db.execute("SELECT data FROM job_audio WHERE job_id = ? AND seq = ?", (job_id, seq)).fetchone()
+            if row is None:
+                return
+            yield bytes(row[0])
+            seq += 1
+
+    def has_audio(self, job_id: str) -> bool:
+        with self._read() as db:
+            return db.execute("SELECT 1 FROM job_audio WHERE job_id = ? LIMIT 1", (job_id,)).fetchone() is not None
+
+    def delete_audio(self, job_id: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM job_audio WHERE job_id = ?", (job_id,))
 
     @contextmanager
     def _write(self) -> Iterator[Database]:
@@ -334,6 +366,11 @@ class JobStore:
             )
             db.execute(
                 "DELETE FROM job_chunks WHERE job_id IN (SELECT id FROM jobs WHERE status NOT IN "
+                "('queued', 'running') AND finished_at < ?)",
+                (finished_before,),
+            )
+            db.execute(
+                "DELETE FROM job_audio WHERE job_id IN (SELECT id FROM jobs WHERE status NOT IN "
                 "('queued', 'running') AND finished_at < ?)",
                 (finished_before,),
             )

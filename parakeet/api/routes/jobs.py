@@ -9,25 +9,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from standardwebhooks.webhooks import Webhook
 
-from parakeet.api.bodies import read_body_with
-from parakeet.api.deps import JobStoreDep, UrlPolicyDep, WebhookSignerDep, WorkerDep
+from parakeet.api.bodies import copy_body_into
+from parakeet.api.deps import JobAudioDep, JobStoreDep, UrlPolicyDep, WebhookSignerDep, WorkerDep
 from parakeet.api.formats import RESULT_FORMATS, result_body
 from parakeet.api.uploads import declared_body_bytes
 from parakeet.core import errors
+from parakeet.jobs.audio import AudioWriter
 from parakeet.jobs.outcomes import outcome_of
 from parakeet.jobs.runner import options_of, options_record
-from parakeet.jobs.store import STATUSES, Job
+from parakeet.jobs.store import STATUSES, Job, JobStore
 from parakeet.pipeline.fetch import UrlPolicy, check_url_syntax
+from parakeet.pipeline.worker import Worker
 
 router = APIRouter(prefix="/v1/jobs")
 
@@ -83,58 +83,63 @@ def _webhook_url(value: Any, signer: Webhook | None, policy: UrlPolicy) -> str |
     return value
 
 
-def _write_audio(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 @router.post("", status_code=202)
 async def submit_job(
-    request: Request, worker: WorkerDep, store: JobStoreDep, policy: UrlPolicyDep, signer: WebhookSignerDep
-) -> JSONResponse:
+    request: Request, worker: WorkerDep, store: JobStoreDep, audio: JobAudioDep, policy: UrlPolicyDep,
+    signer: WebhookSignerDep,
+) -> JSONResponse:  # fmt: skip
     """Store a job: the inputs and options of `POST /transcribe`, plus `metadata` (a JSON object echoed back) and
-    an `Idempotency-Key` header (a retried submit gets the same job)."""
+    an `Idempotency-Key` header (a retried submit gets the same job, answered before its body is read). The audio
+    is stored a piece at a time as it is read (parakeet.jobs.audio), and forgotten if the submit fails."""
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
         raise errors.BadRequest(
             f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters", param="idempotency-key"
         )
-    settings, tuning = worker.settings, worker.tuning
+    if key is not None and (earlier := await asyncio.to_thread(store.by_idempotency_key, key)) is not None:
+        return JSONResponse(job_view(earlier), status_code=200, headers={"Location": f"/v1/jobs/{earlier.id}"})
+    settings = worker.settings
     declared = declared_body_bytes(request, settings.max_upload_bytes)
+    job_id = f"job_{uuid.uuid4().hex}"
     async with worker.upload(declared_bytes=declared):
-        data, (options, field, extras) = await read_body_with(
-            request, policy, settings.max_upload_bytes, ("metadata", "webhook_url")
-        )
+        writer = await asyncio.to_thread(audio.writer, job_id)
+        try:
+            job, created, location = await _store_job(request, worker, store, policy, signer, job_id, key, writer)
+        except BaseException:
+            await asyncio.to_thread(writer.abort)
+            raise
+    if not created:  # a retry with the same key raced this one and won: this copy of the audio goes
+        await asyncio.to_thread(audio.delete, location)
+    return JSONResponse(job_view(job), status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+async def _store_job(
+    request: Request, worker: Worker, store: JobStore, policy: UrlPolicy, signer: Webhook | None, job_id: str,
+    key: str | None, writer: AudioWriter,
+) -> tuple[Job, bool, str]:  # fmt: skip
+    """The body into `writer`, its fields checked, the row stored (see `submit_job`); the audio's location."""
+
+    async def write(piece: bytes) -> None:
+        await asyncio.to_thread(writer.write, piece)
+
+    settings, tuning = worker.settings, worker.tuning
+    nbytes, options, field, extras = await copy_body_into(
+        request, policy, settings.max_upload_bytes, ("metadata", "webhook_url"), write
+    )
     webhook_url = _webhook_url(extras.get("webhook_url"), signer, policy)
-    if not data:
+    if not nbytes:
         raise errors.EmptyAudio("the audio is empty (0 bytes)", param=field)
     worker.check_key_phrases(options.keywords)
     if options.diarize and worker.capabilities is not None:  # (while the model loads, the run checks it)
         worker.capabilities.require_speakers("diarize")
     metadata = _metadata(extras.get("metadata"))
-    if key is not None and (earlier := await asyncio.to_thread(store.by_idempotency_key, key)) is not None:
-        return JSONResponse(job_view(earlier), status_code=200, headers={"Location": f"/v1/jobs/{earlier.id}"})
-    job_id = f"job_{uuid.uuid4().hex}"
-    path = Path(settings.data_dir) / "audio" / f"{job_id}.audio"
-    await asyncio.to_thread(_write_audio, path, data)
-    try:
-        job, created = await asyncio.to_thread(
-            store.submit, job_id, options=options_record(options), metadata=metadata, idempotency_key=key,
-            audio_path=str(path), audio_bytes=len(data), now=time.time(), max_queued=tuning.jobs_max_queued,
-            max_stored_bytes=tuning.jobs_max_stored_bytes, webhook_url=webhook_url,
-        )  # fmt: skip
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    if not created:
-        path.unlink(missing_ok=True)
-    body = job_view(job)
-    return JSONResponse(body, status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
+    location = await asyncio.to_thread(writer.commit)
+    job, created = await asyncio.to_thread(
+        store.submit, job_id, options=options_record(options), metadata=metadata, idempotency_key=key,
+        audio_path=location, audio_bytes=nbytes, now=time.time(), max_queued=tuning.jobs_max_queued,
+        max_stored_bytes=tuning.jobs_max_stored_bytes, webhook_url=webhook_url,
+    )  # fmt: skip
+    return job, created, location
 
 
 @router.get("")
