@@ -17,6 +17,8 @@ class Tuning:
         max_symbols_per_step: TDT greedy decoding's most tokens per encoder frame (`greedy.max_symbols`); 10 is
             NeMo's default for Parakeet-TDT's decoding config.
     parakeet/pipeline/worker.py
+        device_refresh_s: how often the device-memory gauge and /health's device are refreshed on the GPU thread
+            (between batches): a Prometheus scrape every 15 s is its default.
         warmup_audio_s: seconds of synthetic audio in the warm-up batch run before the worker reports ready (enough
             to trigger every lazy initialisation; its time also seeds the first Retry-After estimate).
         queue_audio_batches: the GPU queue refuses new requests (429) once this many full batches of audio
@@ -107,6 +109,7 @@ class Tuning:
     jobs_busy_wait_s: float = 0.02
     jobs_gauge_refresh_s: float = 5.0
     warmup_audio_s: float = 2.0
+    device_refresh_s: float = 15.0
     queue_audio_batches: float = 4.0
     uploads_per_queue_place: int = 4
     decode_timeout_s: float = 120.0

@@ -58,7 +58,6 @@ from parakeet.pipeline.vad import VadParams
 log = logging.getLogger("parakeet.worker")
 
 Phase = Literal["loading", "ok", "shutting_down", "failed"]
-DEVICE_REFRESH_S = 15.0  # the device-memory gauge's refresh period (a scrape every 15 s is Prometheus' default)
 
 
 def available_cores() -> int:
@@ -253,7 +252,7 @@ class Worker:
     async def _refresh_device(self) -> None:
         """Refresh the device memory gauge now and then, on the GPU thread (between batches)."""
         while self.engine is not None and self.phase == "ok":
-            await asyncio.sleep(DEVICE_REFRESH_S)
+            await asyncio.sleep(self.tuning.device_refresh_s)
             info = await self.gpu.run("control", self.engine.device_info)
             self.device_info = info
             self._publish_device(info)

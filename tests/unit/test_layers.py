@@ -223,6 +223,28 @@ def test_layers_no_function_over_60_lines_and_no_module_over_450() -> None:
     assert not too_long, too_long
 
 
+def test_no_file_edits_sys_path() -> None:
+    """The project is installed (pip install -e . in scripts/setup.sh) and pytest's `pythonpath` names the tests'
+    folders: no Python file of the project, tests included, assigns to, inserts into or extends sys.path."""
+    offences = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if any(
+            part.startswith(".") or part in {"node_modules", "__pycache__"} for part in path.relative_to(ROOT).parts
+        ):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            target = None
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                target = node.func.value  # sys.path.insert(...), .append(...), .extend(...)
+            elif isinstance(node, ast.Assign | ast.AugAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                target = next((t.value if isinstance(t, ast.Subscript) else t for t in targets), None)
+            is_sys_path = isinstance(target, ast.Attribute) and target.attr == "path"
+            if is_sys_path and isinstance(target.value, ast.Name) and target.value.id == "sys":
+                offences.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offences, offences
+
+
 def test_tests_start_uvicorn_in_at_most_8_places() -> None:
     """Real servers are started through the one launcher (tests/support/servers.py): its call sites in tests/ (and
     in-thread uvicorn servers) are at most 8, so a test that needs a socket reuses a fixture instead."""
