@@ -36,10 +36,6 @@ class ItemOptions:
     keywords: KeyPhrases | None = None
     lane: Lane = "live"
 
-    @property
-    def word_times(self) -> bool:
-        return self.timestamps or self.confidence
-
 
 @dataclass(frozen=True)
 class BatcherConfig:

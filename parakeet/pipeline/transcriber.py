@@ -106,8 +106,8 @@ class Transcriber:
         """
         chunks = self.plan(waveform)
         slots = asyncio.Semaphore(self.config.chunks_in_flight)
-        # merge_transcripts places words by time
-        per_chunk = replace(options, timestamps=options.word_times or len(chunks) > 1)
+        # merge_transcripts places words by time (confidence implies timestamps in the engine itself)
+        per_chunk = replace(options, timestamps=options.timestamps or len(chunks) > 1)
 
         async def one(piece: Waveform) -> ItemResult:
             async with slots:
