@@ -61,15 +61,11 @@ def main() -> None:
 
     import torch
 
-    from inference import build_engine
+    from bench._common import load_engine
 
     device = torch.device(args.device)
-    from parakeet.core.settings import Settings
-
-    if args.threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
-        torch.set_num_threads(args.threads)
-    settings = Settings(model=args.model, precision=args.precision, cuda_graphs=args.cuda_graphs)
-    engine = build_engine(settings, device)
+    engine = load_engine(args.model, args.device, precision=args.precision, cuda_graphs=args.cuda_graphs,
+                         threads=args.threads)  # fmt: skip
     engine.sync_stages = True  # stage split (features+encoder / decoding / timestamps+records) is device time
     waves = clips(args.n_clips, args.clip_s, args.seed)
     print(

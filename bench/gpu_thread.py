@@ -45,14 +45,11 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from inference import build_engine
-    from parakeet.core.settings import Settings
+    from bench._common import load_engine
 
     device = torch.device(args.device)
-    if args.threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
-        torch.set_num_threads(args.threads)
-    settings = Settings(model=args.model, precision=args.precision, cuda_graphs=args.cuda_graphs)
-    engine = build_engine(settings, device)
+    engine = load_engine(args.model, args.device, precision=args.precision, cuda_graphs=args.cuda_graphs,
+                         threads=args.threads)  # fmt: skip
     engine.sync_stages = True
     frames = int(args.clip_s / (engine.window_stride_s * engine.subsampling_factor))
     d_model = int(engine.model.cfg.encoder.d_model)

@@ -46,15 +46,11 @@ def main() -> int:
 
     import torch
 
+    from bench._common import load_engine
     from bench.engine import clips
-    from inference import build_engine
     from parakeet.core.keywords import KeyPhrases
-    from parakeet.core.settings import Settings
 
-    if args.threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
-        torch.set_num_threads(args.threads)
-    settings = Settings(model=args.model, device=args.device, precision=args.precision)
-    engine = build_engine(settings, torch.device(args.device))
+    engine = load_engine(args.model, args.device, precision=args.precision, threads=args.threads)
     waves = clips(args.batch, args.clip_s, 0)
     flags = [False] * len(waves)
 

@@ -49,13 +49,10 @@ def main() -> int:
 
     import torch
 
-    from inference import build_engine
-    from parakeet.core.settings import Settings
+    from bench._common import load_engine
 
-    if args.torch_threads:  # CPU threads: torch's own (the server's workers take OMP_NUM_THREADS)
-        torch.set_num_threads(args.torch_threads)
-    settings = Settings(model=args.model, precision=args.precision, cuda_graphs=args.cuda_graphs)
-    engine = build_engine(settings, torch.device(args.device))
+    engine = load_engine(args.model, args.device, precision=args.precision, cuda_graphs=args.cuda_graphs,
+                         threads=args.torch_threads)  # fmt: skip
     frame = engine.encoder_frame_samples
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     distinct = clips(min(max(sizes), args.n_clips), 12.0, seed=11)
