@@ -87,12 +87,34 @@ def digit_utterances() -> list[speech.Utterance]:
 
 
 @pytest.fixture(scope="session")
-def digits_engine(digits_model_path: Path) -> Any:
+def digits_torch_engine(digits_model_path: Path) -> Any:
+    """The digits model on the torch encoder, for the session."""
     import torch
 
     from inference import build_engine
 
     return build_engine(cpu_settings(digits_model_path), torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def digits_engine(digits_torch_engine: Any) -> Any:
+    """The session's digits engine (torch's; a module that compares with NeMo overrides it to run on both encoder
+    backends: helpers.backend_engine)."""
+    return digits_torch_engine
+
+
+@pytest.fixture(scope="session")
+def digits_onnx_engine(digits_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The digits model with its encoder on ONNX Runtime (NeMo's export, cached in a temporary data directory),
+    kept only if its self-check passed."""
+    import torch
+
+    from inference import build_engine
+
+    settings = cpu_settings(digits_model_path, encoder_backend="onnxruntime", data_dir=tmp_path_factory.mktemp("onnx"))
+    engine = build_engine(settings, torch.device("cpu"))
+    assert engine.encoder.backend == "onnxruntime", engine.encoder_reason
+    return engine
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +131,20 @@ def digits_client(digits_engine: Any, silero_vad: Any, digits_model_path: Path) 
     60 s, 8 streams, streams idle for 3 s closed, WebSocket messages of at most 256 KiB, 2 s of stream lag."""
     with digits_app(digits_engine, silero_vad, digits_model_path) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def digits_onnx_client(digits_onnx_engine: Any, silero_vad: Any, digits_model_path: Path) -> Iterator[Any]:
+    """`digits_client` with the encoder on ONNX Runtime."""
+    with digits_app(digits_onnx_engine, silero_vad, digits_model_path) as client:
+        yield client
+
+
+@pytest.fixture(params=["torch", "onnxruntime"])
+def backend_client(request: pytest.FixtureRequest) -> Any:
+    """`digits_client` on each encoder backend, for the live protocols' tests that compare finals with /transcribe
+    (PARAKEET_ENCODER_BACKEND)."""
+    return request.getfixturevalue("digits_onnx_client" if request.param == "onnxruntime" else "digits_client")
 
 
 # --- real servers (e2e and browser) ---------------------------------------------------------------------------

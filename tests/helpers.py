@@ -43,8 +43,20 @@ def cpu_settings(model_path: Path, **overrides: Any) -> Settings:
     graphs `auto`, the default, which on a CPU means off)."""
     values: dict[str, Any] = {
         "model": str(model_path), "device": "cpu", "precision": "fp32", "cuda_graphs": "auto",
+        "encoder_backend": "torch",
     }  # fmt: skip
     return Settings(**{**values, **overrides})
+
+
+# The encoder backends the tests that compare with NeMo run on (PARAKEET_ENCODER_BACKEND): a module parametrises its
+# `digits_engine` over them with `backend_engine` (conftest's `digits_engine` is torch's, `digits_onnx_engine` ONNX
+# Runtime's).
+ENCODER_BACKENDS = ["torch", "onnxruntime"]
+
+
+def backend_engine(request: Any, torch_engine: Any) -> Any:
+    """The engine of `request.param` ("torch": `torch_engine`; "onnxruntime": the session's ONNX Runtime one)."""
+    return request.getfixturevalue("digits_onnx_engine") if request.param == "onnxruntime" else torch_engine
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -133,6 +133,8 @@ class DeviceInfo(BaseModel):
     cuda_graphs_reason: str = Field(
         "not a CUDA device", description="Why: forced by the setting, the start-up self-check's verdict, or no GPU."
     )
+    encoder_backend: str = Field("torch", description='What runs the encoder: "torch" or "onnxruntime".')
+    encoder_reason: str = Field("", description="Why: PARAKEET_ENCODER_BACKEND, or the start-up self-check's verdict.")
 
 
 class HealthResponse(BaseModel):

@@ -49,6 +49,8 @@ class DeviceInfo:
     memory_total_bytes: int | None = None
     cuda_graphs: bool = False
     cuda_graphs_reason: str = "not a CUDA device"
+    encoder_backend: str = "torch"  # what runs the encoder (PARAKEET_ENCODER_BACKEND): "torch" or "onnxruntime"
+    encoder_reason: str = ""  # why: the setting, or the start-up self-check's verdict
 
 
 CPU_DEVICE = DeviceInfo(type="cpu", index=None, name="cpu")

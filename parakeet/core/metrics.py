@@ -74,7 +74,7 @@ GPU_MEMORY_USED = Gauge(
 )  # fmt: skip
 BUILD_INFO = Gauge(
     "parakeet_build_info", "Always 1 once the model is loaded; the labels describe the build and its decoder.",
-    ["version", "model", "precision", "device", "cuda_graphs"],
+    ["version", "model", "precision", "device", "cuda_graphs", "encoder"],
     multiprocess_mode="livemax",
 )  # fmt: skip
 

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Encoder/decoder weights dtype. auto: bf16 on GPU, fp32 on CPU."
     )
+    encoder_backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="What runs the FastConformer encoder: auto = ONNX Runtime on a CPU worker (NeMo's own export, "
+        "kept only if a start-up self-check finds the same frames and tokens), torch on a GPU.",
+    )
     cuda_graphs: Literal["auto", "true", "false"] = Field(
         "auto",
         description="NeMo's CUDA-graph TDT decoder. auto: on a GPU, on if a start-up self-check finds it gives the "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,7 @@ class ParakeetEngine:
             module.to(dtype=self.dtype)
         model.preprocessor.to(dtype=torch.float32)
         self.encoder: Encoder = encoder or TorchEncoder(model.encoder, self.dtype)
+        self.encoder_reason = "torch: as constructed"
         # Window stride (s) x subsampling: 0.01 x 8 = 0.08 s per encoder frame for Parakeet.
         self.window_stride_s = float(model.cfg.preprocessor.window_stride)
         self.subsampling_factor = int(model.cfg.encoder.get("subsampling_factor", 8))
@@ -85,6 +87,13 @@ class ParakeetEngine:
         # compute_rnnt_timestamps + process_timestamp_outputs (the reference, and the fallback).
         self.timestamps_impl = "parakeet" if self.token_table is not None else "nemo"
         self.sync_stages = False  # benchmarks: synchronise after the encoder so stages_ms splits true device time
+
+    def use_encoder(self, encoder: Encoder, reason: str) -> None:
+        """Serve with `encoder` from now on (call from the GPU thread, between batches) and free the torch
+        encoder's weights: the process holds one copy of the encoder (NeMo's `model.encoder` keeps its structure
+        on the meta device; nothing of the engine runs it again)."""
+        self.encoder, self.encoder_reason = encoder, reason
+        self.model.encoder.to("meta")
 
     def set_cuda_graphs(self, on: bool) -> None:
         """Rebuild the decoding with or without NeMo's CUDA-graph decoder (on a CPU it stays off). Call it from the
@@ -260,4 +269,5 @@ class ParakeetEngine:
 
     def device_info(self) -> DeviceInfo:
         """The device and the decoder's CUDA graphs for /health (`parakeet.engine.device.device_info`)."""
-        return device_info(self.device, self.cuda_graphs, self.cuda_graphs_reason)
+        info = device_info(self.device, self.cuda_graphs, self.cuda_graphs_reason)
+        return replace(info, encoder_backend=self.encoder.backend, encoder_reason=self.encoder_reason)

@@ -13,6 +13,7 @@ from parakeet.core.tuning import Tuning
 from parakeet.engine.asr import ParakeetEngine
 from parakeet.engine.cuda_graphs import choose_cuda_graphs
 from parakeet.engine.device import pinned_cuda_device
+from parakeet.engine.encoder_choice import choose_encoder
 from parakeet.engine.loading import load_asr_model
 
 log = logging.getLogger("parakeet.engine")
@@ -40,6 +41,7 @@ def build_engine(settings: Settings, device: torch.device, tuning: Tuning | None
         cuda_graphs=False,
         max_symbols_per_step=(tuning or Tuning()).max_symbols_per_step,
     )
+    choose_encoder(engine, settings)
     choose_cuda_graphs(engine, settings.cuda_graphs, cuda=device.type == "cuda")
     log.info(
         "loaded %s on %s (%s, %.1f M parameters, %s encoder) in %.1f s",

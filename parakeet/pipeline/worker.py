@@ -190,12 +190,17 @@ class Worker:
         device = "cpu" if self.gpu_id is None else f"cuda:{self.gpu_id}"
         s, graphs = self.settings, "on" if device_info.cuda_graphs else "off"
         metrics.BUILD_INFO.labels(
-            version=VERSION, model=s.model, precision=s.precision, device=device, cuda_graphs=graphs
+            version=VERSION,
+            model=s.model,
+            precision=s.precision,
+            device=device,
+            cuda_graphs=graphs,
+            encoder=device_info.encoder_backend,
         ).set(1)
         self._device_refresh = asyncio.get_running_loop().create_task(self._refresh_device())
         log.info(
-            "worker ready: model %s on %s, CUDA graphs %s (%s)",
-            engine.model_name, device_info.name, graphs, device_info.cuda_graphs_reason,
+            "worker ready: model %s on %s, encoder %s, CUDA graphs %s (%s)",
+            engine.model_name, device_info.name, device_info.encoder_backend, graphs, device_info.cuda_graphs_reason,
         )  # fmt: skip
 
     async def _build(

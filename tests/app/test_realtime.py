@@ -47,9 +47,11 @@ def events_until(ws: Any, kind: str, count: int = 1, timeout_s: float = 60) -> l
     return events
 
 
-def test_realtime_manual_commit_equals_audio_transcriptions(digits_client: TestClient, utterances: list[bytes]) -> None:
+def test_realtime_manual_commit_equals_audio_transcriptions(
+    backend_client: TestClient, utterances: list[bytes]
+) -> None:
     pcm24 = to_24k(utterances[0])
-    with digits_client.websocket_connect(URL, subprotocols=["realtime"]) as ws:
+    with backend_client.websocket_connect(URL, subprotocols=["realtime"]) as ws:
         assert ws.accepted_subprotocol == "realtime"
         created = realtime_event(receive(ws))
         ws.send_text(json.dumps({"type": "session.update", "session": MANUAL}))
@@ -65,7 +67,7 @@ def test_realtime_manual_commit_equals_audio_transcriptions(digits_client: TestC
     committed = next(e for e in events if e.type == "input_audio_buffer.committed")
     done = events[-1]
     assert completed.item_id == committed.item_id == done.item.id
-    assert completed.transcript == transcribe(digits_client, pcm24, 24000, "/v1/audio/transcriptions")
+    assert completed.transcript == transcribe(backend_client, pcm24, 24000, "/v1/audio/transcriptions")
     assert done.item.content[0].transcript == completed.transcript
     assert completed.usage.type == "duration" and completed.usage.seconds == pytest.approx(len(pcm24) / 48000, abs=0.01)
     assert (
@@ -76,14 +78,14 @@ def test_realtime_manual_commit_equals_audio_transcriptions(digits_client: TestC
     )
 
 
-def test_realtime_server_vad_gives_one_item_per_utterance(digits_client: TestClient) -> None:
+def test_realtime_server_vad_gives_one_item_per_utterance(backend_client: TestClient) -> None:
     texts = ["four two seven", "one nine"]
     pause = np.zeros(16000, np.float32)
     parts = [pause[:8000], speech.speak(texts[0]), pause, speech.speak(texts[1]), pause]
     pcm24 = to_24k(pcm16(np.concatenate(parts)))
     starts_ms = [500, (8000 + len(parts[1]) + len(pause)) / 16]
     ends_ms = [(8000 + len(parts[1])) / 16, (8000 + len(parts[1]) + len(pause) + len(parts[3])) / 16]
-    with digits_client.websocket_connect(URL) as ws:  # the default session: 24 kHz PCM, server VAD
+    with backend_client.websocket_connect(URL) as ws:  # the default session: 24 kHz PCM, server VAD
         receive(ws)
         for i in range(0, len(pcm24), 4800):
             append(ws, pcm24[i : i + 4800])

@@ -60,12 +60,12 @@ def health(client: TestClient) -> dict[str, Any]:
 
 
 def test_ws_final_equals_transcribe_with_partials_before_eos(
-    digits_client: TestClient, utterances: list[bytes]
+    backend_client: TestClient, utterances: list[bytes]
 ) -> None:
     pcm = utterances[0]
-    partials, final = stream_utterance(digits_client, pcm)
+    partials, final = stream_utterance(backend_client, pcm)
     assert final["type"] == "final", final
-    assert final["text"] == transcribe(digits_client, pcm)
+    assert final["text"] == transcribe(backend_client, pcm)
     assert final["audio_s"] == pytest.approx(len(pcm) / 32000, abs=0.001)
     assert final["final_ms"] >= 0 and final["compute_ms"] > 0
     assert any(p["text"] for p in partials), partials
@@ -186,11 +186,11 @@ def test_ws_eight_concurrent_streams_share_step_batches(digits_client: TestClien
     assert items / steps > 1
 
 
-def test_ws_vad_finalizes_each_utterance_at_a_pause(digits_client: TestClient) -> None:
+def test_ws_vad_finalizes_each_utterance_at_a_pause(backend_client: TestClient) -> None:
     texts = ["four two seven", "one nine"]
     pause = np.zeros(int(1.0 * 16000), np.float32)
     parts = [pause[:8000], speech.speak(texts[0]), pause, speech.speak(texts[1]), pause]
-    with digits_client.websocket_connect("/ws?vad=1") as ws:
+    with backend_client.websocket_connect("/ws?vad=1") as ws:
         send_frames(ws, pcm16(np.concatenate(parts)), 3200, realtime=False)
         finals = [until_type(ws, "final")[1] for _ in texts]
     assert [f["text"] for f in finals] == texts
@@ -212,8 +212,8 @@ def test_ws_vad_knobs_are_query_options(digits_client: TestClient) -> None:
     assert refused.value.code == 1008  # an invalid query value: policy violation
 
 
-def test_ws_word_timestamps_on_request(digits_client: TestClient, utterances: list[bytes]) -> None:
-    with digits_client.websocket_connect("/ws?timestamps=1") as ws:
+def test_ws_word_timestamps_on_request(backend_client: TestClient, utterances: list[bytes]) -> None:
+    with backend_client.websocket_connect("/ws?timestamps=1") as ws:
         send_frames(ws, utterances[0], 32000, realtime=False)
         ws.send_bytes(b"__CTRL__:EOS")
         final = until_type(ws, "final")[1]

@@ -16,7 +16,14 @@ from inference import ParakeetEngine, build_engine, load_asr_model
 from parakeet.core.errors import ModelLoadError
 from tests.support import speech
 
-from helpers import cpu_settings, nemo_reference_texts, offline_hub
+from helpers import ENCODER_BACKENDS, backend_engine, cpu_settings, nemo_reference_texts, offline_hub
+
+
+@pytest.fixture(scope="module", params=ENCODER_BACKENDS)
+def digits_engine(request: pytest.FixtureRequest, digits_engine: ParakeetEngine) -> ParakeetEngine:
+    """Each test here on both encoder backends (torch, ONNX Runtime): the same NeMo comparisons hold on either."""
+    engine: ParakeetEngine = backend_engine(request, digits_engine)
+    return engine
 
 
 def engine_for(model_path: Path) -> ParakeetEngine:
@@ -76,8 +83,9 @@ def test_engine_timestamps_only_where_asked_and_text_unchanged(
 
 
 def test_engine_is_deterministic_after_nemo_transcribe_left_train_mode(
-    digits_engine: ParakeetEngine, digit_utterances: list[Any], tmp_path: Path
+    digits_torch_engine: ParakeetEngine, digit_utterances: list[Any], tmp_path: Path
 ) -> None:
+    digits_engine = digits_torch_engine  # NeMo's own transcribe() runs the torch encoder (freed under ONNX Runtime)
     """NeMo 3.0.0's transcribe() leaves the modules in train mode; the engine re-asserts eval per batch."""
     w = digit_utterances[0].waveform
     before = digits_engine.transcribe([w]).transcripts[0].text

@@ -18,6 +18,15 @@ from parakeet.core.errors import BadRequest
 from parakeet.core.keywords import MAX_PHRASE_CHARS, MAX_PHRASES, KeyPhrases, parse_key_phrases
 from tests.support import speech
 
+from helpers import ENCODER_BACKENDS, backend_engine
+
+
+@pytest.fixture(scope="module", params=ENCODER_BACKENDS)
+def digits_engine(request: pytest.FixtureRequest, digits_engine: ParakeetEngine) -> ParakeetEngine:
+    """Each test here on both encoder backends (torch, ONNX Runtime): the same NeMo comparisons hold on either."""
+    engine: ParakeetEngine = backend_engine(request, digits_engine)
+    return engine
+
 
 def noisy(utterances: list[Any], level: float) -> list[np.ndarray]:
     out = []

@@ -15,6 +15,8 @@ from parakeet.core.engine import StepRequest
 from parakeet.pipeline.vad import VAD_FRAME_SAMPLES, VadParams, VadSegmenter
 from tests.support import speech
 
+from helpers import ENCODER_BACKENDS, backend_engine
+
 CHUNK, RIGHT, LEFT = 6, 6, 50  # the balanced preset in encoder frames (80 ms each)
 
 
@@ -28,6 +30,13 @@ def stream_plan(n_samples: int, frame: int, chunk: int = CHUNK, right: int = RIG
         k += chunk
     plan.append((max(0, k - left), None, None))
     return plan
+
+
+@pytest.fixture(scope="module", params=ENCODER_BACKENDS)
+def digits_engine(request: pytest.FixtureRequest, digits_engine: ParakeetEngine) -> ParakeetEngine:
+    """The stream-step tests on both encoder backends: a step's windows go through the engine's encoder seam."""
+    engine: ParakeetEngine = backend_engine(request, digits_engine)
+    return engine
 
 
 def run_stream(
@@ -47,8 +56,9 @@ def run_stream(
 
 
 def test_chunked_decoding_of_offline_encoder_output_equals_offline_text(
-    digits_engine: ParakeetEngine, digit_utterances: list[Any]
+    digits_torch_engine: ParakeetEngine, digit_utterances: list[Any]
 ) -> None:
+    digits_engine = digits_torch_engine  # (runs NeMo's torch encoder module itself)
     """NeMo's label-looping decoder with carried state (what stream_step relies on) is exact on the same frames."""
     model = digits_engine.model
     computer = model.decoding.decoding.decoding_computer
@@ -187,3 +197,13 @@ def test_segmenter_matches_silero_vad_iterator() -> None:
             theirs.append((key, int(value)))
     assert [k for k, _ in ours] == ["start", "end", "start", "end"]
     assert ours == theirs
+
+
+def test_a_streams_text_is_the_same_on_both_encoder_backends(
+    digits_torch_engine: ParakeetEngine, digits_onnx_engine: ParakeetEngine, digit_utterances: list[Any]
+) -> None:
+    """Stream steps run their windows through the encoder seam: on ONNX Runtime a stream commits the same tokens
+    step by step, with the same partials and final, as on torch."""
+    assert digits_onnx_engine.encoder.backend == "onnxruntime"
+    for u in digit_utterances[:6]:
+        assert run_stream(digits_onnx_engine, u.waveform) == run_stream(digits_torch_engine, u.waveform)

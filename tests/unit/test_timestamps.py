@@ -23,7 +23,7 @@ from parakeet.core.timestamps import HypothesisTimestamps, TokenTable, tdt_times
 from parakeet.engine.hypotheses import nemo_spans
 from tests.support.build_test_models import train_tokenizer
 
-from helpers import cpu_settings
+from helpers import ENCODER_BACKENDS, backend_engine, cpu_settings
 
 SENTENCES = [
     "Hello, world. How are you? I'm fine!",
@@ -33,6 +33,13 @@ SENTENCES = [
     "One, two, three. Four! Five? Six...",
     '"Quoted," she said. (Aside) done.',
 ]
+
+
+@pytest.fixture(scope="module", params=ENCODER_BACKENDS)
+def digits_engine(request: pytest.FixtureRequest, digits_engine: ParakeetEngine) -> ParakeetEngine:
+    """Each test here on both encoder backends (torch, ONNX Runtime): the same NeMo comparisons hold on either."""
+    engine: ParakeetEngine = backend_engine(request, digits_engine)
+    return engine
 
 
 @pytest.fixture(scope="module")
