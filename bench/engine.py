@@ -52,35 +52,56 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--min-seconds", type=float, default=10.0, help="time each batch size at least this long")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--encoder-backends", default="torch", help="comma list, run one after the other: torch,onnxruntime")
+    p.add_argument("--data-dir", default="/tmp/parakeet_bench_data", help="the ONNX export cache's PARAKEET_DATA_DIR")
     p.add_argument("--out", type=Path)
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    waves = clips(args.n_clips, args.clip_s, args.seed)
+    results: dict[str, list[dict[str, object]]] = {}
+    texts: dict[str, list[str]] = {}
+    for backend in args.encoder_backends.split(","):
+        results[backend], texts[backend] = run_backend(args, backend, waves)
+    same = len({tuple(t) for t in texts.values()}) == 1
+    if len(texts) > 1:
+        print(f"same texts on {', '.join(texts)}: {same}")
+    if args.out:
+        doc = {"args": vars(args) | {"out": str(args.out)}, "rows": results, "same_texts": same}
+        args.out.write_text(json.dumps(doc, indent=1))
+
+
+def run_backend(
+    args: argparse.Namespace, backend: str, waves: list[np.ndarray]
+) -> tuple[list[dict[str, object]], list[str]]:
+    """The table for one encoder backend (PARAKEET_ENCODER_BACKEND), and the texts of the largest batch."""
+    import gc
 
     import torch
 
     from bench._common import load_engine
 
     device = torch.device(args.device)
+    gc.collect()
     engine = load_engine(args.model, args.device, precision=args.precision, cuda_graphs=args.cuda_graphs,
-                         threads=args.threads)  # fmt: skip
+                         threads=args.threads, encoder_backend=backend, data_dir=args.data_dir)  # fmt: skip
     engine.sync_stages = True  # stage split (features+encoder / decoding / timestamps+records) is device time
-    waves = clips(args.n_clips, args.clip_s, args.seed)
     print(
-        f"{args.model} on {device} ({engine.dtype}), {args.clip_s:g} s clips, torch threads {torch.get_num_threads()}, "
-        f"CUDA graphs {'on' if args.cuda_graphs else 'off'}, timestamps {'on' if args.timestamps else 'off'}"
+        f"{args.model} on {device} ({engine.dtype}), encoder {engine.encoder.backend}, {args.clip_s:g} s clips, "
+        f"torch threads {torch.get_num_threads()}, CUDA graphs {'on' if args.cuda_graphs else 'off'}, "
+        f"timestamps {'on' if args.timestamps else 'off'}"
     )
     print(
         "| batch | req/s | RTFx | ms/batch | features+encoder ms | decoding ms | timestamps+records ms "
         "| peak device MiB |\n|---|---|---|---|---|---|---|---|"
     )
-    rows = []
+    rows, texts = [], []
     for b in [int(x) for x in args.batch_sizes.split(",")]:
         batch = [waves[i % len(waves)] for i in range(b)]
         flags = [args.timestamps] * b
-        engine.transcribe(batch, flags)  # warm-up at this shape
+        texts = [t.text for t in engine.transcribe(batch, flags).transcripts]  # (also the warm-up at this shape)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         n, t0 = 0, time.perf_counter()
@@ -93,9 +114,8 @@ def main() -> None:
         rps = n * b / elapsed
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         split = {k: v / n for k, v in stages.items()}
-        row = {"batch": b, "req_per_s": rps, "rtfx": rps * args.clip_s, "ms_per_batch": 1000 * elapsed / n,
-               "peak_mib": peak, "stages_ms": split}  # fmt: skip
-        rows.append(row)
+        rows.append({"batch": b, "req_per_s": rps, "rtfx": rps * args.clip_s, "ms_per_batch": 1000 * elapsed / n,
+                     "peak_mib": peak, "stages_ms": split, "encoder": engine.encoder.backend})  # fmt: skip
         print(
             f"| {b} | {rps:.2f} | {rps * args.clip_s:.1f} | {1000 * elapsed / n:.0f} "
             f"| {split.get('features_encoder', 0):.0f} | {split.get('decoding', 0):.0f} "
@@ -103,8 +123,7 @@ def main() -> None:
             f"| {'-' if peak is None else f'{peak:.0f}'} |",
             flush=True,
         )
-    if args.out:
-        args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=1))
+    return rows, texts
 
 
 if __name__ == "__main__":

@@ -99,6 +99,6 @@ def test_health_and_build_info_say_which_decoder_runs(digits_client: TestClient)
     assert device["cuda_graphs_reason"] == "not a CUDA device"
     lines = digits_client.get("/metrics").text.splitlines()
     info = [
-        x for x in lines if x.startswith("parakeet_build_info{") and "digits_tdt.nemo" in x
-    ]  # one registry per process
+        x for x in lines if x.startswith("parakeet_build_info{") and "digits_tdt.nemo" in x and 'encoder="torch"' in x
+    ]  # one registry per process (digits_onnx_client's app adds its own line, encoder="onnxruntime")
     assert len(info) == 1 and 'cuda_graphs="off"' in info[0] and 'device="cpu"' in info[0], info
