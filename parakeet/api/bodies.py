@@ -6,10 +6,12 @@ a form's file part is copied from Starlette's spooled temporary file, never whol
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Request
+from starlette.datastructures import UploadFile
 
 from parakeet.api.json_input import is_json, read_json_audio
 from parakeet.api.options import fields_of_form
@@ -19,13 +21,22 @@ from parakeet.pipeline.fetch import UrlPolicy
 from parakeet.pipeline.requests import TranscribeOptions
 
 
-async def _read_multipart(
-    request: Request, extra_fields: tuple[str, ...] = ()
-) -> tuple[bytes, TranscribeOptions, dict[str, Any]]:
+@asynccontextmanager
+async def _multipart(
+    request: Request, extra_fields: tuple[str, ...]
+) -> AsyncIterator[tuple[UploadFile, TranscribeOptions, dict[str, Any]]]:
+    """A form's file part (open while the context lasts), its options and the `extra_fields` sent."""
     async with multipart_form(request) as form:
         part = form_file(form)
         options = fields_of_form(form).options()
         extras = {name: value for name in extra_fields if (value := form_text(form, name)) is not None}
+        yield part, options, extras
+
+
+async def _read_multipart(
+    request: Request, extra_fields: tuple[str, ...] = ()
+) -> tuple[bytes, TranscribeOptions, dict[str, Any]]:
+    async with _multipart(request, extra_fields) as (part, options, extras):
         return await read_file(part), options, extras
 
 
@@ -64,10 +75,7 @@ async def copy_body_into(
         for at in range(0, len(data), CHUNK_BYTES):
             await write(bytes(view[at : at + CHUNK_BYTES]))
         return len(data), options, field, extras
-    async with multipart_form(request) as form:
-        part = form_file(form)
-        options = fields_of_form(form).options()
-        extras = {name: value for name in extra_fields if (value := form_text(form, name)) is not None}
+    async with _multipart(request, extra_fields) as (part, options, extras):
         nbytes = 0
         while piece := await part.read(CHUNK_BYTES):
             await write(piece)

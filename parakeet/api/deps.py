@@ -4,16 +4,28 @@ Routes never read `app.state` themselves."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from standardwebhooks.webhooks import Webhook
 
 from parakeet.core import errors
-from parakeet.jobs.audio import JobAudio
+from parakeet.jobs.audio import DatabaseJobAudio, FileJobAudio, JobAudio
 from parakeet.jobs.store import JobStore
 from parakeet.pipeline.fetch import UrlPolicy
 from parakeet.pipeline.worker import Worker
+
+
+def _state(request: Request, name: str, kinds: type[Any] | tuple[type[Any], ...], missing: str) -> Any:
+    """`app.state.<name>`, of one of `kinds`.
+
+    Raises:
+        NotReady(`missing`) for the jobs' state (the lifespan opens it), RuntimeError(`missing`) else (wiring).
+    """
+    value = getattr(request.app.state, name, None)
+    if not isinstance(value, kinds):
+        raise errors.NotReady(missing) if name.startswith("job_") else RuntimeError(missing)
+    return value
 
 
 async def get_worker(request: Request) -> Worker:  # async: FastAPI would run a sync one on a thread
@@ -22,9 +34,7 @@ async def get_worker(request: Request) -> Worker:  # async: FastAPI would run a 
     Raises:
         RuntimeError: the app was served without its lifespan (a wiring bug, answered 500).
     """
-    worker = getattr(request.app.state, "worker", None)
-    if not isinstance(worker, Worker):
-        raise RuntimeError("app.state.worker is not set: serve the app with its lifespan")
+    worker: Worker = _state(request, "worker", Worker, "app.state.worker is not set: serve the app with its lifespan")
     return worker
 
 
@@ -34,9 +44,8 @@ async def get_url_policy(request: Request) -> UrlPolicy:
     Raises:
         RuntimeError: not set (a wiring bug, answered 500).
     """
-    policy = getattr(request.app.state, "url_policy", None)
-    if not isinstance(policy, UrlPolicy):
-        raise RuntimeError("app.state.url_policy is not set: build the app with server.create_app")
+    wiring = "app.state.url_policy is not set: build the app with server.create_app"
+    policy: UrlPolicy = _state(request, "url_policy", UrlPolicy, wiring)
     return policy
 
 
@@ -46,9 +55,7 @@ async def get_job_store(request: Request) -> JobStore:
     Raises:
         NotReady: not open yet (503).
     """
-    store = getattr(request.app.state, "job_store", None)
-    if not isinstance(store, JobStore):
-        raise errors.NotReady("the jobs database is not open yet; retry shortly")
+    store: JobStore = _state(request, "job_store", JobStore, _JOBS_NOT_OPEN)
     return store
 
 
@@ -58,10 +65,11 @@ async def get_job_audio(request: Request) -> JobAudio:
     Raises:
         NotReady: the jobs database is not open yet (503).
     """
-    audio = getattr(request.app.state, "job_audio", None)
-    if audio is None:
-        raise errors.NotReady("the jobs database is not open yet; retry shortly")
-    return audio  # type: ignore[no-any-return]
+    audio: JobAudio = _state(request, "job_audio", (FileJobAudio, DatabaseJobAudio), _JOBS_NOT_OPEN)
+    return audio
+
+
+_JOBS_NOT_OPEN = "the jobs database is not open yet; retry shortly"
 
 
 async def get_webhook_signer(request: Request) -> Webhook | None:

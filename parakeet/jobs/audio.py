@@ -19,8 +19,6 @@ DB_PREFIX = "db:"  # the `audio_path` of audio kept in the database: "db:<job id
 class AudioWriter(Protocol):
     """One job's audio being written: `write` each piece in order, then `commit` (or `abort`)."""
 
-    nbytes: int
-
     def write(self, piece: bytes) -> None:
         """Append `piece` (at most `CHUNK_BYTES` is best; larger ones are split)."""
         ...
@@ -57,14 +55,13 @@ class FileWriter:
     the final name)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.nbytes = path, 0
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.with_suffix(".part")
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - held open across writes, closed by commit/abort
 
     def write(self, piece: bytes) -> None:
         self._file.write(piece)
-        self.nbytes += len(piece)
 
     def commit(self) -> str:
         self._file.flush()
@@ -100,14 +97,13 @@ class DatabaseWriter:
     do but say where it is, `abort` deletes the rows)."""
 
     def __init__(self, store: JobStore, job_id: str) -> None:
-        self.store, self.job_id, self.nbytes, self._seq = store, job_id, 0, 0
+        self.store, self.job_id, self._seq = store, job_id, 0
 
     def write(self, piece: bytes) -> None:
         for at in range(0, len(piece), CHUNK_BYTES):
             part = piece[at : at + CHUNK_BYTES]
             self.store.put_audio_chunk(self.job_id, self._seq, part)
             self._seq += 1
-            self.nbytes += len(part)
 
     def commit(self) -> str:
         return DB_PREFIX + self.job_id

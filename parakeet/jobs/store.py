@@ -212,12 +212,20 @@ class JobStore:
         Raises:
             JobNotFound. JobNotFinished: it has not succeeded (yet).
         """
+        return self.succeeded(job_id)[1]
+
+    def succeeded(self, job_id: str) -> tuple[Job, dict[str, Any]]:
+        """A succeeded job's row and its stored outcome, in one read.
+
+        Raises:
+            JobNotFound. JobNotFinished: it has not succeeded (yet).
+        """
         with self._read() as db:
             job = self._get(db, job_id)
             if job.status != "succeeded":
                 raise errors.JobNotFinished(f"job {job_id} is {job.status}; its result exists once it succeeded")
             text = db.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-        return dict(json.loads(text))
+        return job, dict(json.loads(text))
 
     def page(self, *, status: JobStatus | None, limit: int, before: float | None) -> list[Job]:
         """Jobs newest first, at most `limit`, created before `before` (paging), of one status or all."""

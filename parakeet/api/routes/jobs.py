@@ -178,8 +178,8 @@ async def job_result(store: JobStoreDep, job_id: str, format: str = "json") -> R
         raise errors.BadRequest(
             f"format must be one of {', '.join(RESULT_FORMATS)} (got {format[:40]!r})", param="format"
         )
-    job = await asyncio.to_thread(store.get, job_id)
-    outcome, gpu_id = outcome_of(await asyncio.to_thread(store.result, job_id))
+    job, record = await asyncio.to_thread(store.succeeded, job_id)
+    outcome, gpu_id = outcome_of(record)
     options = options_of(job.options)
     if format == "diarized_json" and not options.diarize:
         raise errors.BadRequest(f"job {job_id} did not ask for speakers: no {format}", param="format")
